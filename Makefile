@@ -1,0 +1,61 @@
+# gaea-ext developer tasks. On a fresh machine `make test` does all the set-up.
+#   make test    venv + build + pytest          make bench   kernel profiler table
+#   make build   (re)build the kernels in place  make cmake-test   CMake build + ctest
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+MAX_JOBS ?= 2
+export MAX_JOBS
+BUILD_DIR ?= build/cmake
+
+SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py
+DEPS_STAMP := $(VENV)/.stamp-deps
+BUILD_STAMP := build/.stamp-kernels
+
+.PHONY: all venv build test test-fast bench bench-smoke cmake-test clean
+
+all: build
+
+# The venv: torch (a CUDA 13 build, so the CUDA kernels compile even without a GPU), the
+# build tools and the test extras; gaea_ext and gaea_nas installed in editable mode.
+$(DEPS_STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools>=64" wheel
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja numpy
+	GAEA_EXT_SKIP_BUILD=1 $(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
+	touch $@
+
+venv: $(DEPS_STAMP)
+
+# Incremental: ninja keeps the objects under build/, so only changed sources recompile.
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(PY) setup.py build_ext --inplace
+	mkdir -p build && touch $@
+
+build: $(BUILD_STAMP)
+
+test: build
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu"
+	$(PY) -m gaea_ext.bench --quick --device cpu
+
+test-fast: build
+	$(PY) -m pytest tests -q -x
+
+bench: build
+	$(PY) -m gaea_ext.bench
+
+bench-smoke: build
+	$(PY) -m gaea_ext.bench --quick
+
+# The same sources as a C++ library for C++ users and IDEs, with a ctest executable.
+cmake-test: $(DEPS_STAMP)
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE=$(PY)
+	cmake --build $(BUILD_DIR) -j $(MAX_JOBS)
+	cd $(BUILD_DIR) && ctest --output-on-failure
+
+clean:
+	rm -rf build gaea_ext/_C*.so *.egg-info .pytest_cache .benchmarks .hypothesis

@@ -1,0 +1,84 @@
+// Argument checks shared by the CPU and CUDA entry points. They read only metadata
+// (never device values), so they cost no synchronisation. TORCH_CHECK failures reach
+// Python as RuntimeError; the Python wrappers check first and raise TypeError/ValueError.
+#include "gaea_ext.h"
+
+#include <numeric>
+
+namespace gaea_ext {
+
+void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
+  TORCH_CHECK(!inputs.empty(), "weighted_sum: 'inputs' must hold at least one tensor, got none");
+  const at::Tensor& first = inputs[0];
+  TORCH_CHECK(at::isFloatingType(first.scalar_type()),
+              "weighted_sum: 'inputs' must be floating point (float16, bfloat16, float32, "
+              "float64), got ", first.scalar_type());
+  for (size_t k = 1; k < inputs.size(); ++k) {
+    const at::Tensor& t = inputs[k];
+    TORCH_CHECK(t.sizes() == first.sizes(), "weighted_sum: 'inputs' must share one shape; inputs[0] is ",
+                first.sizes(), " but inputs[", k, "] is ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == first.scalar_type(), "weighted_sum: 'inputs' must share one dtype; inputs[0] is ",
+                first.scalar_type(), " but inputs[", k, "] is ", t.scalar_type());
+    TORCH_CHECK(t.device() == first.device(), "weighted_sum: 'inputs' must share one device; inputs[0] is on ",
+                first.device(), " but inputs[", k, "] is on ", t.device());
+  }
+  TORCH_CHECK(weights.dim() == 1, "weighted_sum: 'weights' must be 1-D, got ", weights.dim(), "-D");
+  TORCH_CHECK(weights.numel() == static_cast<int64_t>(inputs.size()),
+              "weighted_sum: 'weights' must have one element per input (", inputs.size(), "), got ",
+              weights.numel());
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()),
+              "weighted_sum: 'weights' must be floating point, got ", weights.scalar_type());
+  TORCH_CHECK(weights.device() == first.device(), "weighted_sum: 'weights' must be on the inputs' device ",
+              first.device(), ", got ", weights.device());
+}
+
+void check_exp_grad_args(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> lrs,
+                         c10::IntArrayRef segments, double min_value) {
+  TORCH_CHECK(params.size() == grads.size(), "exp_grad_step_: 'grads' must have one tensor per param (",
+              params.size(), "), got ", grads.size());
+  TORCH_CHECK(lrs.size() == params.size(), "exp_grad_step_: 'lrs' must have one value per param (",
+              params.size(), "), got ", lrs.size());
+  TORCH_CHECK(min_value >= 0.0 && min_value < 1.0, "exp_grad_step_: 'min_value' must be in [0, 1), got ",
+              min_value);
+  int64_t seg_total = 0;
+  for (int64_t s : segments) {
+    TORCH_CHECK(s > 0, "exp_grad_step_: 'segments' must hold positive lengths, got ", segments);
+    seg_total += s;
+  }
+  for (size_t t = 0; t < params.size(); ++t) {
+    const at::Tensor& p = params[t];
+    const at::Tensor& g = grads[t];
+    TORCH_CHECK(lrs[t] >= 0.0, "exp_grad_step_: 'lr' must be >= 0, got ", lrs[t]);
+    TORCH_CHECK(at::isFloatingType(p.scalar_type()), "exp_grad_step_: 'params[", t,
+                "]' must be floating point, got ", p.scalar_type());
+    TORCH_CHECK(p.dim() >= 1, "exp_grad_step_: 'params[", t, "]' must have at least one dimension (rows are the last one)");
+    TORCH_CHECK(p.is_contiguous(), "exp_grad_step_: 'params[", t, "]' must be contiguous");
+    TORCH_CHECK(g.sizes() == p.sizes(), "exp_grad_step_: 'grad' must have the param's shape ", p.sizes(),
+                ", got ", g.sizes());
+    TORCH_CHECK(g.device() == p.device(), "exp_grad_step_: 'grad' must be on the param's device ", p.device(),
+                ", got ", g.device());
+    TORCH_CHECK(at::isFloatingType(g.scalar_type()), "exp_grad_step_: 'grad' must be floating point, got ",
+                g.scalar_type());
+    TORCH_CHECK(p.device() == params[0].device(), "exp_grad_step_: all 'params' must be on one device");
+    if (!segments.empty()) {
+      TORCH_CHECK(seg_total == p.size(-1), "exp_grad_step_: 'segments' must sum to the last dimension (",
+                  p.size(-1), ") of params[", t, "], got ", segments, " (sum ", seg_total, ")");
+    }
+  }
+}
+
+bool share_dense_layout(at::TensorList tensors) {
+  const at::Tensor& first = tensors[0];
+  if (!first.is_non_overlapping_and_dense()) return false;
+  for (const at::Tensor& t : tensors) {
+    if (t.sizes() != first.sizes() || t.strides() != first.strides()) return false;
+  }
+  return true;
+}
+
+std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t row) {
+  if (segments.empty()) return {row};
+  return segments.vec();
+}
+
+}  // namespace gaea_ext

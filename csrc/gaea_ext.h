@@ -1,0 +1,94 @@
+// Declarations shared by the CPU and CUDA kernels of gaea_ext.
+//
+// Op schemas (registered in csrc/registration.cpp, namespace gaea_ext):
+//   weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor
+//   weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights,
+//                         bool[] inputs_need_grad, bool weights_need_grad)
+//                         -> (Tensor[] grad_inputs, Tensor grad_weights)
+//   exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments,
+//                  float min_value, bool normalize_first, float entropic_reg,
+//                  bool adaptive) -> Tensor found_nonfinite
+//
+// Argument validation that needs no device synchronisation happens in C++ (TORCH_CHECK,
+// which surfaces as RuntimeError); checks that need to read device values (NaN in grad,
+// non-positive param rows) are done in Python before the op is called.
+#pragma once
+
+#include <ATen/core/List.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gaea_ext {
+
+// ---- weighted_sum ------------------------------------------------------------------
+
+// out = sum_k weights[k] * inputs[k].
+// All inputs share shape, dtype (f16/bf16/f32/f64) and device; weights is 1-D with K
+// floating elements on the same device. When every input has the same non-overlapping,
+// dense strides, the kernel runs over the flat storage and the output keeps those strides
+// (contiguous or channels_last); otherwise inputs are made contiguous first.
+at::Tensor weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights);
+at::Tensor weighted_sum_cuda(at::TensorList inputs, const at::Tensor& weights);
+
+// grad_inputs[j] = weights[k_j] * grad_out for each k_j with inputs_need_grad[k_j]
+// (the returned list holds only those, in order of k), and
+// grad_weights[k] = <inputs[k], grad_out> (accumulated in float32, or float64 for double
+// inputs; returned in weights' dtype; undefined/empty tensor when !weights_need_grad).
+// The reduction is deterministic: fixed-size chunks, partial sums combined in a fixed
+// order, no float atomics.
+std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
+    const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+    const c10::List<bool>& inputs_need_grad, bool weights_need_grad);
+std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
+    const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+    const c10::List<bool>& inputs_need_grad, bool weights_need_grad);
+
+// ---- exp_grad_step_ ----------------------------------------------------------------
+
+// In-place exponentiated-gradient step on every simplex of every param.
+// Each param's last dimension holds rows; `segments` (empty = one segment covering the
+// whole last dimension of each param) splits a row into independent simplices.
+// Per simplex of length k, with eta = lrs[t] (divided by max|grad| of param t if adaptive):
+//   l_i = log p_i - eta * (g_i + entropic_reg * (log(k * p_i) + 1))     (p_i == 0 -> l_i = -inf)
+//   normalize_first == false: l_i = max(l_i, log(min_value)); p_i = exp(l_i - logsumexp(l))
+//   normalize_first == true:  p_i = max(exp(l_i - logsumexp(l)), min_value)
+// All or nothing: if any grad holds a NaN/Inf, or any param holds a negative or non-finite
+// entry or a simplex summing to 0, no param is modified and the returned 0-d int32 tensor
+// (on the params' device) is nonzero: bit 0 (value 1) = non-finite grad, bit 1 (value 2) =
+// invalid param. No host synchronisation happens; the Python wrapper reads the flag.
+at::Tensor exp_grad_step_cpu(at::TensorList params, at::TensorList grads,
+                             c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
+                             double min_value, bool normalize_first, double entropic_reg,
+                             bool adaptive);
+at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads,
+                              c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
+                              double min_value, bool normalize_first, double entropic_reg,
+                              bool adaptive);
+
+// ---- shared helpers (csrc/checks.cpp) ----------------------------------------------
+
+// TORCH_CHECKs shared by CPU and CUDA entry points.
+void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);
+void check_exp_grad_args(at::TensorList params, at::TensorList grads,
+                         c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
+                         double min_value);
+
+// True when every tensor has the same sizes and strides and those strides are
+// non-overlapping and dense (so the flat storage can be walked linearly).
+bool share_dense_layout(at::TensorList tensors);
+
+// Segment lengths for a row of length `row`: `segments` if non-empty, else {row}.
+std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t row);
+
+// Largest K handled by one CUDA launch of weighted_sum (larger K is chunked).
+constexpr int64_t kMaxInputsPerLaunch = 64;
+// Element chunk of the deterministic CPU reductions.
+constexpr int64_t kCpuChunk = 2048;
+// Bits of the flag returned by exp_grad_step_.
+constexpr int32_t kNonFiniteGrad = 1;
+constexpr int32_t kInvalidParam = 2;
+
+}  // namespace gaea_ext

@@ -1,0 +1,14 @@
+// Schemas of the gaea_ext torch ops. Kernels register themselves per dispatch key in
+// csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); fake kernels and autograd are
+// registered from Python (gaea_ext/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(gaea_ext, m) {
+  m.def("weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor");
+  m.def(
+      "weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
+      "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)");
+  m.def(
+      "exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments, "
+      "float min_value, bool normalize_first, float entropic_reg, bool adaptive) -> Tensor");
+}

@@ -1,0 +1,27 @@
+"""gaea_ext: fused kernels for geometry-aware differentiable NAS (GAEA).
+
+Drop-in ops for DARTS-style code:
+  weighted_sum(inputs, weights)       fused mixed-op sum, differentiable in both
+  exp_grad_step_(param, grad, lr)     in-place exponentiated-gradient step on simplices
+  exp_grad_step_multi_(...)           the same for a list of params in one fused call
+  optim.ExponentiatedGradient         a torch.optim.Optimizer on those ops
+  reference                           pure-PyTorch references of every op
+"""
+from . import reference
+from ._backend import HAS_EXTENSION, backend, build_info
+from .exp_grad import exp_grad_step_, exp_grad_step_multi_
+from .weighted_sum import weighted_sum
+from . import optim  # noqa: E402  (needs the ops above)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HAS_EXTENSION",
+    "backend",
+    "build_info",
+    "exp_grad_step_",
+    "exp_grad_step_multi_",
+    "optim",
+    "reference",
+    "weighted_sum",
+]

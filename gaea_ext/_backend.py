@@ -1,0 +1,69 @@
+"""Loading of the compiled kernels and the choice of implementation per device."""
+import os
+import warnings
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+
+    HAS_EXTENSION = True
+    _IMPORT_ERROR = None
+except ImportError as error:  # not built, or built against another torch
+    _C = None
+    HAS_EXTENSION = False
+    _IMPORT_ERROR = error
+
+FORCED_REFERENCE = os.environ.get("GAEA_EXT_BACKEND", "").strip().lower() == "reference"
+if os.environ.get("GAEA_EXT_BACKEND", "").strip().lower() not in ("", "reference", "auto"):
+    raise ValueError(
+        f"GAEA_EXT_BACKEND must be 'reference' or 'auto', got {os.environ['GAEA_EXT_BACKEND']!r}"
+    )
+
+if not HAS_EXTENSION and not FORCED_REFERENCE:
+    warnings.warn(
+        "gaea_ext: the compiled kernels are not available "
+        f"({_IMPORT_ERROR}); using the pure-PyTorch reference implementation. "
+        "Build them with `pip install --no-build-isolation -e .` (or `make build`).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "gaea_ext::weighted_sum", dispatch_key
+    )
+
+
+_HAS_CPU_KERNELS = _has_kernel("CPU")
+_HAS_CUDA_KERNELS = _has_kernel("CUDA")
+
+
+def backend(device) -> str:
+    """Which implementation serves `device`: "cuda", "cpu" or "reference" (pure PyTorch)."""
+    device = torch.device(device)
+    if FORCED_REFERENCE:
+        return "reference"
+    if device.type == "cuda" and _HAS_CUDA_KERNELS:
+        return "cuda"
+    if device.type == "cpu" and _HAS_CPU_KERNELS:
+        return "cpu"
+    return "reference"
+
+
+def build_info() -> dict:
+    """What the compiled extension was built with (CUDA on/off, archs, torch, compiler)."""
+    if not HAS_EXTENSION:
+        return {
+            "cuda": False,
+            "cuda_version": None,
+            "cuda_arch_list": None,
+            "torch_version": None,
+            "compiler": None,
+            "cpu_kernels": False,
+            "error": str(_IMPORT_ERROR),
+        }
+    info = dict(_C.build_info())
+    info["cuda_kernels_registered"] = _HAS_CUDA_KERNELS
+    return info

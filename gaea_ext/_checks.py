@@ -1,0 +1,114 @@
+"""Argument validation shared by the public functions: clear exceptions naming the
+argument, raised before any kernel runs (so nothing is half-modified)."""
+from numbers import Real
+from typing import List, Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ORDERS = ("clamp_then_normalize", "normalize_then_clamp")
+
+
+def check_weighted_sum(inputs, weights) -> List[torch.Tensor]:
+    """Validate weighted_sum arguments; return inputs as a list."""
+    if isinstance(inputs, torch.Tensor):
+        raise TypeError("weighted_sum: 'inputs' must be a sequence of tensors, not a tensor (use list(t) to split one)")
+    try:
+        inputs = list(inputs)
+    except TypeError:
+        raise TypeError(f"weighted_sum: 'inputs' must be a sequence of tensors, got {type(inputs).__name__}") from None
+    if not inputs:
+        raise ValueError("weighted_sum: 'inputs' must hold at least one tensor, got an empty sequence")
+    first = inputs[0]
+    for k, t in enumerate(inputs):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"weighted_sum: 'inputs[{k}]' must be a tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"weighted_sum: 'inputs' must be float16, bfloat16, float32 or float64, got {t.dtype} at inputs[{k}]"
+            )
+        if t.dtype != first.dtype:
+            raise TypeError(f"weighted_sum: 'inputs' must share one dtype; inputs[0] is {first.dtype}, inputs[{k}] is {t.dtype}")
+        if t.shape != first.shape:
+            raise ValueError(
+                f"weighted_sum: 'inputs' must share one shape; inputs[0] is {tuple(first.shape)}, inputs[{k}] is {tuple(t.shape)}"
+            )
+        if t.device != first.device:
+            raise ValueError(f"weighted_sum: 'inputs' must share one device; inputs[0] is on {first.device}, inputs[{k}] on {t.device}")
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"weighted_sum: 'weights' must be a tensor, got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"weighted_sum: 'weights' must be a floating-point tensor, got {weights.dtype}")
+    if weights.dim() != 1:
+        raise ValueError(f"weighted_sum: 'weights' must be 1-D, got shape {tuple(weights.shape)}")
+    if weights.shape[0] != len(inputs):
+        raise ValueError(f"weighted_sum: 'weights' must have one element per input ({len(inputs)}), got {weights.shape[0]}")
+    if weights.device != first.device:
+        raise ValueError(f"weighted_sum: 'weights' must be on the inputs' device {first.device}, got {weights.device}")
+    return inputs
+
+
+def check_lr(lr, name: str = "lr") -> float:
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"exp_grad_step_: '{name}' must be a number, got a tensor of shape {tuple(lr.shape)}")
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, Real):
+        raise TypeError(f"exp_grad_step_: '{name}' must be a number, got {type(lr).__name__}")
+    lr = float(lr)
+    if not (lr >= 0.0) or lr == float("inf"):
+        raise ValueError(f"exp_grad_step_: '{name}' must be a finite number >= 0, got {lr}")
+    return lr
+
+
+def check_exp_grad_options(segments, min_value, order, entropic_reg) -> List[int]:
+    """Validate the options shared by every param; return segments as a list (empty = whole row)."""
+    if segments is None:
+        segments = []
+    else:
+        if isinstance(segments, torch.Tensor):
+            segments = segments.tolist()
+        try:
+            segments = list(segments)
+        except TypeError:
+            raise TypeError(f"exp_grad_step_: 'segments' must be a sequence of ints, got {type(segments).__name__}") from None
+        if not segments:
+            raise ValueError("exp_grad_step_: 'segments' must be None or a non-empty sequence of lengths")
+        for s in segments:
+            if isinstance(s, bool) or not isinstance(s, int):
+                raise TypeError(f"exp_grad_step_: 'segments' must hold ints, got {segments}")
+            if s <= 0:
+                raise ValueError(f"exp_grad_step_: 'segments' must hold positive lengths, got {segments}")
+    if isinstance(min_value, bool) or not isinstance(min_value, Real) or not (0.0 <= float(min_value) < 1.0):
+        raise ValueError(f"exp_grad_step_: 'min_value' must be a number in [0, 1), got {min_value!r}")
+    if order not in ORDERS:
+        raise ValueError(f"exp_grad_step_: 'order' must be one of {ORDERS}, got {order!r}")
+    if isinstance(entropic_reg, bool) or not isinstance(entropic_reg, Real) or not (0.0 <= float(entropic_reg) < float("inf")):
+        raise ValueError(f"exp_grad_step_: 'entropic_reg' must be a finite number >= 0, got {entropic_reg!r}")
+    return segments
+
+
+def check_param_and_grad(param, grad, segments: Sequence[int], index: Optional[int] = None) -> None:
+    """Metadata checks of one (param, grad) pair; no device values are read."""
+    where = "" if index is None else f"[{index}]"
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"exp_grad_step_: 'param{where}' must be a tensor, got {type(param).__name__}")
+    if not isinstance(grad, torch.Tensor):
+        raise TypeError(f"exp_grad_step_: 'grad{where}' must be a tensor, got {type(grad).__name__}")
+    if param.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"exp_grad_step_: 'param{where}' must be a floating-point tensor, got {param.dtype}")
+    if not grad.is_floating_point():
+        raise TypeError(f"exp_grad_step_: 'grad{where}' must be a floating-point tensor, got {grad.dtype}")
+    if param.dim() < 1:
+        raise ValueError(f"exp_grad_step_: 'param{where}' must have at least one dimension (rows are the last), got a 0-d tensor")
+    if grad.shape != param.shape:
+        raise ValueError(f"exp_grad_step_: 'grad{where}' must have the param's shape {tuple(param.shape)}, got {tuple(grad.shape)}")
+    if grad.device != param.device:
+        raise ValueError(f"exp_grad_step_: 'grad{where}' must be on the param's device {param.device}, got {grad.device}")
+    if not param.is_contiguous():
+        raise ValueError(f"exp_grad_step_: 'param{where}' must be contiguous (it is updated in place)")
+    if segments and sum(segments) != param.shape[-1]:
+        raise ValueError(
+            f"exp_grad_step_: 'segments' must sum to the last dimension of param{where} ({param.shape[-1]}), "
+            f"got {list(segments)} (sum {sum(segments)})"
+        )

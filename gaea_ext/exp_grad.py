@@ -1,0 +1,138 @@
+"""gaea_ext.exp_grad_step_: the exponentiated-gradient (mirror descent) step on simplices.
+
+Kernels: csrc/cpu/exp_grad_cpu.cpp, csrc/cuda/exp_grad_cuda.cu.
+Reference: gaea_ext.reference.exp_grad_step. Tests: tests/test_exp_grad.py.
+"""
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from . import reference
+from ._backend import HAS_EXTENSION, backend
+from ._checks import check_exp_grad_options, check_lr, check_param_and_grad
+
+NONFINITE_GRAD = 1  # bits of the flag returned by the op (csrc/gaea_ext.h)
+INVALID_PARAM = 2
+
+
+def exp_grad_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    *,
+    segments: Optional[Sequence[int]] = None,
+    min_value: float = 1e-5,
+    order: str = "clamp_then_normalize",
+    entropic_reg: float = 0.0,
+    adaptive: bool = False,
+) -> torch.Tensor:
+    """Update `param` in place by one EG step and return it.
+
+    Rows are the last dimension; `segments` splits a row into independent simplices (e.g.
+    [2, 3, 4, 5] for DARTS per-node edge weights). Per simplex of length k:
+    u = p * exp(-lr * (g + entropic_reg * (log(k p) + 1))), then clamp at `min_value` and
+    renormalise (`order="clamp_then_normalize"`, GAEA DARTS) or the reverse
+    (`"normalize_then_clamp"`, GAEA GDAS). `adaptive=True` uses lr / max|grad|.
+    Raises ValueError, leaving `param` untouched, if `grad` holds NaN/Inf or a simplex of
+    `param` is not a positive vector (this check reads one flag from the device).
+    """
+    exp_grad_step_multi_(
+        [param], [grad], lr, segments=segments, min_value=min_value, order=order,
+        entropic_reg=entropic_reg, adaptive=adaptive, check_finite=True,
+    )
+    return param
+
+
+def exp_grad_step_multi_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    lr: Union[float, Sequence[float]],
+    *,
+    segments: Optional[Sequence[int]] = None,
+    min_value: float = 1e-5,
+    order: str = "clamp_then_normalize",
+    entropic_reg: float = 0.0,
+    adaptive: bool = False,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """EG step on a list of params in one fused call (one CUDA launch chain, no host sync).
+
+    All or nothing: if any grad is non-finite or any param simplex is invalid, no param
+    changes. With `check_finite=True` that raises ValueError (one flag read from the
+    device); with `check_finite=False` nothing is read back and the returned 0-d int32
+    tensor is nonzero instead (1: non-finite grad, 2: invalid param). `lr` is one number or
+    one per param. Returns that flag tensor.
+    """
+    params, grads = list(params), list(grads)
+    if len(params) != len(grads):
+        raise ValueError(f"exp_grad_step_: 'grads' must have one tensor per param ({len(params)}), got {len(grads)}")
+    if not params:
+        raise ValueError("exp_grad_step_: 'params' must hold at least one tensor")
+    if isinstance(lr, (list, tuple)):
+        if len(lr) != len(params):
+            raise ValueError(f"exp_grad_step_: 'lr' must be one number or one per param ({len(params)}), got {len(lr)}")
+        lrs = [check_lr(x) for x in lr]
+    else:
+        lrs = [check_lr(lr)] * len(params)
+    segments = check_exp_grad_options(segments, min_value, order, entropic_reg)
+    for t, (p, g) in enumerate(zip(params, grads)):
+        check_param_and_grad(p, g, segments, t if len(params) > 1 else None)
+        if p.device != params[0].device:
+            raise ValueError(f"exp_grad_step_: all 'params' must be on one device; params[0] is on {params[0].device}, params[{t}] on {p.device}")
+
+    if backend(params[0].device) == "reference":
+        flag = _reference_step(params, grads, lrs, segments, float(min_value), order, float(entropic_reg), adaptive)
+    else:
+        with torch.no_grad():
+            flag = torch.ops.gaea_ext.exp_grad_step_(
+                params, grads, lrs, segments, float(min_value), order == "normalize_then_clamp",
+                float(entropic_reg), bool(adaptive),
+            )
+    if check_finite:
+        raise_for_flag(int(flag))
+    return flag
+
+
+def raise_for_flag(flag: int) -> None:
+    """Turn the op's status flag into the exception the caller should see."""
+    if flag & NONFINITE_GRAD:
+        raise ValueError("exp_grad_step_: 'grad' holds NaN or Inf; no parameter was changed")
+    if flag & INVALID_PARAM:
+        raise ValueError(
+            "exp_grad_step_: 'param' must hold finite, non-negative simplices with a positive sum; "
+            "no parameter was changed"
+        )
+
+
+@torch.no_grad()
+def _reference_step(params, grads, lrs, segments, min_value, order, entropic_reg, adaptive) -> torch.Tensor:
+    """The same all-or-nothing contract, in plain PyTorch."""
+    device = params[0].device
+    flag = torch.zeros((), dtype=torch.int32, device=device)
+    for p, g in zip(params, grads):
+        if not bool(torch.isfinite(g).all()):
+            flag |= NONFINITE_GRAD
+        if not _simplices_valid(p, segments):
+            flag |= INVALID_PARAM
+    if int(flag):
+        return flag
+    for p, g, lr in zip(params, grads, lrs):
+        p.copy_(reference.exp_grad_step(p, g, lr, segments=segments or None, min_value=min_value,
+                                        order=order, entropic_reg=entropic_reg, adaptive=adaptive))
+    return flag
+
+
+def _simplices_valid(p: torch.Tensor, segments: List[int]) -> bool:
+    if p.numel() == 0:
+        return True
+    if not bool((torch.isfinite(p) & (p >= 0)).all()):
+        return False
+    lengths = segments or [p.shape[-1]]
+    return all(bool((piece.sum(-1) > 0).all()) for piece in p.split(lengths, dim=-1))
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("gaea_ext::exp_grad_step_")
+    def _exp_grad_step_fake(params, grads, lrs, segments, min_value, normalize_first, entropic_reg, adaptive):
+        return params[0].new_empty((), dtype=torch.int32)

@@ -1,0 +1,93 @@
+"""gaea_ext.optim.ExponentiatedGradient: GAEA's architecture optimizer on the fused EG op."""
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch.optim import Optimizer
+
+from ._checks import check_exp_grad_options, check_lr
+from .exp_grad import exp_grad_step_multi_, raise_for_flag
+
+
+class ExponentiatedGradient(Optimizer):
+    """Exponentiated gradient (mirror descent on products of simplices), method.md 2.2-2.6.
+
+    Each param's last dimension holds simplices (split by `segments`, per param group); a
+    step multiplies by exp(-lr * grad), clamps at `min_value` and renormalises (or the
+    reverse with `order="normalize_then_clamp"`). `entropic_reg` adds the KL-to-uniform
+    regulariser's gradient; `adaptive=True` uses lr / max|grad| per tensor. One fused call
+    per param group. With `check_finite=True` (default) a NaN/Inf grad raises ValueError
+    and no param changes (one flag read per step); with False nothing is read back and
+    `self.found_nonfinite` (a device tensor) records skipped steps instead.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.1,
+        *,
+        min_value: float = 1e-5,
+        entropic_reg: float = 0.0,
+        segments: Optional[Sequence[int]] = None,
+        order: str = "clamp_then_normalize",
+        adaptive: bool = False,
+        check_finite: bool = True,
+    ):
+        check_lr(lr)
+        check_exp_grad_options(segments, min_value, order, entropic_reg)
+        defaults = dict(
+            lr=lr, min_value=min_value, entropic_reg=entropic_reg,
+            segments=None if segments is None else list(segments), order=order, adaptive=adaptive,
+        )
+        super().__init__(params, defaults)
+        self.check_finite = check_finite
+        self.found_nonfinite: Optional[torch.Tensor] = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_lr(group["lr"])
+        check_exp_grad_options(group["segments"], group["min_value"], group["order"], group["entropic_reg"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one EG step on every param with a grad; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                work.append((group, params))
+        if not work:
+            return loss
+        if self.check_finite and len(work) > 1:
+            # Several fused calls: make sure none will refuse before any of them writes.
+            self._precheck(work)
+        flags = []
+        for group, params in work:
+            flags.append(
+                exp_grad_step_multi_(
+                    params, [p.grad for p in params], group["lr"], segments=group["segments"],
+                    min_value=group["min_value"], order=group["order"],
+                    entropic_reg=group["entropic_reg"], adaptive=group["adaptive"], check_finite=False,
+                )
+            )
+        flag = flags[0] if len(flags) == 1 else torch.stack(flags).amax()
+        if self.check_finite:
+            raise_for_flag(int(flag))
+        else:
+            self.found_nonfinite = flag if self.found_nonfinite is None else torch.maximum(self.found_nonfinite, flag)
+        for _, params in work:
+            for p in params:
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+        return loss
+
+    @staticmethod
+    def _precheck(work) -> None:
+        grads = [p.grad for _, params in work for p in params]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if not bool(finite):
+            raise_for_flag(1)

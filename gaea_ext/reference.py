@@ -1,0 +1,110 @@
+"""Pure-PyTorch references of every gaea_ext op, plus the peers' eager formulations.
+
+`weighted_sum`, `weighted_sum_backward` and `exp_grad_step` define what the kernels must
+compute (tests compare against them, and they serve devices without compiled kernels).
+`eager_weighted_sum`, `exp_grad_step_release` and `edge_step_release` are how the older
+DARTS/GAEA repositories write the same maths; the benchmarks time them as the baseline.
+"""
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 data, float32 for everything else (half types accumulate in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """out = sum_k weights[k] * inputs[k], accumulated in float32 for half types (autograd-able)."""
+    dtype = inputs[0].dtype
+    acc = accumulation_dtype(dtype)
+    w = weights.to(acc)
+    out = w[0] * inputs[0].to(acc)
+    for k in range(1, len(inputs)):
+        out = out + w[k] * inputs[k].to(acc)
+    return out.to(dtype)
+
+
+def weighted_sum_backward(
+    grad_out: torch.Tensor, inputs: Sequence[torch.Tensor], weights: torch.Tensor
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """grad_inputs[k] = weights[k] * grad_out and grad_weights[k] = <inputs[k], grad_out>."""
+    acc = accumulation_dtype(grad_out.dtype)
+    g = grad_out.to(acc)
+    w = weights.to(acc)
+    grad_inputs = [(w[k] * g).to(grad_out.dtype) for k in range(len(inputs))]
+    grad_weights = torch.stack([(y.to(acc) * g).sum() for y in inputs]).to(weights.dtype)
+    return grad_inputs, grad_weights
+
+
+def exp_grad_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    *,
+    segments: Optional[Sequence[int]] = None,
+    min_value: float = 1e-5,
+    order: str = "clamp_then_normalize",
+    entropic_reg: float = 0.0,
+    adaptive: bool = False,
+) -> torch.Tensor:
+    """The EG step of method.md 2.2-2.6 in the log domain, out of place.
+
+    Per simplex of length k: l = log p - eta * (g + reg * (log(k p) + 1)); then either
+    clamp l at log(min_value) and normalise (clamp_then_normalize), or normalise and clamp
+    the probabilities (normalize_then_clamp). eta = lr, or lr / max|g| when adaptive.
+    """
+    acc = accumulation_dtype(param.dtype)
+    p = param.to(acc)
+    g = grad.to(acc)
+    eta = lr
+    if adaptive:
+        max_abs = g.abs().max() if g.numel() else torch.zeros((), dtype=acc)
+        eta = torch.where(max_abs > 0, lr / max_abs, torch.full_like(max_abs, lr))
+    lengths = list(segments) if segments else [p.shape[-1]]
+    pieces = []
+    for p_seg, g_seg in zip(p.split(lengths, dim=-1), g.split(lengths, dim=-1)):
+        k = p_seg.shape[-1]
+        positive = p_seg > 0
+        log_p = torch.where(positive, p_seg, torch.ones_like(p_seg)).log()
+        drive = g_seg + entropic_reg * (math.log(k) + log_p + 1) if entropic_reg else g_seg
+        logits = torch.where(positive, log_p - eta * drive, torch.full_like(p_seg, -math.inf))
+        if order == "clamp_then_normalize":
+            if min_value > 0:
+                logits = logits.clamp(min=math.log(min_value))
+            pieces.append(torch.softmax(logits, dim=-1))
+        else:
+            pieces.append(torch.softmax(logits, dim=-1).clamp(min=min_value))
+    return torch.cat(pieces, dim=-1).to(param.dtype)
+
+
+# ---- the peers' eager formulations (benchmark baselines) ------------------------------
+
+
+def eager_weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """The DARTS-family MixedOp sum: `sum(w * y for w, y in zip(weights, inputs))`."""
+    return sum(w * y for w, y in zip(weights, inputs))
+
+
+@torch.no_grad()
+def exp_grad_step_release(param: torch.Tensor, grad: torch.Tensor, lr: float, *, min_value: float = 1e-5) -> torch.Tensor:
+    """The released GAEA alpha update (architect_edarts.py), in place: multiply, clamp, normalise."""
+    param.mul_(torch.exp(-lr * grad))
+    param.clamp_(min=min_value)
+    param.div_(param.sum(dim=-1, keepdim=True))
+    return param
+
+
+@torch.no_grad()
+def edge_step_release(beta: torch.Tensor, grad: torch.Tensor, lr: float, segments: Sequence[int]) -> torch.Tensor:
+    """The released GAEA edge-weight update, in place: multiply, then a Python loop that
+    renormalises each node's incoming edges (no clamp)."""
+    beta.mul_(torch.exp(-lr * grad))
+    start = 0
+    for length in segments:
+        node = beta[..., start : start + length]
+        node.div_(node.sum(dim=-1, keepdim=True))
+        start += length
+    return beta

@@ -1,0 +1,66 @@
+"""gaea_ext.weighted_sum: the fused mixed-op sum `sum_k weights[k] * inputs[k]`.
+
+Kernels: csrc/cpu/weighted_sum_cpu.cpp, csrc/cuda/weighted_sum_cuda.cu.
+Reference: gaea_ext.reference.weighted_sum. Tests: tests/test_weighted_sum.py.
+"""
+from typing import List, Sequence
+
+import torch
+
+from . import reference
+from ._backend import HAS_EXTENSION, backend
+from ._checks import check_weighted_sum
+from ._layout import empty_in_layout
+
+
+def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Return `sum_k weights[k] * inputs[k]` in one fused pass (differentiable in both).
+
+    `inputs`: K >= 1 tensors of one shape, dtype (float16/bfloat16/float32/float64) and
+    device; the output keeps their layout when they share one dense layout (contiguous or
+    channels_last). `weights`: 1-D floating tensor of K elements on the same device. Half
+    inputs accumulate in float32.
+    """
+    inputs = check_weighted_sum(inputs, weights)
+    if backend(inputs[0].device) == "reference":
+        return reference.weighted_sum(inputs, weights)
+    return torch.ops.gaea_ext.weighted_sum(inputs, weights)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("gaea_ext::weighted_sum")
+    def _weighted_sum_fake(inputs: List[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        torch._check(len(inputs) == weights.shape[0], lambda: "weighted_sum: one weight per input")
+        return empty_in_layout(inputs)
+
+    @torch.library.register_fake("gaea_ext::weighted_sum_backward")
+    def _weighted_sum_backward_fake(grad_out, inputs, weights, inputs_need_grad, weights_need_grad):
+        operands = list(inputs) + [grad_out]
+        grad_inputs = [empty_in_layout(operands) for need in inputs_need_grad if need]
+        if weights_need_grad:
+            grad_weights = weights.new_empty(weights.shape)
+        else:
+            grad_weights = weights.new_empty((0,))
+        return grad_inputs, grad_weights
+
+    def _setup_context(ctx, inputs, output):
+        ys, weights = inputs
+        # Only what the backward reads is kept alive: the inputs for grad_weights,
+        # the weights for grad_inputs.
+        ctx.num_inputs = len(ys)
+        ctx.save_for_backward(weights, *(ys if weights.requires_grad else ()))
+
+    def _backward(ctx, grad_out):
+        inputs_need_grad, weights_need_grad = ctx.needs_input_grad
+        weights, *ys = ctx.saved_tensors
+        if not ys:  # inputs were not saved; the kernel only reads their metadata
+            ys = [grad_out] * ctx.num_inputs
+        grad_list, grad_weights = torch.ops.gaea_ext.weighted_sum_backward(
+            grad_out, list(ys), weights, list(inputs_need_grad), bool(weights_need_grad)
+        )
+        grads_iter = iter(grad_list)
+        grad_inputs = [next(grads_iter) if need else None for need in inputs_need_grad]
+        return grad_inputs, (grad_weights if weights_need_grad else None)
+
+    torch.library.register_autograd("gaea_ext::weighted_sum", _backward, setup_context=_setup_context)
