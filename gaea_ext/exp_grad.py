@@ -34,7 +34,8 @@ def exp_grad_step_(
     renormalise (`order="clamp_then_normalize"`, GAEA DARTS) or the reverse
     (`"normalize_then_clamp"`, GAEA GDAS). `adaptive=True` uses lr / max|grad|.
     Raises ValueError, leaving `param` untouched, if `grad` holds NaN/Inf or a simplex of
-    `param` is not a positive vector (this check reads one flag from the device).
+    `param` is not a non-negative vector with a positive sum (this reads one flag from the
+    device; under torch.compile the step is skipped instead of raising).
     """
     exp_grad_step_multi_(
         [param], [grad], lr, segments=segments, min_value=min_value, order=order,
@@ -88,7 +89,9 @@ def exp_grad_step_multi_(
                 params, grads, lrs, segments, float(min_value), order == "normalize_then_clamp",
                 float(entropic_reg), bool(adaptive),
             )
-    if check_finite:
+    if check_finite and not torch.compiler.is_compiling():
+        # Inside a compiled graph the flag cannot be read without a graph break; there
+        # the step is still all or nothing and the caller gets the flag.
         raise_for_flag(int(flag))
     return flag
 
@@ -106,29 +109,29 @@ def raise_for_flag(flag: int) -> None:
 
 @torch.no_grad()
 def _reference_step(params, grads, lrs, segments, min_value, order, entropic_reg, adaptive) -> torch.Tensor:
-    """The same all-or-nothing contract, in plain PyTorch."""
-    device = params[0].device
-    flag = torch.zeros((), dtype=torch.int32, device=device)
+    """The same all-or-nothing contract in plain PyTorch, without reading device values
+    (so it also traces under torch.compile)."""
+    flag = torch.zeros((), dtype=torch.int32, device=params[0].device)
     for p, g in zip(params, grads):
-        if not bool(torch.isfinite(g).all()):
-            flag |= NONFINITE_GRAD
-        if not _simplices_valid(p, segments):
-            flag |= INVALID_PARAM
-    if int(flag):
-        return flag
+        flag = flag | torch.where(torch.isfinite(g).all(), 0, NONFINITE_GRAD)
+        flag = flag | torch.where(_simplices_valid(p, segments), 0, INVALID_PARAM)
+    ok = flag == 0
     for p, g, lr in zip(params, grads, lrs):
-        p.copy_(reference.exp_grad_step(p, g, lr, segments=segments or None, min_value=min_value,
-                                        order=order, entropic_reg=entropic_reg, adaptive=adaptive))
+        new = reference.exp_grad_step(p, g, lr, segments=segments or None, min_value=min_value,
+                                      order=order, entropic_reg=entropic_reg, adaptive=adaptive)
+        p.copy_(torch.where(ok, new, p))
     return flag
 
 
-def _simplices_valid(p: torch.Tensor, segments: List[int]) -> bool:
+def _simplices_valid(p: torch.Tensor, segments: List[int]) -> torch.Tensor:
+    """0-d bool tensor: every entry finite and >= 0 and every simplex with a positive sum."""
+    valid = (torch.isfinite(p) & (p >= 0)).all()
     if p.numel() == 0:
-        return True
-    if not bool((torch.isfinite(p) & (p >= 0)).all()):
-        return False
+        return valid
     lengths = segments or [p.shape[-1]]
-    return all(bool((piece.sum(-1) > 0).all()) for piece in p.split(lengths, dim=-1))
+    for piece in p.split(lengths, dim=-1):
+        valid = valid & (piece.sum(-1) > 0).all()
+    return valid
 
 
 if HAS_EXTENSION:

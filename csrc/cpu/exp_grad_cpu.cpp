@@ -49,11 +49,15 @@ void step_simplex(scalar_t* p, const scalar_t* g, int64_t k, const StepOptions<a
     m = std::max(m, li);
   }
   if (m == neg_inf) return;  // nothing to normalise (guarded against in Python)
+  // Normalise by dividing, not by subtracting log(sum): a rounded log-normaliser would
+  // scale the whole row by up to |m| ulps and break sum == 1 for large steps.
   acc_t sum = 0;
-  for (int64_t i = 0; i < k; ++i) sum += std::exp(l[i] - m);
-  const acc_t log_norm = m + std::log(sum);
   for (int64_t i = 0; i < k; ++i) {
-    acc_t pi = std::exp(l[i] - log_norm);
+    l[i] = std::exp(l[i] - m);
+    sum += l[i];
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    acc_t pi = l[i] / sum;
     if (o.normalize_first) pi = std::max(pi, o.min_value);
     p[i] = static_cast<scalar_t>(pi);
   }

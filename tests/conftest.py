@@ -1,0 +1,80 @@
+"""Shared fixtures, markers, hypothesis profile and tolerance helpers for the gaea_ext tests."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Small and deterministic: CI has 2 cores and the whole suite must run in a few minutes.
+settings.register_profile(
+    "gaea",
+    max_examples=int(os.environ.get("GAEA_HYPOTHESIS_EXAMPLES", "50")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+settings.load_profile("gaea")
+
+CUDA_AVAILABLE = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason="CUDA tests need a GPU")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: test runs on a CUDA device (skipped without a GPU)")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every test taking `device` runs on the CPU and, when a GPU exists, on CUDA."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def has_extension():
+    import gaea_ext
+
+    return bool(gaea_ext.HAS_EXTENSION)
+
+
+requires_extension = pytest.mark.skipif(
+    not has_extension(),
+    reason="gaea_ext._C is not built: torch.ops.gaea_ext.* does not exist (reference fallback)",
+)
+
+
+def eps(dtype):
+    """Machine epsilon of a floating dtype."""
+    return torch.finfo(dtype).eps
+
+
+def acc_eps(dtype):
+    """Epsilon of the accumulation type (float32 for half types, else the dtype itself)."""
+    return eps(torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def assert_within(got, want, bound, what=""):
+    """|got - want| <= bound elementwise (all compared in float64)."""
+    got = got.detach().to("cpu", torch.float64)
+    want = want.detach().to("cpu", torch.float64)
+    bound = bound.detach().to("cpu", torch.float64)
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = (got - want).abs()
+    bad = ~(err <= bound)
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {err.numel()} elements out of tolerance; first at flat "
+            f"index {i}: got {got.flatten()[i].item()!r}, want {want.flatten()[i].item()!r}, "
+            f"bound {bound.flatten()[i].item()!r}"
+        )

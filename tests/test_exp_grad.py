@@ -1,0 +1,379 @@
+"""exp_grad_step_ / exp_grad_step_multi_: the EG formula (method.md 2.2-2.6), invariants, stress."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gaea_ext
+from gaea_ext import reference
+from conftest import requires_extension
+
+ORDERS = ["clamp_then_normalize", "normalize_then_clamp"]
+
+
+def eg_formula(p, g, lr, segments=None, min_value=1e-5, order="clamp_then_normalize",
+               entropic_reg=0.0, adaptive=False):
+    """Independent float64 EG step: u = p*exp(-lr*(g + reg*(log(k p)+1))), clamp/normalise per segment."""
+    p, g = p.double(), g.double()
+    if adaptive:
+        lr = lr / g.abs().max()
+    segments = list(segments) if segments else [p.shape[-1]]
+    outs = []
+    for ps, gs in zip(p.split(segments, -1), g.split(segments, -1)):
+        k = ps.shape[-1]
+        u = ps * torch.exp(-lr * (gs + entropic_reg * (torch.log(k * ps) + 1)))
+        if order == "clamp_then_normalize":
+            u = u.clamp_min(min_value)
+            u = u / u.sum(-1, keepdim=True)
+        else:
+            u = u / u.sum(-1, keepdim=True)
+            u = u.clamp_min(min_value)
+        outs.append(u)
+    return torch.cat(outs, -1)
+
+
+def random_simplex(shape, segments=None, device="cpu", dtype=torch.float32, spread=2.0, gen=None):
+    """Rows (or segments of rows) on the simplex, all entries positive."""
+    logits = torch.randn(shape, generator=gen, dtype=torch.float64) * spread
+    segments = list(segments) if segments else [shape[-1]]
+    p = torch.cat([s.softmax(-1) for s in logits.split(segments, -1)], -1)
+    return p.to(device=device, dtype=dtype)
+
+
+def segment_sums(p, segments=None):
+    segments = list(segments) if segments else [p.shape[-1]]
+    return torch.stack([s.double().sum(-1) for s in p.split(segments, -1)], -1)
+
+
+def tol(dtype):
+    return dict(rtol=2e-5, atol=1e-12) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# the formula, on random cases
+
+
+@st.composite
+def eg_cases(draw):
+    lead = [draw(st.integers(1, 5)) for _ in range(draw(st.integers(0, 2)))]
+    n_seg = draw(st.integers(1, 5))
+    segments = [draw(st.integers(1, 9)) for _ in range(n_seg)]
+    use_segments = n_seg > 1 or draw(st.booleans())
+    shape = lead + [sum(segments)]
+    return dict(
+        shape=shape,
+        segments=segments if use_segments and n_seg > 1 else None,
+        lr=draw(st.sampled_from([0.0, 1e-3, 0.01, 0.1, 1.0, 3.0])),
+        g_scale=draw(st.sampled_from([0.1, 1.0, 5.0])),
+        min_value=draw(st.sampled_from([0.0, 1e-5, 1e-3])),
+        order=draw(st.sampled_from(ORDERS)),
+        entropic_reg=draw(st.sampled_from([0.0, 0.01, 0.3])),
+        adaptive=draw(st.booleans()),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@given(eg_cases())
+def test_matches_formula(device, case):
+    gen = torch.Generator().manual_seed(case["seed"])
+    dtype, segments = case["dtype"], case["segments"]
+    p = random_simplex(case["shape"], segments, device, dtype, gen=gen)
+    g = (torch.randn(case["shape"], generator=gen, dtype=torch.float64) * case["g_scale"]).to(device, dtype)
+    kw = dict(segments=segments, min_value=case["min_value"], order=case["order"],
+              entropic_reg=case["entropic_reg"], adaptive=case["adaptive"])
+    want = eg_formula(p, g, case["lr"], **kw)
+    g_before = g.clone()
+    ret = gaea_ext.exp_grad_step_(p, g, case["lr"], **kw)
+    assert ret is p
+    assert torch.equal(g, g_before), "grad was modified"
+    torch.testing.assert_close(p.double().cpu(), want.cpu(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("order", ORDERS)
+def test_reference_exp_grad_step_matches_formula(dtype, order):
+    """gaea_ext.reference.exp_grad_step (out of place) is itself the formula."""
+    p = random_simplex((7, 8), dtype=dtype)
+    g = torch.randn(7, 8, dtype=dtype) * 3
+    before = p.clone()
+    got = reference.exp_grad_step(p, g, 0.3, min_value=1e-3, order=order, entropic_reg=0.05)
+    assert torch.equal(p, before), "reference.exp_grad_step must be out of place"
+    torch.testing.assert_close(got.double(), eg_formula(p, g, 0.3, min_value=1e-3, order=order,
+                                                        entropic_reg=0.05), **tol(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# invariants and specific options
+
+
+def test_rows_sum_to_one_float32(device):
+    p = random_simplex((64, 8), device=device)
+    g = torch.randn(64, 8, device=device) * 10
+    gaea_ext.exp_grad_step_(p, g, 0.1)
+    assert (segment_sums(p) - 1).abs().max() <= 1e-6
+    assert (p > 0).all()
+
+
+def test_clamp_then_normalize_floor(device):
+    """Clamp acts on the unnormalised product: an entry at the floor is min_value / sum(max(u, min_value))."""
+    p = torch.tensor([[0.5, 0.25, 0.25]], device=device, dtype=torch.float64)
+    g = torch.tensor([[0.0, 50.0, 60.0]], device=device, dtype=torch.float64)  # u_1, u_2 << 1e-5
+    gaea_ext.exp_grad_step_(p, g, 1.0, min_value=1e-5)
+    s = 0.5 + 2e-5
+    want = torch.tensor([[0.5 / s, 1e-5 / s, 1e-5 / s]], dtype=torch.float64)
+    torch.testing.assert_close(p.cpu(), want, rtol=1e-12, atol=0)
+
+
+def test_normalize_then_clamp_floor(device):
+    """GDAS order: normalise first, then clamp, so entries are >= min_value and the row may exceed 1."""
+    p = torch.tensor([[0.5, 0.25, 0.25]], device=device, dtype=torch.float64)
+    g = torch.tensor([[0.0, 50.0, 60.0]], device=device, dtype=torch.float64)
+    gaea_ext.exp_grad_step_(p, g, 1.0, min_value=1e-5, order="normalize_then_clamp")
+    u = torch.tensor([0.5, 0.25 * math.exp(-50), 0.25 * math.exp(-60)], dtype=torch.float64)
+    want = (u / u.sum()).clamp_min(1e-5)[None]
+    torch.testing.assert_close(p.cpu(), want, rtol=1e-12, atol=0)
+    assert p.sum() > 1
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_segments_normalise_independently(device, order):
+    segments = [2, 3, 4, 5]
+    p = random_simplex((3, 14), segments, device)
+    g = torch.randn(3, 14, device=device) * 2
+    want = eg_formula(p, g, 0.5, segments=segments, order=order)
+    gaea_ext.exp_grad_step_(p, g, 0.5, segments=segments, order=order)
+    torch.testing.assert_close(p.double(), want, **tol(torch.float32))
+    sums = segment_sums(p, segments)
+    if order == "clamp_then_normalize":
+        assert (sums - 1).abs().max() <= 1e-6, sums
+    # each segment alone gives the same as the segment stepped on its own
+    p2 = random_simplex((3, 14), segments, device)
+    q = [s.clone() for s in p2.split(segments, -1)]
+    gaea_ext.exp_grad_step_(p2, g, 0.5, segments=segments, order=order)
+    for qs, gs, got in zip(q, g.split(segments, -1), p2.split(segments, -1)):
+        gaea_ext.exp_grad_step_(qs, gs.contiguous(), 0.5, order=order)
+        torch.testing.assert_close(got, qs, rtol=1e-6, atol=1e-9)
+
+
+def test_adaptive_equals_lr_over_max_abs_grad(device):
+    p = random_simplex((14, 8), device=device, dtype=torch.float64)
+    g = torch.randn(14, 8, device=device, dtype=torch.float64) * 7
+    q = p.clone()
+    want = eg_formula(p, g, 0.1 / g.abs().max().item())
+    gaea_ext.exp_grad_step_(p, g, 0.1, adaptive=True)
+    gaea_ext.exp_grad_step_(q, g, 0.1 / g.abs().max().item())
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+    torch.testing.assert_close(p.cpu(), want.cpu(), rtol=1e-12, atol=0)
+    # the max is over the whole tensor, not per row
+    r = random_simplex((14, 8), device=device, dtype=torch.float64)
+    per_row = eg_formula(r, g / g.abs().amax(-1, keepdim=True), 0.1)
+    gaea_ext.exp_grad_step_(r, g, 0.1, adaptive=True)
+    assert not torch.allclose(r.cpu(), per_row.cpu())
+
+
+@pytest.mark.parametrize("reg", [0.01, 0.5])
+def test_entropic_reg(device, reg):
+    p = random_simplex((6, 5), device=device, dtype=torch.float64)
+    g = torch.randn(6, 5, device=device, dtype=torch.float64)
+    lr = 0.2
+    # derived form (method.md 2.5), valid when nothing clamps: p^(1 - lr*reg) * exp(-lr*g), normalised
+    u = p ** (1 - lr * reg) * torch.exp(-lr * g)
+    derived = u / u.sum(-1, keepdim=True)
+    want = eg_formula(p, g, lr, min_value=0.0, entropic_reg=reg)
+    torch.testing.assert_close(want, derived, rtol=1e-12, atol=0)
+    gaea_ext.exp_grad_step_(p, g, lr, min_value=0.0, entropic_reg=reg)
+    torch.testing.assert_close(p, derived, rtol=1e-12, atol=0)
+
+
+def test_entropic_reg_pulls_toward_uniform(device):
+    p = torch.tensor([[0.7, 0.2, 0.1]], device=device, dtype=torch.float64)
+    g = torch.zeros_like(p)
+    gaea_ext.exp_grad_step_(p, g, 1.0, entropic_reg=0.5)
+    want = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64) ** 0.5
+    torch.testing.assert_close(p.cpu(), (want / want.sum())[None], rtol=1e-12, atol=0)
+
+
+def test_min_value_zero_means_no_clamp(device):
+    p = torch.full((2, 4), 0.25, device=device, dtype=torch.float64)
+    g = torch.tensor([[0.0, 30.0, 40.0, 0.0], [0.0, 0.0, 0.0, 25.0]], device=device, dtype=torch.float64)
+    want = eg_formula(p, g, 1.0, min_value=0.0)
+    gaea_ext.exp_grad_step_(p, g, 1.0, min_value=0.0)
+    torch.testing.assert_close(p.cpu(), want.cpu(), rtol=1e-12, atol=0)
+    assert (p < 1e-5).any() and (p > 0).all()
+
+
+def test_zero_lr_renormalises_only(device):
+    p = torch.tensor([[0.2, 0.2, 0.6]], device=device) * 2
+    gaea_ext.exp_grad_step_(p, torch.randn(1, 3, device=device), 0.0)
+    torch.testing.assert_close(p.cpu(), torch.tensor([[0.2, 0.2, 0.6]]), rtol=1e-6, atol=0)
+
+
+def test_non_contiguous_param(device):
+    """A strided param is either updated in place correctly or refused with a clear error, untouched."""
+    base = random_simplex((8, 6), device=device).t().contiguous()
+    view = base.t()  # (8, 6), rows on a non-contiguous last dim
+    g = torch.randn(8, 6, device=device)
+    want = eg_formula(view, g, 0.3)
+    before = base.clone()
+    try:
+        gaea_ext.exp_grad_step_(view, g, 0.3)
+    except (ValueError, RuntimeError) as e:
+        assert "param" in str(e)
+        assert torch.equal(base, before)
+    else:
+        torch.testing.assert_close(base.t().double(), want, **tol(torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# release formulas (reference module) agree with the fused op
+
+
+def test_matches_release_formula(device):
+    p = random_simplex((14, 8), device=device, dtype=torch.float64)
+    g = torch.randn(14, 8, device=device, dtype=torch.float64) * 3
+    q = p.clone()
+    reference.exp_grad_step_release(q, g, 0.1, min_value=1e-5)
+    gaea_ext.exp_grad_step_(p, g, 0.1, min_value=1e-5)
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+
+
+def test_matches_release_edge_step(device):
+    segments = [2, 3, 4, 5]
+    beta = torch.tensor([1 / 2] * 2 + [1 / 3] * 3 + [1 / 4] * 4 + [1 / 5] * 5, device=device,
+                        dtype=torch.float64)
+    g = torch.randn(14, device=device, dtype=torch.float64) * 4
+    q = beta.clone()
+    reference.edge_step_release(q, g, 0.1, segments)
+    gaea_ext.exp_grad_step_(beta, g, 0.1, segments=segments, min_value=0.0)
+    torch.testing.assert_close(beta, q, rtol=1e-12, atol=0)
+    torch.testing.assert_close(segment_sums(beta, segments).cpu(), torch.ones(4, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-tensor form
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_multi_equals_per_tensor(device, adaptive):
+    segments = [2, 3, 4, 5]
+    ps = [random_simplex((3, 14), segments, device), random_simplex((14,), segments, device),
+          random_simplex((2, 2, 14), segments, device)]
+    gs = [torch.randn(p.shape, device=device) * 3 for p in ps]
+    lrs = [0.1, 0.2, 0.05]
+    kw = dict(segments=segments, min_value=1e-4, order="normalize_then_clamp",
+              entropic_reg=0.01, adaptive=adaptive)
+    singles = [p.clone() for p in ps]
+    for p, g, lr in zip(singles, gs, lrs):
+        gaea_ext.exp_grad_step_(p, g, lr, **kw)
+    ret = gaea_ext.exp_grad_step_multi_(ps, gs, lrs, **kw)
+    assert ret is None or int(ret) == 0  # spec: None; the implementation returns its 0 status flag
+    for p, q in zip(ps, singles):
+        assert torch.equal(p, q), (p - q).abs().max()
+
+    ps2 = [random_simplex((3, 14), segments, device) for _ in range(2)]
+    singles2 = [p.clone() for p in ps2]
+    gaea_ext.exp_grad_step_multi_(ps2, gs[:1] * 2, 0.3, **kw)  # scalar lr for every param
+    for p, g in zip(singles2, gs[:1] * 2):
+        gaea_ext.exp_grad_step_(p, g, 0.3, **kw)
+    for p, q in zip(ps2, singles2):
+        assert torch.equal(p, q)
+
+
+def test_multi_nonfinite_grad_changes_nothing(device):
+    ps = [random_simplex((4, 5), device=device) for _ in range(3)]
+    gs = [torch.randn(4, 5, device=device) for _ in range(3)]
+    gs[1][2, 3] = float("inf")
+    before = [p.clone() for p in ps]
+    with pytest.raises((ValueError, RuntimeError), match="grad"):
+        gaea_ext.exp_grad_step_multi_(ps, gs, 0.1)
+    for p, b in zip(ps, before):
+        assert torch.equal(p, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# stress: 10,000 steps with large gradients
+
+
+def _run_steps(p, grads, lr, **kw):
+    hist = torch.empty((grads.shape[0] + 1,) + tuple(p.shape), dtype=p.dtype, device=p.device)
+    hist[0] = p
+    for i in range(grads.shape[0]):
+        gaea_ext.exp_grad_step_(p, grads[i], lr, **kw)
+        hist[i + 1] = p
+    return hist
+
+
+@pytest.mark.parametrize(
+    "shape,segments,lr,min_value,order,reg",
+    [
+        ((14, 8), None, 0.1, 1e-5, "clamp_then_normalize", 0.0),
+        ((6, 5), None, 0.1, 1e-5, "normalize_then_clamp", 0.01),
+        ((2, 14), [2, 3, 4, 5], 1e-3, 0.0, "clamp_then_normalize", 0.0),
+    ],
+    ids=["darts", "gdas", "edges"],
+)
+def test_stays_valid_over_10000_steps(device, shape, segments, lr, min_value, order, reg):
+    # 10,000 steps on the kernels; the pure-PyTorch fallback (~6 ms a step) gets 1,000 to stay fast
+    steps = 10_000 if gaea_ext.backend(device) != "reference" else 1_000
+    gen = torch.Generator().manual_seed(7)
+    grads = (torch.randn((steps,) + shape, generator=gen) * 100).to(device)
+    p = random_simplex(shape, segments, device)
+    hist = _run_steps(p, grads, lr, segments=segments, min_value=min_value, order=order, entropic_reg=reg)
+    after = hist[1:]
+    assert torch.isfinite(after).all()
+    assert (after > 0).all(), "an entry reached 0"
+    sums = segment_sums(after, segments)
+    if order == "clamp_then_normalize":
+        assert (sums - 1).abs().max().item() <= 1e-6
+    else:
+        assert (after >= min_value).all()
+        assert sums.min().item() >= 1 - 1e-6 and sums.max().item() <= 1 + shape[-1] * min_value + 1e-6
+    # every step is the formula applied to the previous state (float64, vectorised)
+    want = eg_formula(hist[:-1], grads, lr, segments=segments, min_value=min_value, order=order,
+                      entropic_reg=reg)
+    torch.testing.assert_close(after.double(), want, rtol=1e-4, atol=1e-30)
+
+
+# ---------------------------------------------------------------------------------------------
+# the raw op (extension only): flag instead of raising, no host sync
+
+
+@requires_extension
+def test_raw_op_flags_nonfinite_grad(device):
+    ps = [random_simplex((3, 4), device=device) for _ in range(2)]
+    gs = [torch.randn(3, 4, device=device) for _ in range(2)]
+    gs[0][1, 1] = float("nan")
+    before = [p.clone() for p in ps]
+    flag = torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [], 1e-5, False, 0.0, False)
+    assert flag.dim() == 0 and flag.dtype == torch.int32 and flag.device == ps[0].device
+    assert int(flag) == 1
+    assert torch.equal(ps[0], before[0])
+    assert torch.isfinite(ps[1]).all()
+    gs[0][1, 1] = 0.0
+    ps = before
+    want = [eg_formula(p, g, 0.1) for p, g in zip(ps, gs)]
+    flag = torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [], 1e-5, False, 0.0, False)
+    assert int(flag) == 0
+    for p, w in zip(ps, want):
+        torch.testing.assert_close(p.double(), w, **tol(torch.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tests need a GPU")
+@requires_extension
+def test_cuda_raw_op_no_host_sync():
+    ps = [random_simplex((14, 8), device="cuda") for _ in range(2)] + [random_simplex((14,), [2, 3, 4, 5], "cuda")]
+    gs = [torch.randn(p.shape, device="cuda") for p in ps]
+    want = [eg_formula(p, g, 0.1, adaptive=True) for p, g in zip(ps[:2], gs[:2])]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.ops.gaea_ext.exp_grad_step_(ps[:2], gs[:2], [0.1, 0.1], [], 1e-5, False, 0.0, True)
+        torch.ops.gaea_ext.exp_grad_step_(ps[2:], gs[2:], [0.1], [2, 3, 4, 5], 0.0, False, 0.0, False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for p, w in zip(ps, want):
+        torch.testing.assert_close(p.double(), w, **tol(torch.float32))

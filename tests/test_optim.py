@@ -1,0 +1,232 @@
+"""gaea_ext.optim.ExponentiatedGradient: equals the functional op, state_dict, schedulers, groups."""
+
+import io
+import math
+
+import pytest
+import torch
+
+import gaea_ext
+from gaea_ext.optim import ExponentiatedGradient
+
+SEG = [2, 3, 4, 5]
+
+
+def simplex(shape, segments=None, device="cpu"):
+    logits = torch.randn(shape, dtype=torch.float64)
+    segments = segments or [shape[-1]]
+    return torch.cat([s.softmax(-1) for s in logits.split(segments, -1)], -1).float().to(device)
+
+
+def darts_params(device):
+    """Two 14x8 alpha tensors and two 14-long edge-weight vectors, as in GAEA PC-DARTS."""
+    alphas = [torch.nn.Parameter(simplex((14, 8), device=device)) for _ in range(2)]
+    betas = [torch.nn.Parameter(simplex((14,), SEG, device=device)) for _ in range(2)]
+    return alphas, betas
+
+
+def set_grads(params, scale=3.0):
+    for p in params:
+        p.grad = torch.randn_like(p) * scale
+
+
+def clones(params):
+    return [p.detach().clone() for p in params]
+
+
+def test_is_torch_optimizer_and_defaults(device):
+    p = torch.nn.Parameter(simplex((3, 4), device=device))
+    opt = ExponentiatedGradient([p])
+    assert isinstance(opt, torch.optim.Optimizer)
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.1
+    assert group["min_value"] == 1e-5
+    assert group["entropic_reg"] == 0.0
+    assert group["order"] == "clamp_then_normalize"
+    assert group["adaptive"] is False
+
+
+@pytest.mark.parametrize("order", ["clamp_then_normalize", "normalize_then_clamp"])
+def test_step_equals_functional(device, order):
+    alphas, _ = darts_params(device)
+    opt = ExponentiatedGradient(alphas, lr=0.3, min_value=1e-4, entropic_reg=0.01, order=order)
+    for _ in range(3):
+        set_grads(alphas)
+        want = clones(alphas)
+        for w, p in zip(want, alphas):
+            gaea_ext.exp_grad_step_(w, p.grad, 0.3, min_value=1e-4, entropic_reg=0.01, order=order)
+        opt.step()
+        for p, w in zip(alphas, want):
+            torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-9)
+
+
+def test_step_actually_changes_params(device):
+    alphas, _ = darts_params(device)
+    before = clones(alphas)
+    set_grads(alphas)
+    ExponentiatedGradient(alphas, lr=0.5).step()
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(alphas, before))
+
+
+def test_param_groups_with_own_segments(device):
+    alphas, betas = darts_params(device)
+    opt = ExponentiatedGradient(
+        [{"params": alphas}, {"params": betas, "segments": SEG, "min_value": 0.0, "lr": 0.2}],
+        lr=0.1,
+    )
+    set_grads(alphas + betas)
+    wa = clones(alphas)
+    wb = clones(betas)
+    for w, p in zip(wa, alphas):
+        gaea_ext.exp_grad_step_(w, p.grad, 0.1)
+    for w, p in zip(wb, betas):
+        gaea_ext.exp_grad_step_(w, p.grad, 0.2, segments=SEG, min_value=0.0)
+    opt.step()
+    for p, w in zip(alphas + betas, wa + wb):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-9)
+    for b in betas:
+        sums = torch.stack([s.double().sum() for s in b.detach().split(SEG)])
+        torch.testing.assert_close(sums.cpu(), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def test_adaptive(device):
+    alphas, _ = darts_params(device)
+    set_grads(alphas, scale=20.0)
+    want = clones(alphas)
+    for w, p in zip(want, alphas):  # per tensor: lr / max|grad|
+        gaea_ext.exp_grad_step_(w, p.grad, 0.1 / p.grad.abs().max().item())
+    ExponentiatedGradient(alphas, lr=0.1, adaptive=True).step()
+    for p, w in zip(alphas, want):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-9)
+
+
+def test_grad_none_is_skipped(device):
+    alphas, betas = darts_params(device)
+    params = alphas + betas
+    set_grads(params[:2])
+    before = clones(params)
+    ExponentiatedGradient([{"params": alphas}, {"params": betas, "segments": SEG}], lr=0.5).step()
+    assert not torch.equal(params[0].detach(), before[0])
+    for p, b in zip(params[2:], before[2:]):
+        assert torch.equal(p.detach(), b)
+
+
+def test_all_grads_none_is_a_no_op(device):
+    alphas, _ = darts_params(device)
+    before = clones(alphas)
+    ExponentiatedGradient(alphas).step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(alphas, before))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_grad_raises_without_modifying(device, bad):
+    alphas, betas = darts_params(device)
+    opt = ExponentiatedGradient([{"params": alphas}, {"params": betas, "segments": SEG}],
+                                check_finite=True)
+    set_grads(alphas + betas)
+    betas[1].grad[3] = bad  # in the last group: the first group must not have been stepped either
+    before = clones(alphas + betas)
+    with pytest.raises((ValueError, RuntimeError), match="grad"):
+        opt.step()
+    for p, b in zip(alphas + betas, before):
+        assert torch.equal(p.detach(), b)
+
+
+def test_nonfinite_grad_unchecked_leaves_that_param(device):
+    """check_finite=False: no exception; the param with the bad grad stays untouched, all stay finite."""
+    alphas, _ = darts_params(device)
+    opt = ExponentiatedGradient(alphas, check_finite=False)
+    set_grads(alphas)
+    alphas[0].grad[0, 0] = float("nan")
+    before = clones(alphas)
+    opt.step()
+    assert torch.equal(alphas[0].detach(), before[0])
+    assert torch.isfinite(alphas[1]).all()
+    alphas[0].grad[0, 0] = 0.0  # the next clean step goes through
+    opt.step()
+    assert not torch.equal(alphas[0].detach(), before[0])
+
+
+def test_lr_scheduler_changes_lr_used(device):
+    alphas, _ = darts_params(device)
+    lr0, T = 0.4, 4
+    opt = ExponentiatedGradient(alphas, lr=lr0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T, eta_min=0.01)
+    for t in range(T + 1):
+        lr_t = 0.01 + (lr0 - 0.01) * (1 + math.cos(math.pi * t / T)) / 2
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr_t)
+        set_grads(alphas)
+        want = clones(alphas)
+        for w, p in zip(want, alphas):
+            gaea_ext.exp_grad_step_(w, p.grad, lr_t)
+        opt.step()
+        sched.step()
+        for p, w in zip(alphas, want):
+            torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-9)
+
+
+def test_state_dict_round_trip(device):
+    alphas, betas = darts_params(device)
+
+    def make(a, b, lr):
+        opt = ExponentiatedGradient([{"params": a}, {"params": b, "segments": SEG, "min_value": 0.0}],
+                                    lr=lr, entropic_reg=0.02)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+    opt, sched = make(alphas, betas, 0.3)
+    for _ in range(3):
+        set_grads(alphas + betas)
+        opt.step()
+        sched.step()
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+
+    # fresh optimizer with different hyper-parameters, on copies of the params
+    a2 = [torch.nn.Parameter(p.detach().clone()) for p in alphas]
+    b2 = [torch.nn.Parameter(p.detach().clone()) for p in betas]
+    opt2, sched2 = make(a2, b2, 0.9)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    opt2.load_state_dict(state["opt"])
+    sched2.load_state_dict(state["sched"])
+    for g1, g2 in zip(opt.param_groups, opt2.param_groups):
+        assert {k: v for k, v in g1.items() if k != "params"} == {k: v for k, v in g2.items() if k != "params"}
+
+    for _ in range(3):
+        set_grads(alphas + betas)
+        for p, q in zip(alphas + betas, a2 + b2):
+            q.grad = p.grad.clone()
+        opt.step()
+        sched.step()
+        opt2.step()
+        sched2.step()
+    for p, q in zip(alphas + betas, a2 + b2):
+        assert torch.equal(p.detach(), q.detach())
+
+
+def test_closure(device):
+    alphas, _ = darts_params(device)
+    opt = ExponentiatedGradient(alphas)
+
+    def closure():
+        opt.zero_grad()
+        loss = sum((a * torch.arange(8.0, device=device)).sum() for a in alphas)
+        loss.backward()
+        return loss
+
+    before = clones(alphas)
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss)
+    # the gradient grows with the op index, so p0/p7 grows by exp(0.1 * 7)
+    ratio = (alphas[0][:, 0] / alphas[0][:, -1]) / (before[0][:, 0] / before[0][:, -1])
+    torch.testing.assert_close(ratio.detach(), torch.full_like(ratio, math.exp(0.7)), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"lr": -0.1}, "lr"), ({"segments": [3, 3]}, "segments"),
+                                         ({"order": "sideways"}, "order")])
+def test_bad_hyperparameters(device, kwargs, name):
+    p = torch.nn.Parameter(simplex((2, 14), device=device))
+    with pytest.raises((TypeError, ValueError, RuntimeError), match=name):
+        opt = ExponentiatedGradient([p], **kwargs)
+        p.grad = torch.randn_like(p)
+        opt.step()
