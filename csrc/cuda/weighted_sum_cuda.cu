@@ -1,0 +1,430 @@
+// CUDA kernels of gaea_ext::weighted_sum and gaea_ext::weighted_sum_backward.
+//
+// Forward: one grid-stride streaming kernel per group of up to kMaxInputsPerLaunch inputs
+// (pointers passed by value). When every pointer is 16-byte aligned, each thread moves
+// 16 bytes per input per step; otherwise (and for the tail) it moves one element.
+//
+// Backward: kernel 1 gives each block a fixed chunk of kBwdChunk elements (independent of
+// the device), scales grad_out into the requested grad_inputs and writes one block
+// partial of <inputs[k], grad_out> per k; kernel 2 sums the partials of each k in a fixed
+// order. No float atomics, so the weight gradient is bitwise reproducible.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../gaea_ext.h"
+
+namespace gaea_ext {
+namespace {
+
+constexpr int kMaxK = static_cast<int>(kMaxInputsPerLaunch);
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+// Forward: resident blocks per SM we size the grid for (__launch_bounds__ keeps it possible).
+constexpr int kFwdBlocksPerSm = 4;
+// Backward: elements per thread and per block. A compile-time constant, so the partial
+// sums (and hence the result) do not depend on the device.
+constexpr int kBwdItems = 8;
+constexpr int64_t kBwdChunk = static_cast<int64_t>(kThreads) * kBwdItems;
+
+// N elements moved as one access: 16 bytes for the vector path, one element otherwise.
+template <typename T, int N>
+struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <typename scalar_t>
+struct InputPtrs {
+  const scalar_t* ptr[kMaxK];
+};
+
+template <typename scalar_t>
+struct GradPtrs {
+  scalar_t* ptr[kMaxK];  // nullptr: that input needs no gradient
+};
+
+template <int N, typename T>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
+int sm_count(c10::DeviceIndex device) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  const bool cacheable = device >= 0 && device < kMaxDevices;
+  if (cacheable) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  count = std::max(count, 1);
+  if (cacheable) cache[device].store(count, std::memory_order_relaxed);
+  return count;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_cuda(at::TensorList inputs, const char* op) {
+  TORCH_CHECK(inputs[0].is_cuda(), op, " (CUDA kernel): 'inputs' must be CUDA tensors, got ", inputs[0].device());
+}
+
+// ---- forward ------------------------------------------------------------------------
+
+// out[i] = (prev ? prev[i] : 0) + sum_{k<K} w[k] * ys[k][i] over the flat range [0, n).
+// prev (accumulation type) carries the sum of earlier input groups when K > kMaxK; it may
+// alias out, which is safe because each element is read and written by the same thread.
+template <typename scalar_t, typename out_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kFwdBlocksPerSm)
+    weighted_sum_kernel(InputPtrs<scalar_t> ys, const at::opmath_type<scalar_t>* w, int K,
+                        const at::opmath_type<scalar_t>* prev, out_t* out, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t w_s[kMaxK];
+  for (int k = threadIdx.x; k < K; k += blockDim.x) w_s[k] = w[k];
+  __syncthreads();
+
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t nvec = n / VEC;
+  for (int64_t v = tid; v < nvec; v += stride) {
+    const int64_t base = v * VEC;
+    acc_t acc[VEC];
+    if (prev != nullptr) {
+      const Vec<acc_t, VEC> p = load_vec<VEC>(prev + base);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[j] = p.v[j];
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[j] = acc_t(0);
+    }
+#pragma unroll 4
+    for (int k = 0; k < K; ++k) {
+      const Vec<scalar_t, VEC> y = load_vec<VEC>(ys.ptr[k] + base);
+      const acc_t wk = w_s[k];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[j] += wk * static_cast<acc_t>(y.v[j]);
+    }
+    Vec<out_t, VEC> o;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) o.v[j] = static_cast<out_t>(acc[j]);
+    store_vec<VEC>(out + base, o);
+  }
+  // Tail (fewer than VEC elements), one element per thread.
+  for (int64_t i = nvec * VEC + tid; i < n; i += stride) {
+    acc_t acc = prev != nullptr ? prev[i] : acc_t(0);
+    for (int k = 0; k < K; ++k) acc += w_s[k] * static_cast<acc_t>(ys.ptr[k][i]);
+    out[i] = static_cast<out_t>(acc);
+  }
+}
+
+template <typename scalar_t, typename out_t>
+void launch_weighted_sum(const InputPtrs<scalar_t>& ys, const at::opmath_type<scalar_t>* w, int K,
+                         const at::opmath_type<scalar_t>* prev, out_t* out, int64_t n, bool vectorize,
+                         int max_blocks, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const int64_t units = vectorize ? std::max<int64_t>(n / kVec, 1) : n;
+  const int blocks = static_cast<int>(std::min<int64_t>((units + kThreads - 1) / kThreads, max_blocks));
+  if (vectorize) {
+    weighted_sum_kernel<scalar_t, out_t, kVec><<<blocks, kThreads, 0, stream>>>(ys, w, K, prev, out, n);
+  } else {
+    weighted_sum_kernel<scalar_t, out_t, 1><<<blocks, kThreads, 0, stream>>>(ys, w, K, prev, out, n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- backward -----------------------------------------------------------------------
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;  // complete in lane 0
+}
+
+// Block b owns elements [b * kBwdChunk, (b + 1) * kBwdChunk). Thread t owns the VEC-wide
+// groups t, t + kThreads, ... of that chunk and keeps its grad_out values in registers.
+// For each of the K inputs of this launch: grad_inputs[k] = w[k] * g (if requested) and,
+// if partials != nullptr, partials[k * num_blocks + b] = sum over the chunk of ys[k] * g,
+// summed per thread in element order, then across lanes and warps in a fixed tree order.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    weighted_sum_backward_kernel(const scalar_t* g_ptr, InputPtrs<scalar_t> ys, GradPtrs<scalar_t> grads,
+                                 const at::opmath_type<scalar_t>* w, int K, int64_t n,
+                                 at::opmath_type<scalar_t>* partials, int64_t num_blocks) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kGroups = kBwdItems / VEC;
+  static_assert(kBwdItems % VEC == 0, "a thread owns whole vectors");
+  __shared__ acc_t warp_partials[kMaxK][kWarps];
+
+  const int64_t chunk = static_cast<int64_t>(blockIdx.x) * kBwdChunk;
+  acc_t g[kGroups][VEC];
+#pragma unroll
+  for (int s = 0; s < kGroups; ++s) {
+    const int64_t base = chunk + (static_cast<int64_t>(s) * kThreads + threadIdx.x) * VEC;
+    if (base + VEC <= n) {
+      const Vec<scalar_t, VEC> x = load_vec<VEC>(g_ptr + base);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) g[s][j] = static_cast<acc_t>(x.v[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) g[s][j] = base + j < n ? static_cast<acc_t>(g_ptr[base + j]) : acc_t(0);
+    }
+  }
+
+  const bool dots = partials != nullptr;  // uniform over the grid
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  for (int k = 0; k < K; ++k) {
+    const acc_t wk = w[k];
+    scalar_t* gi = grads.ptr[k];
+    const scalar_t* y = ys.ptr[k];
+    acc_t dot = acc_t(0);
+#pragma unroll
+    for (int s = 0; s < kGroups; ++s) {
+      const int64_t base = chunk + (static_cast<int64_t>(s) * kThreads + threadIdx.x) * VEC;
+      if (base + VEC <= n) {
+        if (gi != nullptr) {
+          Vec<scalar_t, VEC> o;
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) o.v[j] = static_cast<scalar_t>(wk * g[s][j]);
+          store_vec<VEC>(gi + base, o);
+        }
+        if (dots) {
+          const Vec<scalar_t, VEC> x = load_vec<VEC>(y + base);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) dot += static_cast<acc_t>(x.v[j]) * g[s][j];
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          if (base + j < n) {
+            if (gi != nullptr) gi[base + j] = static_cast<scalar_t>(wk * g[s][j]);
+            if (dots) dot += static_cast<acc_t>(y[base + j]) * g[s][j];
+          }
+        }
+      }
+    }
+    if (dots) {
+      dot = warp_sum(dot);
+      if (lane == 0) warp_partials[k][warp] = dot;
+    }
+  }
+  if (dots) {
+    // warp_partials is written once per (k, warp) above and only read below: one barrier.
+    __syncthreads();
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+      acc_t total = acc_t(0);
+#pragma unroll
+      for (int i = 0; i < kWarps; ++i) total += warp_partials[k][i];
+      partials[static_cast<int64_t>(k) * num_blocks + blockIdx.x] = total;
+    }
+  }
+}
+
+// grad_weights[k] = sum_b partials[k * num_blocks + b], in double, one block per k:
+// thread t sums b = t, t + kThreads, ... in order, then a fixed tree across the block.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    reduce_partials_kernel(const acc_t* partials, int64_t num_blocks, acc_t* grad_weights) {
+  __shared__ double warp_totals[kWarps];
+  const acc_t* row = partials + static_cast<int64_t>(blockIdx.x) * num_blocks;
+  double total = 0.0;
+  for (int64_t b = threadIdx.x; b < num_blocks; b += blockDim.x) total += static_cast<double>(row[b]);
+  total = warp_sum(total);
+  if (threadIdx.x % 32 == 0) warp_totals[threadIdx.x / 32] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double sum = 0.0;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) sum += warp_totals[i];
+    grad_weights[blockIdx.x] = static_cast<acc_t>(sum);
+  }
+}
+
+// The inputs as tensors sharing one dense layout (their own if they share one).
+std::vector<at::Tensor> with_shared_layout(at::TensorList inputs) {
+  std::vector<at::Tensor> all(inputs.begin(), inputs.end());
+  if (share_dense_layout(all)) return all;
+  for (at::Tensor& t : all) t = t.contiguous();
+  return all;
+}
+
+}  // namespace
+
+at::Tensor weighted_sum_cuda(at::TensorList inputs, const at::Tensor& weights) {
+  check_weighted_sum_args(inputs, weights);
+  check_cuda(inputs, "weighted_sum");
+  const c10::cuda::CUDAGuard guard(inputs[0].device());
+  const std::vector<at::Tensor> ys = with_shared_layout(inputs);
+  at::Tensor out = at::empty_like(ys[0], at::MemoryFormat::Preserve);
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  const int64_t K = static_cast<int64_t>(ys.size());
+  const at::ScalarType acc_type = accumulation_type(out.scalar_type());
+  const at::Tensor w = weights.to(acc_type).contiguous();  // device-side cast, no sync
+  const int max_blocks = sm_count(out.get_device()) * kFwdBlocksPerSm;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "weighted_sum_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr bool kSameType = std::is_same<acc_t, scalar_t>::value;
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    const acc_t* w_ptr = w.const_data_ptr<acc_t>();
+    // K > kMaxK: the running sum between input groups lives in the accumulation type (in
+    // out itself when that is the accumulation type, else in a flat float32 buffer), so
+    // half types are rounded once, at the end, whatever K is.
+    at::Tensor running;
+    acc_t* running_ptr = nullptr;
+    if (K > kMaxK) {
+      if constexpr (kSameType) {
+        running_ptr = reinterpret_cast<acc_t*>(out_ptr);
+      } else {
+        running = at::empty({n}, out.options().dtype(acc_type));
+        running_ptr = running.mutable_data_ptr<acc_t>();
+      }
+    }
+    bool vectorize = aligned16(out_ptr) && (running_ptr == nullptr || aligned16(running_ptr));
+    for (const at::Tensor& y : ys) vectorize = vectorize && aligned16(y.const_data_ptr());
+
+    for (int64_t k0 = 0; k0 < K; k0 += kMaxK) {
+      const int kc = static_cast<int>(std::min<int64_t>(kMaxK, K - k0));
+      InputPtrs<scalar_t> ptrs{};
+      for (int k = 0; k < kc; ++k) ptrs.ptr[k] = ys[k0 + k].const_data_ptr<scalar_t>();
+      const acc_t* prev = k0 == 0 ? nullptr : running_ptr;
+      const bool last = k0 + kc == K;
+      if (last || kSameType) {
+        launch_weighted_sum<scalar_t, scalar_t>(ptrs, w_ptr + k0, kc, prev, out_ptr, n, vectorize, max_blocks,
+                                                stream);
+      } else {
+        launch_weighted_sum<scalar_t, acc_t>(ptrs, w_ptr + k0, kc, prev, running_ptr, n, vectorize, max_blocks,
+                                             stream);
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
+    const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+    const c10::List<bool>& inputs_need_grad, bool weights_need_grad) {
+  check_weighted_sum_args(inputs, weights);
+  check_cuda(inputs, "weighted_sum_backward");
+  const int64_t K = static_cast<int64_t>(inputs.size());
+  TORCH_CHECK(static_cast<int64_t>(inputs_need_grad.size()) == K,
+              "weighted_sum_backward: 'inputs_need_grad' must have one flag per input (", K, "), got ",
+              inputs_need_grad.size());
+  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type() &&
+                  grad_out.device() == inputs[0].device(),
+              "weighted_sum_backward: 'grad_out' must match the inputs' shape, dtype and device; got ",
+              grad_out.sizes(), " ", grad_out.scalar_type(), " on ", grad_out.device());
+  const c10::cuda::CUDAGuard guard(inputs[0].device());
+
+  // Same layout rule as the CPU kernel and the fake (gaea_ext/_layout.py): keep the layout
+  // shared by inputs and grad_out, else go contiguous. The inputs are only read for the
+  // weight gradient, so without it only grad_out is copied.
+  std::vector<at::Tensor> all(inputs.begin(), inputs.end());
+  all.push_back(grad_out);
+  if (!share_dense_layout(all)) {
+    if (weights_need_grad) {
+      for (at::Tensor& t : all) t = t.contiguous();
+    } else {
+      all.back() = grad_out.contiguous();
+    }
+  }
+  const at::Tensor& g = all.back();
+  const int64_t n = g.numel();
+  const at::ScalarType acc_type = accumulation_type(g.scalar_type());
+
+  std::vector<at::Tensor> grad_inputs;
+  std::vector<int64_t> grad_slot(K, -1);  // index into grad_inputs, or -1
+  for (int64_t k = 0; k < K; ++k) {
+    if (inputs_need_grad.get(k)) {
+      grad_slot[k] = static_cast<int64_t>(grad_inputs.size());
+      grad_inputs.push_back(at::empty_like(g, at::MemoryFormat::Preserve));
+    }
+  }
+  if (n == 0 || (grad_inputs.empty() && !weights_need_grad)) {
+    at::Tensor grad_weights = weights_need_grad ? at::zeros({K}, weights.options()) : at::empty({0}, weights.options());
+    return {grad_inputs, grad_weights};
+  }
+
+  const at::Tensor w = weights.to(acc_type).contiguous();  // device-side cast, no sync
+  const int64_t num_blocks = (n + kBwdChunk - 1) / kBwdChunk;
+  TORCH_CHECK(num_blocks <= INT32_MAX, "weighted_sum_backward: tensor too large (", n, " elements)");
+  at::Tensor partials = weights_need_grad ? at::empty({K, num_blocks}, g.options().dtype(acc_type)) : at::Tensor();
+  at::Tensor grad_weights_acc = weights_need_grad ? at::empty({K}, g.options().dtype(acc_type)) : at::Tensor();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "weighted_sum_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+    const acc_t* w_ptr = w.const_data_ptr<acc_t>();
+    acc_t* partials_ptr = weights_need_grad ? partials.mutable_data_ptr<acc_t>() : nullptr;
+
+    bool vectorize = aligned16(g_ptr);
+    for (const at::Tensor& gi : grad_inputs) vectorize = vectorize && aligned16(gi.const_data_ptr());
+    if (weights_need_grad) {
+      for (int64_t k = 0; k < K; ++k) vectorize = vectorize && aligned16(all[k].const_data_ptr());
+    }
+
+    for (int64_t k0 = 0; k0 < K; k0 += kMaxK) {
+      const int kc = static_cast<int>(std::min<int64_t>(kMaxK, K - k0));
+      InputPtrs<scalar_t> ys{};
+      GradPtrs<scalar_t> grads{};
+      bool any_grad = false;
+      for (int k = 0; k < kc; ++k) {
+        if (weights_need_grad) ys.ptr[k] = all[k0 + k].const_data_ptr<scalar_t>();
+        const int64_t slot = grad_slot[k0 + k];
+        if (slot >= 0) {
+          grads.ptr[k] = grad_inputs[slot].mutable_data_ptr<scalar_t>();
+          any_grad = true;
+        }
+      }
+      if (!any_grad && !weights_need_grad) continue;
+      acc_t* chunk_partials = partials_ptr != nullptr ? partials_ptr + k0 * num_blocks : nullptr;
+      const dim3 grid(static_cast<unsigned int>(num_blocks));
+      if (vectorize) {
+        weighted_sum_backward_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(
+            g_ptr, ys, grads, w_ptr + k0, kc, n, chunk_partials, num_blocks);
+      } else {
+        weighted_sum_backward_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
+            g_ptr, ys, grads, w_ptr + k0, kc, n, chunk_partials, num_blocks);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (weights_need_grad) {
+      reduce_partials_kernel<acc_t><<<static_cast<unsigned int>(K), kThreads, 0, stream>>>(
+          partials_ptr, num_blocks, grad_weights_acc.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+
+  at::Tensor grad_weights = weights_need_grad ? grad_weights_acc.to(weights.scalar_type())
+                                              : at::empty({0}, weights.options());
+  return {grad_inputs, grad_weights};
+}
+
+TORCH_LIBRARY_IMPL(gaea_ext, CUDA, m) {
+  m.impl("weighted_sum", &weighted_sum_cuda);
+  m.impl("weighted_sum_backward", &weighted_sum_backward_cuda);
+}
+
+}  // namespace gaea_ext
