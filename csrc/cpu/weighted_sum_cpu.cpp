@@ -1,8 +1,9 @@
 // CPU kernels of gaea_ext::weighted_sum and gaea_ext::weighted_sum_backward.
 //
-// Both walk the flat storage in fixed chunks of kCpuChunk elements (L1-sized). Inside a
-// chunk the op index is the outer loop and the chunk accumulates in place, so every inner
-// loop is a plain vectorisable stream. Dot products for the weight gradient are summed in
+// Both walk the flat storage in fixed chunks of kCpuChunk elements (L1-sized). The forward
+// reads up to 8 inputs per pass with the running sum in vector registers (more inputs
+// accumulate in a float chunk buffer); the backward keeps the grad chunk in L1 and streams
+// each input once. Dot products for the weight gradient are summed in
 // 16 independent lanes per chunk (vectorisable without reassociation), and the per-chunk
 // partials are combined in chunk order: the result does not depend on the thread count.
 #include <ATen/Dispatch.h>
@@ -23,23 +24,62 @@ namespace {
 constexpr int64_t kChunksPerTask = 32;
 constexpr int kDotLanes = 16;
 
-// acc[0:n] = sum_k w[k] * ys[k][offset : offset + n]
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES void mix_chunk(acc_t* __restrict acc, const scalar_t* const* ys, const acc_t* w,
-                                int64_t num_inputs, int64_t offset, int64_t n) {
-  const scalar_t* __restrict y0 = ys[0] + offset;
-  const acc_t w0 = w[0];
-  for (int64_t i = 0; i < n; ++i) acc[i] = w0 * static_cast<acc_t>(y0[i]);
-  for (int64_t k = 1; k < num_inputs; ++k) {
-    const scalar_t* __restrict y = ys[k] + offset;
-    const acc_t wk = w[k];
-    for (int64_t i = 0; i < n; ++i) acc[i] += wk * static_cast<acc_t>(y[i]);
+// Inputs mixed per pass: all G streams of a group are read in one loop, as an unrolled sum
+// held in vector registers, so each output element is written once per group.
+constexpr int kGroup = 8;
+
+// dst[0:n] = (kFirst ? 0 : acc[0:n]) + sum_{g<G} w[g] * ys[g][offset:offset+n], where dst is
+// `out` (scalar_t) for the last group and the float chunk `acc` otherwise.
+template <int G, bool kFirst, bool kLast, typename scalar_t, typename acc_t>
+GAEA_SIMD_CLONES void mix_group(scalar_t* __restrict out, acc_t* __restrict acc, const scalar_t* const* ys,
+                                const acc_t* w, int64_t offset, int64_t n) {
+  const scalar_t* y[G];
+  acc_t wg[G];
+  for (int g = 0; g < G; ++g) {
+    y[g] = ys[g] + offset;
+    wg[g] = w[g];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t sum = kFirst ? acc_t(0) : acc[i];
+    for (int g = 0; g < G; ++g) sum += wg[g] * static_cast<acc_t>(y[g][i]);
+    if constexpr (kLast) {
+      out[i] = static_cast<scalar_t>(sum);
+    } else {
+      acc[i] = sum;
+    }
   }
 }
 
+template <bool kFirst, bool kLast, typename scalar_t, typename acc_t>
+void mix_group_of(int group_size, scalar_t* out, acc_t* acc, const scalar_t* const* ys, const acc_t* w,
+                  int64_t offset, int64_t n) {
+  switch (group_size) {
+    case 1: return mix_group<1, kFirst, kLast>(out, acc, ys, w, offset, n);
+    case 2: return mix_group<2, kFirst, kLast>(out, acc, ys, w, offset, n);
+    case 3: return mix_group<3, kFirst, kLast>(out, acc, ys, w, offset, n);
+    case 4: return mix_group<4, kFirst, kLast>(out, acc, ys, w, offset, n);
+    case 5: return mix_group<5, kFirst, kLast>(out, acc, ys, w, offset, n);
+    case 6: return mix_group<6, kFirst, kLast>(out, acc, ys, w, offset, n);
+    case 7: return mix_group<7, kFirst, kLast>(out, acc, ys, w, offset, n);
+    default: return mix_group<kGroup, kFirst, kLast>(out, acc, ys, w, offset, n);
+  }
+}
+
+// out[offset : offset + n] = sum_k w[k] * ys[k][offset : offset + n], kGroup inputs per pass;
+// with more than kGroup inputs the partial sums stay in the L1-sized float chunk `acc`.
 template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES void store_chunk(scalar_t* __restrict out, const acc_t* __restrict acc, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(acc[i]);
+void mix_chunk(scalar_t* out, acc_t* acc, const scalar_t* const* ys, const acc_t* w, int64_t num_inputs,
+               int64_t offset, int64_t n) {
+  for (int64_t k0 = 0; k0 < num_inputs; k0 += kGroup) {
+    const int group = static_cast<int>(std::min<int64_t>(kGroup, num_inputs - k0));
+    const bool first = k0 == 0;
+    const bool last = k0 + kGroup >= num_inputs;
+    scalar_t* dst = out + offset;
+    if (first && last) mix_group_of<true, true>(group, dst, acc, ys + k0, w + k0, offset, n);
+    else if (first) mix_group_of<true, false>(group, dst, acc, ys + k0, w + k0, offset, n);
+    else if (last) mix_group_of<false, true>(group, dst, acc, ys + k0, w + k0, offset, n);
+    else mix_group_of<false, false>(group, dst, acc, ys + k0, w + k0, offset, n);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -62,6 +102,27 @@ GAEA_SIMD_CLONES acc_t dot_chunk(const scalar_t* __restrict y, const acc_t* __re
     for (int l = 0; l < kDotLanes; ++l) lanes[l] += static_cast<acc_t>(y[i + l]) * g[i + l];
   }
   for (int64_t i = body; i < n; ++i) lanes[i - body] += static_cast<acc_t>(y[i]) * g[i];
+  acc_t total = 0;
+  for (int l = 0; l < kDotLanes; ++l) total += lanes[l];
+  return total;
+}
+
+// out[0:n] = w * g[0:n] and returns <y[0:n], g[0:n]> (as dot_chunk), in one pass.
+template <typename scalar_t, typename acc_t>
+GAEA_SIMD_CLONES acc_t scale_and_dot_chunk(scalar_t* __restrict out, const scalar_t* __restrict y,
+                                           const acc_t* __restrict g, acc_t w, int64_t n) {
+  acc_t lanes[kDotLanes] = {};
+  const int64_t body = n - n % kDotLanes;
+  for (int64_t i = 0; i < body; i += kDotLanes) {
+    for (int l = 0; l < kDotLanes; ++l) {
+      out[i + l] = static_cast<scalar_t>(w * g[i + l]);
+      lanes[l] += static_cast<acc_t>(y[i + l]) * g[i + l];
+    }
+  }
+  for (int64_t i = body; i < n; ++i) {
+    out[i] = static_cast<scalar_t>(w * g[i]);
+    lanes[i - body] += static_cast<acc_t>(y[i]) * g[i];
+  }
   acc_t total = 0;
   for (int l = 0; l < kDotLanes; ++l) total += lanes[l];
   return total;
@@ -116,8 +177,7 @@ at::Tensor weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t offset = c * kCpuChunk;
         const int64_t n = std::min(kCpuChunk, numel - offset);
-        mix_chunk<scalar_t, acc_t>(acc, y_ptrs.data(), w_ptr, K, offset, n);
-        store_chunk<scalar_t, acc_t>(out_ptr + offset, acc, n);
+        mix_chunk<scalar_t, acc_t>(out_ptr, acc, y_ptrs.data(), w_ptr, K, offset, n);
       }
     });
   });
@@ -177,8 +237,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
         const int64_t n = std::min(kCpuChunk, numel - offset);
         load_chunk<scalar_t, acc_t>(g_chunk, g_ptr + offset, n);
         for (int64_t k = 0; k < K; ++k) {
-          if (gi_ptrs[k] != nullptr) scale_chunk<scalar_t, acc_t>(gi_ptrs[k] + offset, g_chunk, w_ptr[k], n);
-          if (weights_need_grad) partials[c * K + k] = dot_chunk<scalar_t, acc_t>(y_ptrs[k] + offset, g_chunk, n);
+          if (gi_ptrs[k] != nullptr && weights_need_grad) {
+            partials[c * K + k] =
+                scale_and_dot_chunk<scalar_t, acc_t>(gi_ptrs[k] + offset, y_ptrs[k] + offset, g_chunk, w_ptr[k], n);
+          } else if (gi_ptrs[k] != nullptr) {
+            scale_chunk<scalar_t, acc_t>(gi_ptrs[k] + offset, g_chunk, w_ptr[k], n);
+          } else if (weights_need_grad) {
+            partials[c * K + k] = dot_chunk<scalar_t, acc_t>(y_ptrs[k] + offset, g_chunk, n);
+          }
         }
       }
     });
