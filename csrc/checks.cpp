@@ -32,26 +32,38 @@ void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
               first.device(), ", got ", weights.device());
 }
 
-void check_exp_grad_args(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> lrs,
-                         c10::IntArrayRef segments, double min_value) {
-  TORCH_CHECK(params.size() == grads.size(), "exp_grad_step_: 'grads' must have one tensor per param (",
-              params.size(), "), got ", grads.size());
-  TORCH_CHECK(lrs.size() == params.size(), "exp_grad_step_: 'lrs' must have one value per param (",
-              params.size(), "), got ", lrs.size());
-  TORCH_CHECK(min_value >= 0.0 && min_value < 1.0, "exp_grad_step_: 'min_value' must be in [0, 1), got ",
-              min_value);
-  int64_t seg_total = 0;
+std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList grads,
+                                         c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
+                                         c10::IntArrayRef segment_counts,
+                                         c10::ArrayRef<double> min_values,
+                                         c10::ArrayRef<double> entropic_regs) {
+  const size_t count = params.size();
+  TORCH_CHECK(grads.size() == count, "exp_grad_step_: 'grads' must have one tensor per param (", count, "), got ",
+              grads.size());
+  TORCH_CHECK(lrs.size() == count, "exp_grad_step_: 'lrs' must have one value per param (", count, "), got ",
+              lrs.size());
+  TORCH_CHECK(segment_counts.size() == count, "exp_grad_step_: 'segment_counts' must have one value per param (",
+              count, "), got ", segment_counts.size());
+  TORCH_CHECK(min_values.size() == count, "exp_grad_step_: 'min_values' must have one value per param (", count,
+              "), got ", min_values.size());
+  TORCH_CHECK(entropic_regs.size() == count, "exp_grad_step_: 'entropic_regs' must have one value per param (",
+              count, "), got ", entropic_regs.size());
   for (int64_t s : segments) {
     TORCH_CHECK(s > 0, "exp_grad_step_: 'segments' must hold positive lengths, got ", segments);
-    seg_total += s;
   }
-  for (size_t t = 0; t < params.size(); ++t) {
+  std::vector<int64_t> first_segment(count);
+  int64_t offset = 0;
+  for (size_t t = 0; t < count; ++t) {
     const at::Tensor& p = params[t];
     const at::Tensor& g = grads[t];
     TORCH_CHECK(lrs[t] >= 0.0, "exp_grad_step_: 'lr' must be >= 0, got ", lrs[t]);
+    TORCH_CHECK(min_values[t] >= 0.0 && min_values[t] < 1.0, "exp_grad_step_: 'min_value' must be in [0, 1), got ",
+                min_values[t]);
+    TORCH_CHECK(entropic_regs[t] >= 0.0, "exp_grad_step_: 'entropic_reg' must be >= 0, got ", entropic_regs[t]);
     TORCH_CHECK(at::isFloatingType(p.scalar_type()), "exp_grad_step_: 'params[", t,
                 "]' must be floating point, got ", p.scalar_type());
-    TORCH_CHECK(p.dim() >= 1, "exp_grad_step_: 'params[", t, "]' must have at least one dimension (rows are the last one)");
+    TORCH_CHECK(p.dim() >= 1, "exp_grad_step_: 'params[", t,
+                "]' must have at least one dimension (rows are the last one)");
     TORCH_CHECK(p.is_contiguous(), "exp_grad_step_: 'params[", t, "]' must be contiguous");
     TORCH_CHECK(g.sizes() == p.sizes(), "exp_grad_step_: 'grad' must have the param's shape ", p.sizes(),
                 ", got ", g.sizes());
@@ -60,11 +72,21 @@ void check_exp_grad_args(at::TensorList params, at::TensorList grads, c10::Array
     TORCH_CHECK(at::isFloatingType(g.scalar_type()), "exp_grad_step_: 'grad' must be floating point, got ",
                 g.scalar_type());
     TORCH_CHECK(p.device() == params[0].device(), "exp_grad_step_: all 'params' must be on one device");
-    if (!segments.empty()) {
-      TORCH_CHECK(seg_total == p.size(-1), "exp_grad_step_: 'segments' must sum to the last dimension (",
-                  p.size(-1), ") of params[", t, "], got ", segments, " (sum ", seg_total, ")");
+    const int64_t n_seg = segment_counts[t];
+    TORCH_CHECK(n_seg >= 0 && offset + n_seg <= static_cast<int64_t>(segments.size()),
+                "exp_grad_step_: 'segment_counts' ask for more lengths than 'segments' holds");
+    first_segment[t] = offset;
+    if (n_seg > 0) {
+      int64_t total = 0;
+      for (int64_t i = offset; i < offset + n_seg; ++i) total += segments[i];
+      TORCH_CHECK(total == p.size(-1), "exp_grad_step_: 'segments' must sum to the last dimension (", p.size(-1),
+                  ") of params[", t, "], got ", segments.slice(offset, n_seg), " (sum ", total, ")");
     }
+    offset += n_seg;
   }
+  TORCH_CHECK(offset == static_cast<int64_t>(segments.size()),
+              "exp_grad_step_: 'segments' holds ", segments.size(), " lengths but 'segment_counts' use ", offset);
+  return first_segment;
 }
 
 bool share_dense_layout(at::TensorList tensors) {
@@ -76,9 +98,10 @@ bool share_dense_layout(at::TensorList tensors) {
   return true;
 }
 
-std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t row) {
-  if (segments.empty()) return {row};
-  return segments.vec();
+std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count,
+                                     int64_t row) {
+  if (count == 0) return {row};
+  return segments.slice(first, count).vec();
 }
 
 }  // namespace gaea_ext

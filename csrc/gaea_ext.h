@@ -6,8 +6,8 @@
 //                         bool[] inputs_need_grad, bool weights_need_grad)
 //                         -> (Tensor[] grad_inputs, Tensor grad_weights)
 //   exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments,
-//                  float min_value, bool normalize_first, float entropic_reg,
-//                  bool adaptive) -> Tensor found_nonfinite
+//                  int[] segment_counts, float[] min_values, float[] entropic_regs,
+//                  bool normalize_first, bool adaptive) -> Tensor found_nonfinite
 //
 // Argument validation that needs no device synchronisation happens in C++ (TORCH_CHECK,
 // which surfaces as RuntimeError); checks that need to read device values (NaN in grad,
@@ -48,40 +48,48 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
 
 // ---- exp_grad_step_ ----------------------------------------------------------------
 
-// In-place exponentiated-gradient step on every simplex of every param.
-// Each param's last dimension holds rows; `segments` (empty = one segment covering the
-// whole last dimension of each param) splits a row into independent simplices.
+// In-place exponentiated-gradient step on every simplex of every param, in one call.
+// Per-param options: lrs[t], min_values[t], entropic_regs[t], and the simplices of param t:
+// its last dimension holds rows, and segment_counts[t] consecutive lengths taken from the
+// flat `segments` list split each row into independent simplices (segment_counts[t] == 0:
+// one simplex covering the whole row). E.g. DARTS alphas [14, 8] plus edge weights [14]:
+// segments = {2, 3, 4, 5}, segment_counts = {0, 4}.
 // Per simplex of length k, with eta = lrs[t] (divided by max|grad| of param t if adaptive):
 //   l_i = log p_i - eta * (g_i + entropic_reg * (log(k * p_i) + 1))     (p_i == 0 -> l_i = -inf)
-//   normalize_first == false: l_i = max(l_i, log(min_value)); p_i = exp(l_i - logsumexp(l))
-//   normalize_first == true:  p_i = max(exp(l_i - logsumexp(l)), min_value)
+//   normalize_first == false: l_i = max(l_i, log(min_value)); p_i = exp(l_i - m) / sum_j exp(l_j - m)
+//   normalize_first == true:  p_i = max(exp(l_i - m) / sum_j exp(l_j - m), min_value)
+// with m = max_j l_j (min_value == 0 means no clamp).
 // All or nothing: if any grad holds a NaN/Inf, or any param holds a negative or non-finite
 // entry or a simplex summing to 0, no param is modified and the returned 0-d int32 tensor
 // (on the params' device) is nonzero: bit 0 (value 1) = non-finite grad, bit 1 (value 2) =
 // invalid param. No host synchronisation happens; the Python wrapper reads the flag.
-at::Tensor exp_grad_step_cpu(at::TensorList params, at::TensorList grads,
-                             c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
-                             double min_value, bool normalize_first, double entropic_reg,
-                             bool adaptive);
-at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads,
-                              c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
-                              double min_value, bool normalize_first, double entropic_reg,
-                              bool adaptive);
+at::Tensor exp_grad_step_cpu(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> lrs,
+                             c10::IntArrayRef segments, c10::IntArrayRef segment_counts,
+                             c10::ArrayRef<double> min_values, c10::ArrayRef<double> entropic_regs,
+                             bool normalize_first, bool adaptive);
+at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> lrs,
+                              c10::IntArrayRef segments, c10::IntArrayRef segment_counts,
+                              c10::ArrayRef<double> min_values, c10::ArrayRef<double> entropic_regs,
+                              bool normalize_first, bool adaptive);
 
 // ---- shared helpers (csrc/checks.cpp) ----------------------------------------------
 
 // TORCH_CHECKs shared by CPU and CUDA entry points.
 void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);
-void check_exp_grad_args(at::TensorList params, at::TensorList grads,
-                         c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
-                         double min_value);
+// Also returns, per param, the offset of its first segment in `segments`.
+std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList grads,
+                                         c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
+                                         c10::IntArrayRef segment_counts,
+                                         c10::ArrayRef<double> min_values,
+                                         c10::ArrayRef<double> entropic_regs);
 
 // True when every tensor has the same sizes and strides and those strides are
 // non-overlapping and dense (so the flat storage can be walked linearly).
 bool share_dense_layout(at::TensorList tensors);
 
-// Segment lengths for a row of length `row`: `segments` if non-empty, else {row}.
-std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t row);
+// Segment lengths of param t: its slice of `segments`, or {row} when it has none.
+std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count,
+                                     int64_t row);
 
 // Largest K handled by one CUDA launch of weighted_sum (larger K is chunked).
 constexpr int64_t kMaxInputsPerLaunch = 64;

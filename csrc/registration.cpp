@@ -10,5 +10,6 @@ TORCH_LIBRARY(gaea_ext, m) {
       "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)");
   m.def(
       "exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments, "
-      "float min_value, bool normalize_first, float entropic_reg, bool adaptive) -> Tensor");
+      "int[] segment_counts, float[] min_values, float[] entropic_regs, bool normalize_first, "
+      "bool adaptive) -> Tensor");
 }

@@ -48,7 +48,13 @@ def check_weighted_sum(inputs, weights) -> List[torch.Tensor]:
     return inputs
 
 
+_INF = float("inf")
+
+
 def check_lr(lr, name: str = "lr") -> float:
+    if type(lr) is float or type(lr) is int:  # fast path; isinstance(x, Real) is slow
+        if 0.0 <= lr < _INF:
+            return float(lr)
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError(f"exp_grad_step_: '{name}' must be a number, got a tensor of shape {tuple(lr.shape)}")
@@ -61,35 +67,81 @@ def check_lr(lr, name: str = "lr") -> float:
     return lr
 
 
-def check_exp_grad_options(segments, min_value, order, entropic_reg) -> List[int]:
-    """Validate the options shared by every param; return segments as a list (empty = whole row)."""
-    if segments is None:
-        segments = []
-    else:
-        if isinstance(segments, torch.Tensor):
-            segments = segments.tolist()
-        try:
-            segments = list(segments)
-        except TypeError:
-            raise TypeError(f"exp_grad_step_: 'segments' must be a sequence of ints, got {type(segments).__name__}") from None
-        if not segments:
-            raise ValueError("exp_grad_step_: 'segments' must be None or a non-empty sequence of lengths")
-        for s in segments:
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise TypeError(f"exp_grad_step_: 'segments' must hold ints, got {segments}")
-            if s <= 0:
-                raise ValueError(f"exp_grad_step_: 'segments' must hold positive lengths, got {segments}")
+def check_min_value(min_value) -> float:
+    if (type(min_value) is float or type(min_value) is int) and 0.0 <= min_value < 1.0:
+        return float(min_value)
     if isinstance(min_value, bool) or not isinstance(min_value, Real) or not (0.0 <= float(min_value) < 1.0):
         raise ValueError(f"exp_grad_step_: 'min_value' must be a number in [0, 1), got {min_value!r}")
-    if order not in ORDERS:
-        raise ValueError(f"exp_grad_step_: 'order' must be one of {ORDERS}, got {order!r}")
+    return float(min_value)
+
+
+def check_entropic_reg(entropic_reg) -> float:
+    if (type(entropic_reg) is float or type(entropic_reg) is int) and 0.0 <= entropic_reg < _INF:
+        return float(entropic_reg)
     if isinstance(entropic_reg, bool) or not isinstance(entropic_reg, Real) or not (0.0 <= float(entropic_reg) < float("inf")):
         raise ValueError(f"exp_grad_step_: 'entropic_reg' must be a finite number >= 0, got {entropic_reg!r}")
+    return float(entropic_reg)
+
+
+def check_segments(segments) -> List[int]:
+    """Validate one segment list; return it as a list of ints (empty = the whole row)."""
+    if segments is None:
+        return []
+    if isinstance(segments, torch.Tensor):
+        segments = segments.tolist()
+    try:
+        segments = list(segments)
+    except TypeError:
+        raise TypeError(f"exp_grad_step_: 'segments' must be a sequence of ints, got {type(segments).__name__}") from None
+    if not segments:
+        raise ValueError("exp_grad_step_: 'segments' must be None or a non-empty sequence of lengths")
+    for s in segments:
+        if type(s) is not int:
+            raise TypeError(f"exp_grad_step_: 'segments' must hold ints, got {segments}")
+        if s <= 0:
+            raise ValueError(f"exp_grad_step_: 'segments' must hold positive lengths, got {segments}")
     return segments
+
+
+def check_exp_grad_options(segments, min_value, order, entropic_reg) -> List[int]:
+    """Validate one set of EG options; return segments as a list (empty = whole row)."""
+    if order not in ORDERS:
+        raise ValueError(f"exp_grad_step_: 'order' must be one of {ORDERS}, got {order!r}")
+    check_min_value(min_value)
+    check_entropic_reg(entropic_reg)
+    return check_segments(segments)
+
+
+def per_param(value, count: int, name: str) -> list:
+    """One value for every param, or a sequence with one value per param."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"exp_grad_step_: '{name}' must be one number or one per param ({count}), got {len(value)}")
+        return list(value)
+    return [value] * count
+
+
+def per_param_segments(segments, count: int) -> List[List[int]]:
+    """`segments` as one list of lengths per param: None, one shared list of ints, or one
+    entry (None or a list of ints) per param."""
+    if segments is None:
+        return [[] for _ in range(count)]
+    if isinstance(segments, (list, tuple)) and segments and all(s is None or isinstance(s, (list, tuple)) for s in segments):
+        if len(segments) != count:
+            raise ValueError(f"exp_grad_step_: 'segments' per param must have one entry per param ({count}), got {len(segments)}")
+        return [check_segments(s) for s in segments]
+    shared = check_segments(segments)
+    return [shared for _ in range(count)]
 
 
 def check_param_and_grad(param, grad, segments: Sequence[int], index: Optional[int] = None) -> None:
     """Metadata checks of one (param, grad) pair; no device values are read."""
+    if (
+        type(param) is torch.nn.Parameter or type(param) is torch.Tensor
+    ) and type(grad) is torch.Tensor and param.dtype in FLOAT_DTYPES and grad.is_floating_point() \
+            and param.dim() >= 1 and grad.shape == param.shape and grad.device == param.device \
+            and param.is_contiguous() and (not segments or sum(segments) == param.shape[-1]):
+        return  # the common case, checked cheaply; below, the same checks with messages
     where = "" if index is None else f"[{index}]"
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"exp_grad_step_: 'param{where}' must be a tensor, got {type(param).__name__}")

@@ -9,7 +9,17 @@ import torch
 
 from . import reference
 from ._backend import HAS_EXTENSION, backend
-from ._checks import check_exp_grad_options, check_lr, check_param_and_grad
+from ._checks import (
+    ORDERS,
+    check_entropic_reg,
+    check_lr,
+    check_min_value,
+    check_param_and_grad,
+    per_param,
+    per_param_segments,
+)
+
+PerParam = Union[float, Sequence[float]]
 
 NONFINITE_GRAD = 1  # bits of the flag returned by the op (csrc/gaea_ext.h)
 INVALID_PARAM = 2
@@ -47,47 +57,52 @@ def exp_grad_step_(
 def exp_grad_step_multi_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
-    lr: Union[float, Sequence[float]],
+    lr: PerParam,
     *,
-    segments: Optional[Sequence[int]] = None,
-    min_value: float = 1e-5,
+    segments=None,
+    min_value: PerParam = 1e-5,
     order: str = "clamp_then_normalize",
-    entropic_reg: float = 0.0,
+    entropic_reg: PerParam = 0.0,
     adaptive: bool = False,
     check_finite: bool = True,
 ) -> torch.Tensor:
     """EG step on a list of params in one fused call (one CUDA launch chain, no host sync).
 
+    `lr`, `min_value` and `entropic_reg` are one number or one per param; `segments` is
+    None, one list of lengths shared by every param, or one entry (None or a list) per
+    param, so DARTS alphas and per-node edge weights go in the same call:
+    `exp_grad_step_multi_([alpha, beta], [ga, gb], 0.1, segments=[None, [2, 3, 4, 5]],
+    min_value=[1e-5, 0.0])`.
     All or nothing: if any grad is non-finite or any param simplex is invalid, no param
     changes. With `check_finite=True` that raises ValueError (one flag read from the
     device); with `check_finite=False` nothing is read back and the returned 0-d int32
-    tensor is nonzero instead (1: non-finite grad, 2: invalid param). `lr` is one number or
-    one per param. Returns that flag tensor.
+    tensor is nonzero instead (1: non-finite grad, 2: invalid param). Returns that flag.
     """
     params, grads = list(params), list(grads)
-    if len(params) != len(grads):
-        raise ValueError(f"exp_grad_step_: 'grads' must have one tensor per param ({len(params)}), got {len(grads)}")
-    if not params:
+    count = len(params)
+    if len(grads) != count:
+        raise ValueError(f"exp_grad_step_: 'grads' must have one tensor per param ({count}), got {len(grads)}")
+    if not count:
         raise ValueError("exp_grad_step_: 'params' must hold at least one tensor")
-    if isinstance(lr, (list, tuple)):
-        if len(lr) != len(params):
-            raise ValueError(f"exp_grad_step_: 'lr' must be one number or one per param ({len(params)}), got {len(lr)}")
-        lrs = [check_lr(x) for x in lr]
-    else:
-        lrs = [check_lr(lr)] * len(params)
-    segments = check_exp_grad_options(segments, min_value, order, entropic_reg)
+    if order not in ORDERS:
+        raise ValueError(f"exp_grad_step_: 'order' must be one of {ORDERS}, got {order!r}")
+    lrs = [check_lr(x) for x in per_param(lr, count, "lr")]
+    min_values = [check_min_value(x) for x in per_param(min_value, count, "min_value")]
+    regs = [check_entropic_reg(x) for x in per_param(entropic_reg, count, "entropic_reg")]
+    seg_lists = per_param_segments(segments, count)
     for t, (p, g) in enumerate(zip(params, grads)):
-        check_param_and_grad(p, g, segments, t if len(params) > 1 else None)
+        check_param_and_grad(p, g, seg_lists[t], t if count > 1 else None)
         if p.device != params[0].device:
             raise ValueError(f"exp_grad_step_: all 'params' must be on one device; params[0] is on {params[0].device}, params[{t}] on {p.device}")
 
     if backend(params[0].device) == "reference":
-        flag = _reference_step(params, grads, lrs, segments, float(min_value), order, float(entropic_reg), adaptive)
+        flag = _reference_step(params, grads, lrs, seg_lists, min_values, order, regs, adaptive)
     else:
+        flat_segments = [length for lengths in seg_lists for length in lengths]
         with torch.no_grad():
-            flag = torch.ops.gaea_ext.exp_grad_step_(
-                params, grads, lrs, segments, float(min_value), order == "normalize_then_clamp",
-                float(entropic_reg), bool(adaptive),
+            flag = torch.ops.gaea_ext.exp_grad_step_.default(
+                params, grads, lrs, flat_segments, [len(x) for x in seg_lists], min_values, regs,
+                order == "normalize_then_clamp", bool(adaptive),
             )
     if check_finite and not torch.compiler.is_compiling():
         # Inside a compiled graph the flag cannot be read without a graph break; there
@@ -108,17 +123,17 @@ def raise_for_flag(flag: int) -> None:
 
 
 @torch.no_grad()
-def _reference_step(params, grads, lrs, segments, min_value, order, entropic_reg, adaptive) -> torch.Tensor:
+def _reference_step(params, grads, lrs, seg_lists, min_values, order, regs, adaptive) -> torch.Tensor:
     """The same all-or-nothing contract in plain PyTorch, without reading device values
     (so it also traces under torch.compile)."""
     flag = torch.zeros((), dtype=torch.int32, device=params[0].device)
-    for p, g in zip(params, grads):
+    for p, g, segments in zip(params, grads, seg_lists):
         flag = flag | torch.where(torch.isfinite(g).all(), 0, NONFINITE_GRAD)
         flag = flag | torch.where(_simplices_valid(p, segments), 0, INVALID_PARAM)
     ok = flag == 0
-    for p, g, lr in zip(params, grads, lrs):
+    for p, g, lr, segments, min_value, reg in zip(params, grads, lrs, seg_lists, min_values, regs):
         new = reference.exp_grad_step(p, g, lr, segments=segments or None, min_value=min_value,
-                                      order=order, entropic_reg=entropic_reg, adaptive=adaptive)
+                                      order=order, entropic_reg=reg, adaptive=adaptive)
         p.copy_(torch.where(ok, new, p))
     return flag
 
@@ -137,5 +152,6 @@ def _simplices_valid(p: torch.Tensor, segments: List[int]) -> torch.Tensor:
 if HAS_EXTENSION:
 
     @torch.library.register_fake("gaea_ext::exp_grad_step_")
-    def _exp_grad_step_fake(params, grads, lrs, segments, min_value, normalize_first, entropic_reg, adaptive):
+    def _exp_grad_step_fake(params, grads, lrs, segments, segment_counts, min_values, entropic_regs,
+                            normalize_first, adaptive):
         return params[0].new_empty((), dtype=torch.int32)

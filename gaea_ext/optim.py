@@ -50,44 +50,54 @@ class ExponentiatedGradient(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Perform one EG step on every param with a grad; returns the closure's loss."""
+        """Perform one EG step on every param with a grad; returns the closure's loss.
+
+        Param groups that share `order` and `adaptive` (normally all of them) are updated
+        in one fused call, each param with its own group's lr, segments, min_value and
+        entropic_reg.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []
+        calls = {}
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                work.append((group, params))
-        if not work:
+            if not params:
+                continue
+            call = calls.setdefault((group["order"], bool(group["adaptive"])), {
+                "params": [], "grads": [], "lr": [], "segments": [], "min_value": [], "entropic_reg": [],
+            })
+            call["params"] += params
+            call["grads"] += [p.grad for p in params]
+            for key in ("lr", "min_value", "entropic_reg"):
+                call[key] += [group[key]] * len(params)
+            call["segments"] += [group["segments"]] * len(params)
+        if not calls:
             return loss
-        if self.check_finite and len(work) > 1:
+        if self.check_finite and len(calls) > 1:
             # Several fused calls: make sure none will refuse before any of them writes.
-            self._precheck(work)
+            self._precheck([g for call in calls.values() for g in call["grads"]])
         flags = []
-        for group, params in work:
-            flags.append(
-                exp_grad_step_multi_(
-                    params, [p.grad for p in params], group["lr"], segments=group["segments"],
-                    min_value=group["min_value"], order=group["order"],
-                    entropic_reg=group["entropic_reg"], adaptive=group["adaptive"], check_finite=False,
-                )
-            )
+        for (order, adaptive), call in calls.items():
+            segments = call["segments"] if any(s is not None for s in call["segments"]) else None
+            flags.append(exp_grad_step_multi_(
+                call["params"], call["grads"], call["lr"], segments=segments, min_value=call["min_value"],
+                order=order, entropic_reg=call["entropic_reg"], adaptive=adaptive, check_finite=False,
+            ))
         flag = flags[0] if len(flags) == 1 else torch.stack(flags).amax()
         if self.check_finite:
             raise_for_flag(int(flag))
         else:
             self.found_nonfinite = flag if self.found_nonfinite is None else torch.maximum(self.found_nonfinite, flag)
-        for _, params in work:
-            for p in params:
+        for call in calls.values():
+            for p in call["params"]:
                 state = self.state[p]
                 state["step"] = state.get("step", 0) + 1
         return loss
 
     @staticmethod
-    def _precheck(work) -> None:
-        grads = [p.grad for _, params in work for p in params]
+    def _precheck(grads) -> None:
         finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
         if not bool(finite):
             raise_for_flag(1)

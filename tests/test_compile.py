@@ -41,7 +41,9 @@ def test_opcheck_weighted_sum_backward(device, need):
 def test_opcheck_exp_grad_step(device, adaptive):
     ps = [torch.rand(3, 14, device=device) + 0.1, torch.rand(14, device=device) + 0.1]
     gs = [torch.randn_like(p) for p in ps]
-    args = (ps, gs, [0.1, 0.2], [2, 3, 4, 5], 1e-5, False, 0.01, adaptive)
+    # Per-param options: alphas-like rows with the clamp and the regulariser, and edge-like
+    # per-node segments without a clamp, in one call.
+    args = (ps, gs, [0.1, 0.2], [2, 3, 4, 5], [0, 4], [1e-5, 0.0], [0.01, 0.0], False, adaptive)
     torch.library.opcheck(torch.ops.gaea_ext.exp_grad_step_.default, args)
 
 

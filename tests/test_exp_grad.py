@@ -348,7 +348,7 @@ def test_raw_op_flags_nonfinite_grad(device):
     gs = [torch.randn(3, 4, device=device) for _ in range(2)]
     gs[0][1, 1] = float("nan")
     before = [p.clone() for p in ps]
-    flag = torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [], 1e-5, False, 0.0, False)
+    flag = torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [], [0, 0], [1e-5, 1e-5], [0.0, 0.0], False, False)
     assert flag.dim() == 0 and flag.dtype == torch.int32 and flag.device == ps[0].device
     assert int(flag) == 1
     assert torch.equal(ps[0], before[0])
@@ -356,7 +356,7 @@ def test_raw_op_flags_nonfinite_grad(device):
     gs[0][1, 1] = 0.0
     ps = before
     want = [eg_formula(p, g, 0.1) for p, g in zip(ps, gs)]
-    flag = torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [], 1e-5, False, 0.0, False)
+    flag = torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [], [0, 0], [1e-5, 1e-5], [0.0, 0.0], False, False)
     assert int(flag) == 0
     for p, w in zip(ps, want):
         torch.testing.assert_close(p.double(), w, **tol(torch.float32))
@@ -371,9 +371,41 @@ def test_cuda_raw_op_no_host_sync():
     want = [eg_formula(p, g, 0.1, adaptive=True) for p, g in zip(ps[:2], gs[:2])]
     torch.cuda.set_sync_debug_mode("error")
     try:
-        torch.ops.gaea_ext.exp_grad_step_(ps[:2], gs[:2], [0.1, 0.1], [], 1e-5, False, 0.0, True)
-        torch.ops.gaea_ext.exp_grad_step_(ps[2:], gs[2:], [0.1], [2, 3, 4, 5], 0.0, False, 0.0, False)
+        # alphas (adaptive lr) in one call, edge weights (per-node segments, no clamp) in another
+        torch.ops.gaea_ext.exp_grad_step_(ps[:2], gs[:2], [0.1, 0.1], [], [0, 0], [1e-5, 1e-5], [0.0, 0.0], False, True)
+        torch.ops.gaea_ext.exp_grad_step_(ps[2:], gs[2:], [0.1], [2, 3, 4, 5], [4], [0.0], [0.0], False, False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for p, w in zip(ps, want):
         torch.testing.assert_close(p.double(), w, **tol(torch.float32))
+
+
+def test_multi_per_param_options_in_one_call(device):
+    """DARTS alphas (clamped, regularised) and per-node edge weights (segments, no clamp)
+    in one fused call equal separate per-tensor steps."""
+    alpha = random_simplex((14, 8), device=device)
+    beta = random_simplex((14,), [2, 3, 4, 5], device)
+    ga, gb = torch.randn(14, 8, device=device), torch.randn(14, device=device)
+    want_alpha = alpha.clone()
+    gaea_ext.exp_grad_step_(want_alpha, ga, 0.1, min_value=1e-5, entropic_reg=0.01)
+    want_beta = beta.clone()
+    gaea_ext.exp_grad_step_(want_beta, gb, 0.2, segments=[2, 3, 4, 5], min_value=0.0)
+    gaea_ext.exp_grad_step_multi_(
+        [alpha, beta], [ga, gb], [0.1, 0.2], segments=[None, [2, 3, 4, 5]],
+        min_value=[1e-5, 0.0], entropic_reg=[0.01, 0.0],
+    )
+    assert torch.equal(alpha, want_alpha)
+    assert torch.equal(beta, want_beta)
+    for start, length in zip([0, 2, 5, 9], [2, 3, 4, 5]):
+        torch.testing.assert_close(beta[start:start + length].sum(), torch.tensor(1.0, device=device))
+
+
+def test_multi_per_param_options_bad_lengths(device):
+    ps = [random_simplex((3, 4), device=device) for _ in range(2)]
+    gs = [torch.randn(3, 4, device=device) for _ in range(2)]
+    with pytest.raises(ValueError, match="min_value"):
+        gaea_ext.exp_grad_step_multi_(ps, gs, 0.1, min_value=[1e-5])
+    with pytest.raises(ValueError, match="segments"):
+        gaea_ext.exp_grad_step_multi_(ps, gs, 0.1, segments=[None])
+    with pytest.raises(ValueError, match="segments"):
+        gaea_ext.exp_grad_step_multi_(ps, gs, 0.1, segments=[None, [2, 3]])

@@ -65,7 +65,7 @@ void step_simplex(scalar_t* p, const scalar_t* g, int64_t k, const StepOptions<a
 
 // Validation pass over one param: returns kNonFiniteGrad / kInvalidParam bits and max|g|.
 template <typename scalar_t>
-int32_t inspect_param(const at::Tensor& param, const at::Tensor& grad, c10::IntArrayRef segments,
+int32_t inspect_param(const at::Tensor& param, const at::Tensor& grad, const std::vector<int64_t>& lengths,
                       double* max_abs_grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
@@ -79,8 +79,6 @@ int32_t inspect_param(const at::Tensor& param, const at::Tensor& grad, c10::IntA
     else max_abs = std::max(max_abs, std::abs(gi));
   }
   if (numel > 0) {
-    const int64_t row = param.size(-1);
-    const std::vector<int64_t> lengths = segment_lengths(segments, row);
     for (int64_t offset = 0; offset < numel;) {
       for (int64_t k : lengths) {
         acc_t sum = 0;
@@ -99,7 +97,7 @@ int32_t inspect_param(const at::Tensor& param, const at::Tensor& grad, c10::IntA
 }
 
 template <typename scalar_t>
-void step_param(const at::Tensor& param, const at::Tensor& grad, double eta, c10::IntArrayRef segments,
+void step_param(const at::Tensor& param, const at::Tensor& grad, double eta, const std::vector<int64_t>& lengths,
                 double min_value, bool normalize_first, double entropic_reg) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* g_ptr = grad.const_data_ptr<scalar_t>();
@@ -116,7 +114,6 @@ void step_param(const at::Tensor& param, const at::Tensor& grad, double eta, c10
 
   const int64_t row = param.size(-1);
   const int64_t rows = numel / row;
-  const std::vector<int64_t> lengths = segment_lengths(segments, row);
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> scratch(row);
     for (int64_t r = r0; r < r1; ++r) {
@@ -132,11 +129,14 @@ void step_param(const at::Tensor& param, const at::Tensor& grad, double eta, c10
 }  // namespace
 
 at::Tensor exp_grad_step_cpu(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> lrs,
-                             c10::IntArrayRef segments, double min_value, bool normalize_first,
-                             double entropic_reg, bool adaptive) {
-  check_exp_grad_args(params, grads, lrs, segments, min_value);
+                             c10::IntArrayRef segments, c10::IntArrayRef segment_counts,
+                             c10::ArrayRef<double> min_values, c10::ArrayRef<double> entropic_regs,
+                             bool normalize_first, bool adaptive) {
+  const std::vector<int64_t> first_segment =
+      check_exp_grad_args(params, grads, lrs, segments, segment_counts, min_values, entropic_regs);
   const size_t count = params.size();
   std::vector<at::Tensor> grads_like_params(count);
+  std::vector<std::vector<int64_t>> lengths(count);
   std::vector<double> etas(count);
   int32_t flags = 0;
   // Pass 1 inspects everything, so a bad grad or param anywhere leaves every param untouched.
@@ -144,21 +144,22 @@ at::Tensor exp_grad_step_cpu(at::TensorList params, at::TensorList grads, c10::A
     TORCH_CHECK(params[t].device().is_cpu(), "exp_grad_step_ (CPU kernel): 'params[", t,
                 "]' must be on the CPU, got ", params[t].device());
     grads_like_params[t] = grads[t].to(params[t].scalar_type()).contiguous();
+    lengths[t] = segment_lengths(segments, first_segment[t], segment_counts[t], params[t].size(-1));
     double max_abs = 0.0;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[t].scalar_type(), "exp_grad_inspect_cpu", [&] {
-      flags |= inspect_param<scalar_t>(params[t], grads_like_params[t], segments, &max_abs);
+      flags |= inspect_param<scalar_t>(params[t], grads_like_params[t], lengths[t], &max_abs);
     });
     etas[t] = adaptive && max_abs > 0 ? lrs[t] / max_abs : lrs[t];
   }
   if (flags == 0) {
     for (size_t t = 0; t < count; ++t) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[t].scalar_type(), "exp_grad_step_cpu", [&] {
-        step_param<scalar_t>(params[t], grads_like_params[t], etas[t], segments, min_value, normalize_first,
-                             entropic_reg);
+        step_param<scalar_t>(params[t], grads_like_params[t], etas[t], lengths[t], min_values[t], normalize_first,
+                             entropic_regs[t]);
       });
     }
   }
-  return at::full({}, flags, at::TensorOptions().dtype(at::kInt));
+  return at::scalar_tensor(flags, at::TensorOptions().dtype(at::kInt));
 }
 
 TORCH_LIBRARY_IMPL(gaea_ext, CPU, m) { m.impl("exp_grad_step_", &exp_grad_step_cpu); }

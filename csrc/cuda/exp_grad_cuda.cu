@@ -4,10 +4,13 @@
 // Two phases: inspect every param (non-finite grad -> kNonFiniteGrad, negative or
 // non-finite entry or a simplex summing to 0 -> kInvalidParam; max|g| for the adaptive
 // rate), then, only if no flag is set anywhere, step every simplex in the log domain.
-// - Fused path (the usual case: at most kMaxTensorsPerLaunch small params of one dtype,
-//   e.g. the DARTS alphas and edge weights): ONE launch of ONE block, which inspects all
-//   params, takes a block-wide decision and steps them; it also writes the flag, so no
-//   fill kernel is needed either.
+// Each param carries its own options (lr, min_value, entropic_reg) and its own segments in
+// the per-tensor metadata of the launch struct, so one launch can mix e.g. DARTS alphas
+// (min_value 1e-5, entropic_reg) and per-node segmented edge weights (min_value 0).
+// - Fused path (the usual case: at most kMaxTensorsPerLaunch small params of one dtype with
+//   at most kMaxSegments segments in all, e.g. the DARTS alphas and edge weights): ONE
+//   launch of ONE block, which inspects all params, takes a block-wide decision and steps
+//   them; it also writes the flag, so no fill kernel is needed either.
 // - General path (more tensors, mixed dtypes or large params): a zero-filled flag, one
 //   inspect launch per batch (one block per param, flag bits by atomicOr), then one step
 //   launch per batch that reads the flag and leaves everything untouched if it is set.
@@ -31,14 +34,20 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Tensors per launch and segments per row; the argument structs stay well under the
-// 4 KB kernel-parameter limit (about 2.5 KB).
-constexpr int kMaxTensorsPerLaunch = 48;
+// Tensors and segments per launch. A batch carries 72 bytes per tensor plus 8 per segment
+// (2.9 KB for double with 40 tensors and 64 segments); with the other kernel arguments it
+// stays under the 4 KB kernel-parameter limit (static_assert below). Params beyond either
+// limit go to further batches; a single param may have at most kMaxSegments segments.
+constexpr int kMaxTensorsPerLaunch = 40;
 constexpr int kMaxSegments = 64;
 // Largest total element count the single-block fused path takes (the DARTS alphas and
 // edge weights are ~250 elements); beyond it one block per param is faster.
 constexpr int64_t kFusedMaxNumel = 16384;
 
+// Per tensor i of a batch: pointers, shape, and its options. Its simplices are the rows
+// (length row[i]) split by seg_count[i] segments whose starts within the row are
+// seg_start[seg_first[i]] .. seg_start[seg_first[i] + seg_count[i] - 1] (the first one is
+// 0, the last segment ends at row[i]); seg_count[i] == 0: one simplex per row.
 template <typename scalar_t>
 struct TensorBatch {
   scalar_t* param[kMaxTensorsPerLaunch];
@@ -46,22 +55,17 @@ struct TensorBatch {
   int64_t numel[kMaxTensorsPerLaunch];
   int64_t row[kMaxTensorsPerLaunch];  // length of the last dimension
   double lr[kMaxTensorsPerLaunch];
+  double min_value[kMaxTensorsPerLaunch];
+  double log_min_value[kMaxTensorsPerLaunch];  // log(min_value) in double; unused when min_value == 0
+  double entropic_reg[kMaxTensorsPerLaunch];
+  int seg_first[kMaxTensorsPerLaunch];
+  int seg_count[kMaxTensorsPerLaunch];
+  int64_t seg_start[kMaxSegments];  // shared by the tensors of the batch
   int count;
 };
-
-// count == 0: one simplex per row, covering the whole row (its length varies per tensor).
-struct Segments {
-  int count;
-  int64_t start[kMaxSegments + 1];  // start[s] .. start[s + 1] is segment s
-};
-
-struct StepOptions {
-  double min_value;
-  double log_min_value;  // log(min_value), computed in double; unused when min_value == 0
-  double entropic_reg;
-  bool normalize_first;
-  bool adaptive;
-};
+// The largest kernel argument list: batch, two bools, two pointers (with padding).
+static_assert(sizeof(TensorBatch<double>) + 3 * sizeof(void*) <= 4096 - 256,
+              "exp_grad_step_ kernel arguments must stay under the 4 KB parameter limit");
 
 __device__ __forceinline__ float dev_log(float x) { return logf(x); }
 __device__ __forceinline__ double dev_log(double x) { return log(x); }
@@ -75,16 +79,23 @@ struct Simplex {
   int64_t len;
 };
 
-// Simplex s of a tensor: row s / num_segments, segment s % num_segments.
-__device__ __forceinline__ Simplex simplex_at(int64_t s, int64_t row, const Segments& segs) {
-  if (segs.count == 0) return {s * row, row};
-  const int64_t r = s / segs.count;
-  const int seg = static_cast<int>(s % segs.count);
-  return {r * row + segs.start[seg], segs.start[seg + 1] - segs.start[seg]};
+// Simplex s of tensor t: row s / seg_count, segment s % seg_count.
+template <typename scalar_t>
+__device__ __forceinline__ Simplex simplex_at(const TensorBatch<scalar_t>& b, int t, int64_t s) {
+  const int64_t row = b.row[t];
+  const int count = b.seg_count[t];
+  if (count == 0) return {s * row, row};
+  const int64_t r = s / count;
+  const int seg = static_cast<int>(s % count);
+  const int first = b.seg_first[t];
+  const int64_t start = b.seg_start[first + seg];
+  const int64_t stop = seg + 1 < count ? b.seg_start[first + seg + 1] : row;
+  return {r * row + start, stop - start};
 }
 
-__device__ __forceinline__ int64_t num_simplices(int64_t numel, int64_t row, const Segments& segs) {
-  return (numel / row) * (segs.count > 0 ? segs.count : 1);
+template <typename scalar_t>
+__device__ __forceinline__ int64_t num_simplices(const TensorBatch<scalar_t>& b, int t) {
+  return (b.numel[t] / b.row[t]) * (b.seg_count[t] > 0 ? b.seg_count[t] : 1);
 }
 
 struct Inspection {
@@ -92,13 +103,16 @@ struct Inspection {
   double max_abs;  // max |g| over the finite entries (only when asked for)
 };
 
-// Block-wide inspection of one param; every thread of the block gets the same result.
+// Block-wide inspection of tensor t; every thread of the block gets the same result.
 // `warp_max` (shared) is written only after the two __syncthreads_or barriers below, so
 // a previous call's readers are done with it.
 template <typename scalar_t>
-__device__ Inspection inspect_tensor(const scalar_t* param, const scalar_t* grad, int64_t numel, int64_t row,
-                                     const Segments& segs, bool need_max, at::opmath_type<scalar_t>* warp_max) {
+__device__ Inspection inspect_tensor(const TensorBatch<scalar_t>& b, int t, bool need_max,
+                                     at::opmath_type<scalar_t>* warp_max) {
   using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* param = b.param[t];
+  const scalar_t* grad = b.grad[t];
+  const int64_t numel = b.numel[t];
   bool bad_grad = false;
   bool bad_param = false;
   acc_t max_abs = acc_t(0);
@@ -110,9 +124,9 @@ __device__ Inspection inspect_tensor(const scalar_t* param, const scalar_t* grad
       bad_grad = true;
     }
   }
-  const int64_t simplices = num_simplices(numel, row, segs);
+  const int64_t simplices = num_simplices(b, t);
   for (int64_t s = threadIdx.x; s < simplices; s += blockDim.x) {
-    const Simplex x = simplex_at(s, row, segs);
+    const Simplex x = simplex_at(b, t, s);
     acc_t sum = acc_t(0);
     for (int64_t i = x.begin; i < x.begin + x.len; ++i) {
       const acc_t p = static_cast<acc_t>(param[i]);
@@ -142,21 +156,22 @@ __device__ __forceinline__ double step_size(double lr, double max_abs, bool adap
   return adaptive && max_abs > 0.0 ? lr / max_abs : lr;
 }
 
-// Steps every simplex of one param (thread per simplex; no barrier inside).
+// Steps every simplex of tensor t with its own options (thread per simplex; no barrier inside).
 template <typename scalar_t>
-__device__ void step_tensor(scalar_t* param, const scalar_t* grad, int64_t numel, int64_t row, const Segments& segs,
-                            double eta_d, const StepOptions& opt) {
+__device__ void step_tensor(const TensorBatch<scalar_t>& b, int t, double eta_d, bool normalize_first) {
   using acc_t = at::opmath_type<scalar_t>;
+  scalar_t* param = b.param[t];
+  const scalar_t* grad = b.grad[t];
   const acc_t eta = static_cast<acc_t>(eta_d);
-  const acc_t reg = static_cast<acc_t>(opt.entropic_reg);
-  const acc_t min_value = static_cast<acc_t>(opt.min_value);
-  const bool clamp_logits = !opt.normalize_first && opt.min_value > 0.0;
-  const acc_t log_min = static_cast<acc_t>(opt.log_min_value);
+  const acc_t reg = static_cast<acc_t>(b.entropic_reg[t]);
+  const acc_t min_value = static_cast<acc_t>(b.min_value[t]);
+  const bool clamp_logits = !normalize_first && b.min_value[t] > 0.0;
+  const acc_t log_min = static_cast<acc_t>(b.log_min_value[t]);
   const acc_t neg_inf = -INFINITY;
 
-  const int64_t simplices = num_simplices(numel, row, segs);
+  const int64_t simplices = num_simplices(b, t);
   for (int64_t s = threadIdx.x; s < simplices; s += blockDim.x) {
-    const Simplex x = simplex_at(s, row, segs);
+    const Simplex x = simplex_at(b, t, s);
     const int64_t end = x.begin + x.len;
     const acc_t log_k = dev_log(static_cast<acc_t>(x.len));
 
@@ -188,7 +203,7 @@ __device__ void step_tensor(scalar_t* param, const scalar_t* grad, int64_t numel
     // Each element is read (by logit) before it is overwritten, by this thread only.
     for (int64_t i = x.begin; i < end; ++i) {
       acc_t p = dev_exp(logit(i) - m) * inv_sum;
-      if (opt.normalize_first) p = p > min_value ? p : min_value;
+      if (normalize_first) p = p > min_value ? p : min_value;
       param[i] = static_cast<scalar_t>(p);
     }
   }
@@ -198,22 +213,19 @@ __device__ void step_tensor(scalar_t* param, const scalar_t* grad, int64_t numel
 // flag is set, and writes the flag (the output needs no prior fill).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    exp_grad_fused_kernel(TensorBatch<scalar_t> batch, Segments segs, StepOptions opt, int* found) {
+    exp_grad_fused_kernel(TensorBatch<scalar_t> batch, bool normalize_first, bool adaptive, int* found) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t warp_max[kWarps];
   __shared__ double eta[kMaxTensorsPerLaunch];
   int flags = 0;  // uniform over the block (built from __syncthreads_or results)
   for (int t = 0; t < batch.count; ++t) {
-    const Inspection r = inspect_tensor(batch.param[t], batch.grad[t], batch.numel[t], batch.row[t], segs,
-                                        opt.adaptive, warp_max);
+    const Inspection r = inspect_tensor(batch, t, adaptive, warp_max);
     flags |= r.flags;
-    if (threadIdx.x == 0) eta[t] = step_size(batch.lr[t], r.max_abs, opt.adaptive);
+    if (threadIdx.x == 0) eta[t] = step_size(batch.lr[t], r.max_abs, adaptive);
   }
   __syncthreads();  // eta[] visible to every thread; all inspection reads done
   if (flags == 0) {
-    for (int t = 0; t < batch.count; ++t) {
-      step_tensor(batch.param[t], batch.grad[t], batch.numel[t], batch.row[t], segs, eta[t], opt);
-    }
+    for (int t = 0; t < batch.count; ++t) step_tensor(batch, t, eta[t], normalize_first);
   }
   if (threadIdx.x == 0) *found = flags;
 }
@@ -222,12 +234,11 @@ __global__ void __launch_bounds__(kThreads)
 // beforehand) and stores max|g| at max_abs[t].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    exp_grad_inspect_kernel(TensorBatch<scalar_t> batch, Segments segs, bool adaptive, int* found, double* max_abs) {
+    exp_grad_inspect_kernel(TensorBatch<scalar_t> batch, bool adaptive, int* found, double* max_abs) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t warp_max[kWarps];
   const int t = blockIdx.x;
-  const Inspection r =
-      inspect_tensor(batch.param[t], batch.grad[t], batch.numel[t], batch.row[t], segs, adaptive, warp_max);
+  const Inspection r = inspect_tensor(batch, t, adaptive, warp_max);
   if (threadIdx.x == 0) {
     if (r.flags != 0) atomicOr(found, r.flags);
     max_abs[t] = r.max_abs;
@@ -238,27 +249,45 @@ __global__ void __launch_bounds__(kThreads)
 // flag was written by earlier launches on this stream, so every thread reads one value.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    exp_grad_step_kernel(TensorBatch<scalar_t> batch, Segments segs, StepOptions opt, const int* found,
+    exp_grad_step_kernel(TensorBatch<scalar_t> batch, bool normalize_first, bool adaptive, const int* found,
                          const double* max_abs) {
   if (*found != 0) return;
   const int t = blockIdx.x;
-  step_tensor(batch.param[t], batch.grad[t], batch.numel[t], batch.row[t], segs,
-              step_size(batch.lr[t], max_abs[t], opt.adaptive), opt);
+  step_tensor(batch, t, step_size(batch.lr[t], max_abs[t], adaptive), normalize_first);
 }
 
-// Host side: a batch is a list of param indices of one dtype (at most kMaxTensorsPerLaunch).
+// Host-side per-param options, gathered once.
+struct ParamInfo {
+  double lr;
+  double min_value;
+  double log_min_value;
+  double entropic_reg;
+  std::vector<int64_t> seg_start;  // empty: one simplex per row
+};
+
+// Host side: a batch is a list of param indices of one dtype (at most kMaxTensorsPerLaunch,
+// at most kMaxSegments segments in all).
 template <typename scalar_t>
 TensorBatch<scalar_t> make_batch(const std::vector<int64_t>& indices, at::TensorList params,
-                                 const std::vector<at::Tensor>& grads, c10::ArrayRef<double> lrs) {
+                                 const std::vector<at::Tensor>& grads, const std::vector<ParamInfo>& info) {
   TensorBatch<scalar_t> batch{};
   batch.count = static_cast<int>(indices.size());
+  int used = 0;
   for (int i = 0; i < batch.count; ++i) {
     const int64_t t = indices[i];
+    const ParamInfo& p = info[t];
     batch.param[i] = params[t].mutable_data_ptr<scalar_t>();
     batch.grad[i] = grads[t].const_data_ptr<scalar_t>();
     batch.numel[i] = params[t].numel();
     batch.row[i] = params[t].size(-1);
-    batch.lr[i] = lrs[t];
+    batch.lr[i] = p.lr;
+    batch.min_value[i] = p.min_value;
+    batch.log_min_value[i] = p.log_min_value;
+    batch.entropic_reg[i] = p.entropic_reg;
+    batch.seg_first[i] = used;
+    batch.seg_count[i] = static_cast<int>(p.seg_start.size());
+    TORCH_INTERNAL_ASSERT(used + batch.seg_count[i] <= kMaxSegments);
+    for (int64_t start : p.seg_start) batch.seg_start[used++] = start;
   }
   return batch;
 }
@@ -266,23 +295,39 @@ TensorBatch<scalar_t> make_batch(const std::vector<int64_t>& indices, at::Tensor
 }  // namespace
 
 at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> lrs,
-                              c10::IntArrayRef segments, double min_value, bool normalize_first,
-                              double entropic_reg, bool adaptive) {
-  check_exp_grad_args(params, grads, lrs, segments, min_value);
+                              c10::IntArrayRef segments, c10::IntArrayRef segment_counts,
+                              c10::ArrayRef<double> min_values, c10::ArrayRef<double> entropic_regs,
+                              bool normalize_first, bool adaptive) {
+  const std::vector<int64_t> first_segment =
+      check_exp_grad_args(params, grads, lrs, segments, segment_counts, min_values, entropic_regs);
   TORCH_CHECK(!params.empty(), "exp_grad_step_ (CUDA kernel): 'params' must hold at least one tensor");
   TORCH_CHECK(params[0].is_cuda(), "exp_grad_step_ (CUDA kernel): 'params' must be CUDA tensors, got ",
               params[0].device());
-  TORCH_CHECK(static_cast<int64_t>(segments.size()) <= kMaxSegments, "exp_grad_step_ (CUDA kernel): 'segments' may hold at most ",
-              kMaxSegments, " lengths, got ", segments.size());
   const c10::cuda::CUDAGuard guard(params[0].device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::TensorOptions flag_options = params[0].options().dtype(at::kInt);
 
-  Segments segs{};
-  segs.count = static_cast<int>(segments.size());
-  for (int s = 0; s < segs.count; ++s) segs.start[s + 1] = segs.start[s] + segments[s];
-  const StepOptions opt{min_value, min_value > 0.0 ? std::log(min_value) : 0.0, entropic_reg, normalize_first,
-                        adaptive};
+  // Per-param options; segment starts within the row (segment_counts[t] == 0: none).
+  std::vector<ParamInfo> info(params.size());
+  for (size_t t = 0; t < params.size(); ++t) {
+    TORCH_CHECK(segment_counts[t] <= kMaxSegments, "exp_grad_step_ (CUDA kernel): params[", t,
+                "] is split into ", segment_counts[t], " segments, but the CUDA kernel handles at most ",
+                kMaxSegments, " segments per param");
+    ParamInfo& p = info[t];
+    p.lr = lrs[t];
+    p.min_value = min_values[t];
+    p.log_min_value = min_values[t] > 0.0 ? std::log(min_values[t]) : 0.0;
+    p.entropic_reg = entropic_regs[t];
+    if (segment_counts[t] > 0) {
+      const std::vector<int64_t> lengths =
+          segment_lengths(segments, first_segment[t], segment_counts[t], params[t].size(-1));
+      int64_t start = 0;
+      for (int64_t len : lengths) {
+        p.seg_start.push_back(start);
+        start += len;
+      }
+    }
+  }
 
   // Grads in the param's dtype and contiguous (a no-op in the usual case); they stay alive
   // until this function returns, and the caching allocator orders their reuse on the stream.
@@ -296,18 +341,24 @@ at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::
     grads_c[t] = grads[t].to(params[t].scalar_type()).contiguous();
     total_numel += params[t].numel();
   }
+  // A new batch starts at a new dtype, or when the tensor or segment budget is used up.
   std::vector<bool> taken(params.size(), false);
+  int batch_segments = 0;
   for (size_t first = 0; first < params.size(); ++first) {
     if (taken[first] || params[first].numel() == 0) continue;
     const at::ScalarType dtype = params[first].scalar_type();
     for (size_t t = first; t < params.size(); ++t) {
       if (taken[t] || params[t].numel() == 0 || params[t].scalar_type() != dtype) continue;
+      const int n_seg = static_cast<int>(info[t].seg_start.size());
       if (batches.empty() || batch_dtype.back() != dtype ||
-          static_cast<int>(batches.back().size()) == kMaxTensorsPerLaunch) {
+          static_cast<int>(batches.back().size()) == kMaxTensorsPerLaunch ||
+          batch_segments + n_seg > kMaxSegments) {
         batches.emplace_back();
         batch_dtype.push_back(dtype);
+        batch_segments = 0;
       }
       batches.back().push_back(static_cast<int64_t>(t));
+      batch_segments += n_seg;
       taken[t] = true;
     }
   }
@@ -316,8 +367,9 @@ at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::
   if (batches.size() == 1 && total_numel <= kFusedMaxNumel) {
     at::Tensor found = at::empty({}, flag_options);  // written by the kernel
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, batch_dtype[0], "exp_grad_step_cuda", [&] {
-      const TensorBatch<scalar_t> batch = make_batch<scalar_t>(batches[0], params, grads_c, lrs);
-      exp_grad_fused_kernel<scalar_t><<<1, kThreads, 0, stream>>>(batch, segs, opt, found.mutable_data_ptr<int>());
+      const TensorBatch<scalar_t> batch = make_batch<scalar_t>(batches[0], params, grads_c, info);
+      exp_grad_fused_kernel<scalar_t>
+          <<<1, kThreads, 0, stream>>>(batch, normalize_first, adaptive, found.mutable_data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return found;
@@ -334,13 +386,13 @@ at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::
     int64_t offset = 0;
     for (size_t b = 0; b < batches.size(); ++b) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, batch_dtype[b], "exp_grad_step_cuda", [&] {
-        const TensorBatch<scalar_t> batch = make_batch<scalar_t>(batches[b], params, grads_c, lrs);
+        const TensorBatch<scalar_t> batch = make_batch<scalar_t>(batches[b], params, grads_c, info);
         if (phase == 0) {
-          exp_grad_inspect_kernel<scalar_t><<<batch.count, kThreads, 0, stream>>>(batch, segs, adaptive, found_ptr,
-                                                                                max_abs_ptr + offset);
+          exp_grad_inspect_kernel<scalar_t>
+              <<<batch.count, kThreads, 0, stream>>>(batch, adaptive, found_ptr, max_abs_ptr + offset);
         } else {
-          exp_grad_step_kernel<scalar_t><<<batch.count, kThreads, 0, stream>>>(batch, segs, opt, found_ptr,
-                                                                             max_abs_ptr + offset);
+          exp_grad_step_kernel<scalar_t><<<batch.count, kThreads, 0, stream>>>(batch, normalize_first, adaptive,
+                                                                             found_ptr, max_abs_ptr + offset);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
