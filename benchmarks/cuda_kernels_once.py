@@ -1,0 +1,91 @@
+"""Run every gaea_ext CUDA kernel once on small inputs (for compute-sanitizer), checking each
+result against gaea_ext.reference. Used by benchmarks/gpu_check.sh:
+
+    compute-sanitizer --tool memcheck python benchmarks/cuda_kernels_once.py
+    python benchmarks/cuda_kernels_once.py cpu      # the same checks on the CPU kernels
+"""
+import sys
+
+import torch
+
+import gaea_ext
+from gaea_ext import reference
+
+DEVICE = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
+SHAPE = (3, 5, 17, 19)  # 4845 elements: not a multiple of any vector width
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float64: 1e-12}
+
+
+def check_close(name, got, want, dtype):
+    tol = TOL[dtype]
+    if not torch.allclose(got.double(), want.double(), rtol=tol, atol=tol):
+        err = (got.double() - want.double()).abs().max().item()
+        raise AssertionError(f"{name}: max abs error {err:.3g} > {tol:g}")
+    print(f"ok  {name}")
+
+
+def weighted_sum_once(k, dtype, channels_last=False):
+    """Forward and fused backward (grads for inputs and weights) against the reference."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ys = [torch.randn(SHAPE, device=DEVICE, dtype=dtype).to(memory_format=fmt).requires_grad_()
+          for _ in range(k)]
+    w = torch.softmax(torch.randn(k, device=DEVICE), 0).requires_grad_()
+    out = gaea_ext.weighted_sum(ys, w)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [*ys, w], grad_out)
+    ref_out = reference.weighted_sum(ys, w)
+    ref_grads = torch.autograd.grad(ref_out, [*ys, w], grad_out)
+    name = f"weighted_sum K={k} {dtype} {'channels_last' if channels_last else 'contiguous'}"
+    check_close(name + " fwd", out, ref_out, dtype)
+    check_close(name + " bwd inputs", torch.stack(grads[:-1]), torch.stack(ref_grads[:-1]), dtype)
+    weights_tol = torch.float32 if dtype == torch.float64 else dtype  # weights are float32
+    check_close(name + " bwd weights", grads[-1], ref_grads[-1], weights_tol)
+
+
+def exp_grad_once(segments, adaptive, order="clamp_then_normalize", entropic_reg=0.0):
+    """exp_grad_step_multi_ on two params (one fused call) against the reference."""
+    row = sum(segments) if segments else 8
+    params = [torch.softmax(torch.randn(14, row, device=DEVICE), -1) for _ in range(2)]
+    grads = [torch.randn_like(p) for p in params]
+    want = [reference.exp_grad_step(p, g, 0.1, segments=segments, min_value=1e-5, order=order,
+                                    entropic_reg=entropic_reg, adaptive=adaptive)
+            for p, g in zip(params, grads)]
+    gaea_ext.exp_grad_step_multi_(params, grads, 0.1, segments=segments, order=order,
+                                  entropic_reg=entropic_reg, adaptive=adaptive)
+    name = f"exp_grad_step_multi_ segments={segments} adaptive={adaptive} order={order} reg={entropic_reg}"
+    check_close(name, torch.stack(params), torch.stack(want), torch.float32)
+
+
+def exp_grad_nonfinite_once():
+    """The no-sync failure path: a NaN grad sets the flag and leaves the params untouched."""
+    p = torch.full((6, 5), 0.2, device=DEVICE)
+    g = torch.zeros_like(p)
+    g[2, 3] = float("nan")
+    flag = gaea_ext.exp_grad_step_multi_([p], [g], 0.1, check_finite=False)
+    assert int(flag) != 0 and bool((p == 0.2).all()), "NaN grad must flag and leave param as is"
+    print("ok  exp_grad_step_multi_ NaN grad flagged, param untouched")
+
+
+def main() -> int:
+    if gaea_ext.backend(DEVICE) != DEVICE.type:
+        print(f"gaea_ext kernels for {DEVICE} are not built (backend {gaea_ext.backend(DEVICE)!r})")
+        return 1
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float16):
+        weighted_sum_once(3, dtype)
+        weighted_sum_once(70, dtype)  # > 64 inputs: chunked launches
+        weighted_sum_once(3, dtype, channels_last=True)
+    weighted_sum_once(5, torch.bfloat16)
+    weighted_sum_once(4, torch.float64)
+    exp_grad_once(None, adaptive=False)
+    exp_grad_once([2, 3, 4, 5], adaptive=False)
+    exp_grad_once([2, 3, 4, 5], adaptive=True)
+    exp_grad_once(None, adaptive=False, order="normalize_then_clamp", entropic_reg=0.01)
+    exp_grad_nonfinite_once()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# One GPU session of gaea-ext checks (issue 2), run from the repository root:
+#
+#     OUT=/some/dir bash benchmarks/gpu_check.sh
+#
+# Steps (each under `timeout`, logged to $OUT/<step>.log; a failing step does not stop the
+# next one, the exit code is the number of failed or skipped steps):
+#   nvidia-smi        device, driver, clocks
+#   build             setup.py build_ext --inplace with this machine's torch (no downloads)
+#   build_info        gaea_ext.build_info(); fails unless the CUDA kernels serve cuda
+#   tests_cuda        pytest tests -m cuda                      (junit xml)
+#   memcheck          compute-sanitizer memcheck  on benchmarks/cuda_kernels_once.py
+#   racecheck         compute-sanitizer racecheck on the same script
+#   bench_cuda        python -m gaea_ext.bench --device cuda    (table + bench_cuda.json)
+#   bench_gpu         pytest benchmarks -m gpu: GPU targets and per-variant benchmarks
+#   tests_full        pytest tests (the whole suite, CUDA cases included)
+#   bench_cpu_quick   python -m gaea_ext.bench --device cpu --quick
+# The whole run stays inside GPU_CHECK_BUDGET_S (default 330 s): a step gets at most the time
+# left, and steps are skipped once it is spent. The device tool returns at most 8 files from
+# $OUT, so by default (GPU_CHECK_PACK=1) every log is packed into gpu_check_logs.tar.gz and
+# only summary.log, bench_cuda.log and bench_cuda.json stay beside it.
+# GPU_CHECK_SKIP_BUILD=1 reuses gaea_ext/_C*.so already in the tree (a rerun on a warm machine).
+set -u
+
+export OUT=${OUT:-$PWD/gpu_check_out}
+export PY=${PYTHON:-python}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-330}
+mkdir -p "$OUT"
+: >"$OUT/summary.log"
+
+export PYTHONPATH="$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-16}
+export GAEA_EXT_CUDA=1
+export PATH="$CUDA_HOME/bin:$PATH"
+
+START=$SECONDS
+FAILED=()
+
+# step NAME CAP_SECONDS CMD...: run CMD (a command or one of the exported functions below)
+# under timeout (CAP or the time left), logging to $OUT/NAME.log
+step() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((BUDGET_S - (SECONDS - START)))
+    ((left < cap)) && cap=$left
+    if ((cap < 10)); then
+        printf '%-4s %-16s (time budget spent)\n' SKIP "$name" | tee -a "$OUT/summary.log"
+        FAILED+=("$name")
+        return
+    fi
+    local t0=$SECONDS rc
+    timeout -k 10 "$cap" bash -c '"$@"' "$name" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    local verdict=ok
+    ((rc == 0)) || { verdict=FAIL; FAILED+=("$name"); }
+    ((rc == 124 || rc == 137)) && verdict=TIME
+    printf '%-4s %-16s rc=%-3s %4ss (cap %ss)\n' "$verdict" "$name" "$rc" "$((SECONDS - t0))" "$cap" |
+        tee -a "$OUT/summary.log"
+}
+
+build() {
+    if [[ ${GPU_CHECK_SKIP_BUILD:-0} == 1 ]] && ls gaea_ext/_C*.so >/dev/null 2>&1; then
+        echo "GPU_CHECK_SKIP_BUILD=1: using $(ls gaea_ext/_C*.so)"
+        return 0
+    fi
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    "$PY" setup.py build_ext --inplace && return 0
+    echo "build_ext --inplace failed; trying pip install -e (no network, no deps)"
+    "$PY" -m pip install --no-build-isolation --no-deps -e .
+}
+
+build_info() {
+    "$PY" - <<'EOF'
+import json, torch, gaea_ext
+print(json.dumps(gaea_ext.build_info(), indent=1))
+print("device:", torch.cuda.get_device_name(), "| backend(cuda):", gaea_ext.backend("cuda"))
+assert gaea_ext.backend("cuda") == "cuda", "the CUDA kernels do not serve cuda"
+EOF
+}
+
+sanitize() {  # sanitize TOOL: compute-sanitizer TOOL on one run of every CUDA kernel
+    local bin
+    bin=$(command -v compute-sanitizer ||
+        ls "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer" 2>/dev/null | head -1)
+    [[ -n $bin ]] || { echo "compute-sanitizer not found under PATH or $CUDA_HOME"; return 1; }
+    # without the caching allocator every tensor is its own allocation, so overruns are seen
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$bin" --tool "$1" --error-exitcode 9 --print-limit 50 \
+        "$PY" benchmarks/cuda_kernels_once.py
+}
+
+export -f build build_info sanitize
+
+pack_logs() {  # keep at most 8 files in $OUT (the device tool's limit)
+    [[ ${GPU_CHECK_PACK:-1} == 1 ]] || return 0
+    local keep=(summary.log bench_cuda.log bench_cuda.json gpu_check_logs.tar.gz)
+    (cd "$OUT" && tar czf gpu_check_logs.tar.gz --exclude gpu_check_logs.tar.gz -- * &&
+        for f in *; do [[ " ${keep[*]} " == *" $f "* ]] || rm -rf -- "$f"; done)
+}
+
+echo "gpu_check: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') budget ${BUDGET_S}s" |
+    tee -a "$OUT/summary.log"
+step nvidia-smi 20 bash -c 'nvidia-smi && nvidia-smi -q -d CLOCK'
+step build 200 build
+step build_info 60 build_info
+step tests_cuda 90 "$PY" -m pytest tests -m cuda -q -p no:cacheprovider --junitxml="$OUT/junit_tests_cuda.xml"
+step memcheck 90 sanitize memcheck
+step racecheck 90 sanitize racecheck
+step bench_cuda 150 "$PY" -m gaea_ext.bench --device cuda --json "$OUT/bench_cuda.json"
+step bench_gpu 90 env GAEA_BENCH_NO_COMPILE=1 "$PY" -m pytest benchmarks -m gpu -q -p no:cacheprovider \
+    --junitxml="$OUT/junit_bench_gpu.xml"
+step tests_full 120 "$PY" -m pytest tests -q -p no:cacheprovider --junitxml="$OUT/junit_tests_full.xml"
+step bench_cpu_quick 60 "$PY" -m gaea_ext.bench --device cpu --quick
+
+echo "total $((SECONDS - START))s; failed or skipped: ${FAILED[*]:-none}" | tee -a "$OUT/summary.log"
+[[ -f $OUT/bench_cuda.log ]] && tail -n 40 "$OUT/bench_cuda.log"
+pack_logs
+exit "${#FAILED[@]}"
