@@ -78,3 +78,16 @@ def assert_within(got, want, bound, what=""):
             f"index {i}: got {got.flatten()[i].item()!r}, want {want.flatten()[i].item()!r}, "
             f"bound {bound.flatten()[i].item()!r}"
         )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_nas_tests(request):
+    """The gaea_nas tests (tests/nas/) use tiny tensors: one intra-op thread is faster, and
+    far faster on a busy 2-core machine, than PyTorch's default."""
+    if "nas" not in request.node.path.parent.parts[-1:]:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,336 @@
+"""The DARTS / PC-DARTS search space (method.md 3 and 4.1): :class:`DartsSuperNet`.
+
+Variants, all on the same cell wiring (14 edges, node-major, inputs ``s0, s1, n0, ...``):
+
+=====================  ====================================================================
+``arch="softmax"``     DARTS: ``softmax(alpha)`` mixing; with ``partial_channels=4`` and
+                       ``edge_weights=True`` this is PC-DARTS (per-node softmax of ``beta``).
+``arch="simplex"``     GAEA DARTS: theta used directly; ``edge_weights=True`` adds GAEA's
+                       per-node simplex edge weights (with ``partial_channels=4``: GAEA PC-DARTS).
+``arch="gdas"``        GDAS: Gumbel straight-through one-hot from ``log_softmax(alpha)``.
+``arch="gaea-gdas"``   GAEA GDAS: the same from ``log theta``. Only the sampled op of each edge
+                       runs; the sampled indices of both cell types reach the host in one copy.
+=====================  ====================================================================
+
+Mixing goes through :func:`gaea_nas.mixing.mix_node`: one ``gaea_ext.weighted_sum`` call per
+node over all its incoming edges and ops (``none`` never runs and makes no zero tensor;
+``skip_connect`` passes its input tensor itself).
+
+**Partial channels (PC-DARTS).** Per edge ``j -> i`` PC-DARTS computes
+``shuffle(cat(sum_k w_jk op_k(x_j[:C/K]), bypass_j(x_j[C/K:])))`` and node ``i`` sums these
+with the edge weights ``beta_j``. ``cat`` and the channel shuffle are fixed linear maps, so
+
+    node_i = shuffle(cat(sum_{j,k} beta_j w_jk op_k(x_j[:C/K]),  sum_j beta_j bypass_j))
+
+which is what this module computes: one ``weighted_sum`` over all (edge, op) pairs of the node on
+the ``C/K``-channel slices (via ``mix_node``), one ``weighted_sum`` of the node's bypass tensors
+with the edge weights, then one ``cat`` and one shuffle per node instead of one per edge. It is
+the same function (only the floating-point summation order differs), and it is tested against a
+per-edge PyTorch reference. ``bypass_j`` is the identity on stride-1 edges and
+``MaxPool2d(2, 2)`` on the stride-2 edges of a reduction cell.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+import gaea_ext
+
+from .arch_params import ArchParameters, arch_parameters, sample_op_weights, weight_parameters
+from .darts_ops import FactorizedReduce, ReLUConvBN, darts_op_names, search_op
+from .mixing import mix_node
+
+__all__ = [
+    "channel_shuffle",
+    "DartsSearchCell",
+    "DartsSuperNet",
+    "edge_index",
+    "num_darts_edges",
+    "copy_cell_to_discrete",
+]
+
+ARCH_KINDS = ("simplex", "softmax", "gdas", "gaea-gdas")
+
+
+def num_darts_edges(steps: int = 4, num_inputs: int = 2) -> int:
+    """Edges of a DARTS cell: ``sum_i (num_inputs + i)`` (14 for 4 nodes)."""
+    return sum(num_inputs + i for i in range(steps))
+
+
+def edge_index(node: int, inp: int, num_inputs: int = 2) -> int:
+    """Row of edge ``inp -> node`` in the node-major edge order (inputs ``s0, s1, n0, ...``)."""
+    if not 0 <= inp < num_inputs + node:
+        raise ValueError(f"node {node} has inputs 0..{num_inputs + node - 1}, got {inp}")
+    return sum(num_inputs + i for i in range(node)) + inp
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet/PC-DARTS channel shuffle: view ``(B, groups, C/groups, H, W)``, swap axes 1
+    and 2, flatten back. Keeps channels_last inputs channels_last."""
+    b, c, h, w = x.shape
+    if c % groups:
+        raise ValueError(f"channel_shuffle: {c} channels are not divisible into {groups} groups")
+    out = x.reshape(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+class DartsSearchCell(nn.Module):
+    """A DARTS search cell: preprocessing (``affine=False``), ``steps`` nodes, one candidate-op
+    list per edge (``edges[e][o]``, ops in ``op_names`` order), concat of the last
+    ``multiplier`` nodes. ``partial_channels=K`` builds the PC-DARTS edge (ops on ``C/K``
+    channels, bypass, shuffle)."""
+
+    def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
+                 reduction_prev: bool, op_names: Sequence[str], partial_channels: Optional[int] = None):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        self.op_names = list(op_names)
+        self.k = partial_channels
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        C_op = C if partial_channels is None else C // partial_channels
+        self.C = C
+        self.C_op = C_op
+        self.strides: List[int] = []
+        self.edges = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.strides.append(stride)
+                self.edges.append(nn.ModuleList([search_op(name, C_op, stride) for name in self.op_names]))
+        if partial_channels is not None:
+            self.bypass_pool = nn.MaxPool2d(2, 2)
+
+    def _mix(self, xs, lo, hi, w, ew, sampled, hw):
+        kw = dict(op_names=self.op_names)
+        if sampled is not None:
+            kw["sampled"] = sampled[lo:hi]
+        out = mix_node(xs, self.edges[lo:hi], w[lo:hi], None if ew is None else ew[lo:hi], **kw)
+        if out.shape[-2:] != hw:
+            # GDAS drew `none` on every edge of this node: mix_node returns a 0-valued tensor
+            # shaped like its first input, full size on the stride-2 edges of a reduction cell.
+            out = out[:, :, ::2, ::2]
+        return out
+
+    def _node_partial(self, states, lo, hi, w, ew, sampled, hw):
+        q = self.C_op
+        mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw)
+        tails = []
+        for s, stride in zip(states, self.strides[lo:hi]):
+            t = s[:, q:]
+            tails.append(self.bypass_pool(t) if stride == 2 else t)
+        if any(t.dtype != mixed.dtype for t in tails):
+            tails = [t.to(mixed.dtype) for t in tails]
+        bw = torch.ones(hi - lo, dtype=w.dtype, device=w.device) if ew is None else ew[lo:hi]
+        bypass = gaea_ext.weighted_sum(tails, bw)
+        return channel_shuffle(torch.cat([mixed, bypass.to(mixed.dtype)], dim=1), self.k)
+
+    def forward(self, s0, s1, op_weights: torch.Tensor, edge_weights: Optional[torch.Tensor] = None,
+                sampled: Optional[Sequence[int]] = None):
+        """``op_weights [n_edges, n_ops]``; ``edge_weights [n_edges]`` or None; ``sampled``: the
+        GDAS op index per edge (only that op runs) or None."""
+        s0 = self.preprocess0(s0)
+        s1 = self.preprocess1(s1)
+        states = [s0, s1]
+        h, w = s1.shape[-2:]
+        hw = torch.Size(((h + 1) // 2, (w + 1) // 2)) if self.reduction else s1.shape[-2:]
+        lo = 0
+        for _ in range(self.steps):
+            hi = lo + len(states)
+            if self.k is None:
+                out = self._mix(states, lo, hi, op_weights, edge_weights, sampled, hw)
+            else:
+                out = self._node_partial(states, lo, hi, op_weights, edge_weights, sampled, hw)
+            states.append(out)
+            lo = hi
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class DartsSuperNet(nn.Module):
+    """DARTS / PC-DARTS / GDAS / GAEA search network (method.md 4.1).
+
+    Stem Conv3x3(3 -> stem_multiplier*C) + BN, ``layers`` search cells (reductions at
+    ``layers//3`` and ``2*layers//3``, channels doubled there), global average pooling, Linear.
+    The normal and the reduction cell have their own :class:`ArchParameters`, registered as
+    ``arch_normal`` and ``arch_reduce``. ``forward`` returns the logits.
+
+    Args: ``partial_channels`` None or K (PC-DARTS, K=4); ``edge_weights`` learn per-node edge
+    weights (``edge_kind`` defaults to ``"simplex"`` for the GAEA kinds and ``"softmax"`` for
+    DARTS/GDAS); ``arch`` one of simplex/softmax/gdas/gaea-gdas; ``ops`` the op list (default the
+    8 DARTS ops), ``exclude_none`` drops ``none``; ``tau`` the initial GDAS temperature.
+    """
+
+    def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, steps: int = 4, multiplier: int = 4,
+                 stem_multiplier: int = 3, partial_channels: Optional[int] = None, edge_weights: bool = False,
+                 arch: str = "simplex", ops: Optional[Sequence[str]] = None, exclude_none: bool = False,
+                 edge_kind: Optional[str] = None, tau: float = 10.0):
+        super().__init__()
+        if arch not in ARCH_KINDS:
+            raise ValueError(f"DartsSuperNet: unknown arch {arch!r}; expected one of {ARCH_KINDS}")
+        for name, v in (("C", C), ("layers", layers), ("num_classes", num_classes), ("steps", steps),
+                        ("multiplier", multiplier), ("stem_multiplier", stem_multiplier)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"DartsSuperNet: {name!r} must be a positive int, got {v!r}")
+        if multiplier > steps:
+            raise ValueError(f"DartsSuperNet: multiplier {multiplier} > steps {steps}")
+        if partial_channels is not None:
+            if isinstance(partial_channels, bool) or not isinstance(partial_channels, int) or partial_channels < 1:
+                raise ValueError(f"DartsSuperNet: partial_channels must be None or a positive int, got {partial_channels!r}")
+            if C % (2 * partial_channels):
+                raise ValueError(
+                    f"DartsSuperNet: C={C} must be divisible by 2*partial_channels={2 * partial_channels} "
+                    "(the partial-channel FactorizedReduce halves C/K)")
+        elif C % 2:
+            raise ValueError(f"DartsSuperNet: C must be even (FactorizedReduce halves it), got {C}")
+        self.op_names = darts_op_names(ops, exclude_none=exclude_none)
+        self.C = C
+        self.layers = layers
+        self.num_classes = num_classes
+        self.steps = steps
+        self.multiplier = multiplier
+        self.stem_multiplier = stem_multiplier
+        self.partial_channels = partial_channels
+        self.arch = arch
+        self.num_edges = num_darts_edges(steps)
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            if i in (layers // 3, 2 * layers // 3):
+                C_curr *= 2
+                reduction = True
+            else:
+                reduction = False
+            cell = DartsSearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                   self.op_names, partial_channels)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        if edge_kind is None:
+            edge_kind = "simplex" if arch in ("simplex", "gaea-gdas") else "softmax"
+        segs = [2 + i for i in range(steps)] if edge_weights else None
+        n_ops = len(self.op_names)
+        self.arch_normal = ArchParameters(self.num_edges, n_ops, kind=arch, edge_segments=segs, edge_kind=edge_kind,
+                                          tau=tau)
+        self.arch_reduce = ArchParameters(self.num_edges, n_ops, kind=arch, edge_segments=segs, edge_kind=edge_kind,
+                                          tau=tau)
+
+    # -- parameters ------------------------------------------------------------------------
+    def arch_parameters(self) -> List[nn.Parameter]:
+        return arch_parameters(self)
+
+    def weight_parameters(self) -> List[nn.Parameter]:
+        return weight_parameters(self)
+
+    @property
+    def tau(self) -> float:
+        return self.arch_normal.tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self.arch_normal.tau = float(value)
+        self.arch_reduce.tau = float(value)
+
+    def mixing_weights(self):
+        """``(op_normal, op_reduce, edge_normal, edge_reduce, sampled_normal, sampled_reduce)`` for
+        one forward; GDAS kinds draw a fresh sample of both cell types with one host copy."""
+        arches = [self.arch_normal, self.arch_reduce]
+        wn, wr = sample_op_weights(arches)
+        return (wn, wr, self.arch_normal.edge_weights(), self.arch_reduce.edge_weights(),
+                self.arch_normal.sampled_indices(), self.arch_reduce.sampled_indices())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wn, wr, en, er, sn, sr = self.mixing_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, wr, er, sr)
+            else:
+                s0, s1 = s1, cell(s0, s1, wn, en, sn)
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1))
+
+    def genotype(self):
+        """The discrete cell (DARTS rule; see :func:`gaea_nas.genotypes.derive_genotype`)."""
+        from .genotypes import derive_genotype
+        return derive_genotype(self)
+
+    @torch.no_grad()
+    def load_genotype(self, genotype) -> None:
+        """Set theta one-hot on a genotype (simplex and gaea-gdas kinds; edge weights to 1): 1 on
+        each listed (edge, op), 0 elsewhere, so the supernet computes that discrete cell (up to
+        the pools' BN(affine=False)). Accepts anything :func:`gaea_nas.genotypes.get_genotype` does."""
+        from .genotypes import genotype_to_weights, get_genotype
+        if self.arch not in ("simplex", "gaea-gdas"):
+            raise ValueError(f"load_genotype needs a simplex parameterisation, this supernet is {self.arch!r}")
+        g = get_genotype(genotype, steps=self.steps)
+        for arch, pairs in ((self.arch_normal, g.normal), (self.arch_reduce, g.reduce)):
+            arch.alpha.copy_(genotype_to_weights(pairs, self.op_names, self.steps))
+            if arch.beta is not None:
+                arch.beta.fill_(1.0)
+
+
+def copy_cell_to_discrete(search_cell: DartsSearchCell, discrete_cell: nn.Module, pairs: Sequence[tuple]) -> None:
+    """Copy the weights of a (full-channel) search cell into the :class:`~gaea_nas.darts_networks.DiscreteCell`
+    of ``pairs`` (the genotype's ``(op, input)`` list of that cell type): the preprocessing and,
+    for each pair, the op of its edge. Running BN statistics are copied; the discrete cell's
+    affine BN scales/shifts are set to 1/0, which is what ``affine=False`` computes.
+
+    With the arch weights one-hot on the same pairs, the two cells then compute the same
+    function, except on pool edges: the supernet follows its pools with ``BN(affine=False)`` and
+    the discrete cell does not, so pools are refused with ``ValueError``.
+    """
+    if search_cell.k is not None:
+        raise ValueError("copy_cell_to_discrete: a partial-channel cell has no discrete equivalent")
+    pairs = list(pairs)
+    if len(pairs) != 2 * search_cell.steps or len(discrete_cell._ops) != len(pairs):
+        raise ValueError(f"copy_cell_to_discrete: expected {2 * search_cell.steps} (op, input) pairs "
+                         f"matching the discrete cell, got {len(pairs)}")
+
+    def load(dst: nn.Module, src: nn.Module, what: str) -> None:
+        res = dst.load_state_dict(src.state_dict(), strict=False)
+        if res.unexpected_keys:
+            raise ValueError(f"copy_cell_to_discrete: {what}: modules differ ({res.unexpected_keys})")
+        for key in res.missing_keys:
+            if not (key.endswith(".weight") or key.endswith(".bias")):
+                raise ValueError(f"copy_cell_to_discrete: {what}: missing {key}")
+            mod = dst.get_submodule(key.rsplit(".", 1)[0])
+            if not isinstance(mod, nn.BatchNorm2d):
+                raise ValueError(f"copy_cell_to_discrete: {what}: missing {key}")
+        with torch.no_grad():
+            for m in dst.modules():
+                if isinstance(m, nn.BatchNorm2d) and m.affine:
+                    src_has = False
+                    for key in res.missing_keys:
+                        if dst.get_submodule(key.rsplit(".", 1)[0]) is m:
+                            src_has = True
+                    if src_has:
+                        m.weight.fill_(1.0)
+                        m.bias.fill_(0.0)
+
+    load(discrete_cell.preprocess0, search_cell.preprocess0, "preprocess0")
+    load(discrete_cell.preprocess1, search_cell.preprocess1, "preprocess1")
+    for k, (name, inp) in enumerate(pairs):
+        if "pool" in name:
+            raise ValueError(f"copy_cell_to_discrete: {name!r}: the supernet pool carries a BN(affine=False) "
+                             "that the discrete cell lacks; the two are not equivalent")
+        if name not in search_cell.op_names:
+            raise ValueError(f"copy_cell_to_discrete: op {name!r} is not in the supernet's op list")
+        e = edge_index(k // 2, inp)
+        src = search_cell.edges[e][search_cell.op_names.index(name)]
+        load(discrete_cell._ops[k], src, f"pair {k} ({name}, {inp})")
