@@ -1,5 +1,6 @@
 # gaea-ext developer tasks. On a fresh machine `make test` does all the set-up.
-#   make test    venv + build + pytest          make bench   kernel profiler table
+#   make test    venv + build + tests (unit, benchmark smoke, profiler smoke)
+#   make bench   kernel profiler table            make perf    benchmark suites with the targets
 #   make build   (re)build the kernels in place  make cmake-test   CMake build + ctest
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,12 +9,13 @@ TORCH_VERSION ?= 2.14.1
 MAX_JOBS ?= 2
 export MAX_JOBS
 BUILD_DIR ?= build/cmake
+CUDA_ARCHS ?= 80;90
 
 SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py
 DEPS_STAMP := $(VENV)/.stamp-deps
 BUILD_STAMP := build/.stamp-kernels
 
-.PHONY: all venv build test test-fast bench bench-smoke cmake-test clean
+.PHONY: all venv build test test-fast bench perf bench-smoke cmake-test clean
 
 all: build
 
@@ -37,7 +39,7 @@ build: $(BUILD_STAMP)
 
 test: build
 	$(PY) -m pytest tests -q
-	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu"
+	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu and not compile"
 	$(PY) -m gaea_ext.bench --quick --device cpu
 
 test-fast: build
@@ -46,12 +48,15 @@ test-fast: build
 bench: build
 	$(PY) -m gaea_ext.bench
 
+perf: build
+	$(PY) -m pytest benchmarks -m perf -q
+
 bench-smoke: build
 	$(PY) -m gaea_ext.bench --quick
 
 # The same sources as a C++ library for C++ users and IDEs, with a ctest executable.
 cmake-test: $(DEPS_STAMP)
-	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release \
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)" \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  -DPython3_EXECUTABLE=$(PY)
 	cmake --build $(BUILD_DIR) -j $(MAX_JOBS)
