@@ -56,6 +56,26 @@ def exp_grad_once(segments, adaptive, order="clamp_then_normalize", entropic_reg
     check_close(name, torch.stack(params), torch.stack(want), torch.float32)
 
 
+def exp_grad_mixed_once(num_params=3):
+    """One fused call over params with different options (DARTS alphas and per-node edge
+    weights), plus more params than one CUDA launch batch holds when num_params is large."""
+    params, grads, segments, mins, regs = [], [], [], [], []
+    for t in range(num_params):
+        if t % 2 == 0:
+            p = torch.softmax(torch.randn(14, 8, device=DEVICE), -1)
+            segments.append(None), mins.append(1e-5), regs.append(0.01)
+        else:
+            p = torch.cat([torch.softmax(torch.randn(n, device=DEVICE), 0) for n in (2, 3, 4, 5)])
+            segments.append([2, 3, 4, 5]), mins.append(0.0), regs.append(0.0)
+        params.append(p)
+        grads.append(torch.randn_like(p))
+    want = [reference.exp_grad_step(p, g, 0.1, segments=s, min_value=m, entropic_reg=r)
+            for p, g, s, m, r in zip(params, grads, segments, mins, regs)]
+    gaea_ext.exp_grad_step_multi_(params, grads, 0.1, segments=segments, min_value=mins, entropic_reg=regs)
+    for t, (p, w) in enumerate(zip(params, want)):
+        check_close(f"exp_grad_step_multi_ mixed options ({num_params} params) [{t}]", p, w, torch.float32)
+
+
 def exp_grad_nonfinite_once():
     """The no-sync failure path: a NaN grad sets the flag and leaves the params untouched."""
     p = torch.full((6, 5), 0.2, device=DEVICE)
@@ -81,6 +101,8 @@ def main() -> int:
     exp_grad_once([2, 3, 4, 5], adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=True)
     exp_grad_once(None, adaptive=False, order="normalize_then_clamp", entropic_reg=0.01)
+    exp_grad_mixed_once(3)
+    exp_grad_mixed_once(45)  # more than one launch batch (40 tensors)
     exp_grad_nonfinite_once()
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
