@@ -114,7 +114,7 @@ setup(
     package_dir={"gaea_ext": "gaea_ext", "gaea_nas": "python/gaea_nas"},
     ext_modules=[] if os.environ.get("GAEA_EXT_SKIP_BUILD") == "1" else [extension()],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.4", "numpy", "pillow"],
     extras_require={"dev": ["pytest", "pytest-benchmark", "hypothesis"]},
     entry_points={},
     zip_safe=False,
