@@ -5,7 +5,7 @@ built on the gaea_ext fused ops.
         NetworkImageNet, Genotype, genotypes, derive_genotype, parse_arch, format_arch, \\
         NB201Table, count_parameters, count_macs
 """
-from . import genotypes
+from . import checkpoint, data, genotypes, schedules, search_config
 from .arch_params import ArchParameters
 from .costs import count_macs, count_parameters
 from .darts_networks import NetworkCIFAR, NetworkImageNet
@@ -16,6 +16,10 @@ from .nb201_space import NB201Network, NB201SuperNet, derive_nb201_arch, format_
 from .nb201_table import NB201Table
 
 __all__ = [
+    "checkpoint",
+    "data",
+    "schedules",
+    "search_config",
     "ArchParameters",
     "DartsSuperNet",
     "Genotype",
