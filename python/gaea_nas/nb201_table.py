@@ -169,6 +169,21 @@ class NB201Table:
             out[key] = None if s is None else self._values[_COLUMNS[dataset][s]][index]
         return out
 
+    def summary(self, arch: ArchLike) -> Optional[Dict[str, object]]:
+        """The usual result-table row of a cell: ``{'index', 'arch', 'cifar10_valid',
+        'cifar10_test', 'cifar100_valid', 'cifar100_test', 'imagenet16_valid',
+        'imagenet16_test'}`` (percent), or None if ``arch`` is not a NAS-Bench-201 cell."""
+        index = self.query_index_by_arch(arch)
+        if index < 0:
+            return None
+        c10v = self.get_more_info(index, "cifar10-valid")["valid-accuracy"]
+        c10 = self.get_more_info(index, "cifar10")["test-accuracy"]
+        c100 = self.get_more_info(index, "cifar100")
+        im = self.get_more_info(index, "ImageNet16-120")
+        return {"index": index, "arch": self.arch(index), "cifar10_valid": c10v, "cifar10_test": c10,
+                "cifar100_valid": c100["valid-accuracy"], "cifar100_test": c100["test-accuracy"],
+                "imagenet16_valid": im["valid-accuracy"], "imagenet16_test": im["test-accuracy"]}
+
     def accuracies(self, dataset: str, metric_on_set: str) -> List[float]:
         """All 15,625 values of one (dataset, set) column, in index order."""
         return list(self._column(dataset, metric_on_set))

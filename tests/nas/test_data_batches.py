@@ -124,6 +124,21 @@ def test_resume_mid_epoch_identical():
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
 
 
+def test_fresh_draws_are_independent_seeded_and_resumable():
+    data = _data(60)  # labels are the indices
+    a = DeviceBatches(data, 8, seed=5, fresh_draws=True)
+    batches = [a.next_batch()[1] for _ in range(30)]
+    assert len(a) == 7 and a.state_dict()["epoch"] == 4  # epochs keep their length
+    assert all(len(set(b.tolist())) == 8 for b in batches)  # distinct within a batch
+    # across steps the same image comes back within an epoch (with replacement)
+    assert len(set(torch.cat(batches[:7]).tolist())) < 56
+    b = DeviceBatches(data, 8, seed=5, fresh_draws=True)
+    b.load_state_dict({"epoch": 2, "position": 3, "seed": 5})
+    assert torch.equal(b.next_batch()[1], batches[2 * 7 + 3])
+    c = DeviceBatches(data, 8, seed=6, fresh_draws=True)
+    assert not torch.equal(c.next_batch()[1], batches[0])
+
+
 def test_rank_shards_are_disjoint():
     data = _data(40)
     shards = [torch.cat([y for _, y in DeviceBatches(data, 5, seed=1, rank=r, world_size=2)]) for r in (0, 1)]

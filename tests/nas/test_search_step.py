@@ -87,3 +87,38 @@ def test_non_finite_loss_stops_before_any_update():
     with pytest.raises(NonFiniteLossError, match="architecture loss"):
         arch_step(model, (x, torch.zeros(4, 4)), arch_opt, loss_fn=F.mse_loss)
     assert torch.equal(model.theta.detach(), theta)
+
+
+def test_arch_grads_are_reduced_then_clipped_before_the_step():
+    torch.manual_seed(0)
+    net = NB201SuperNet(C=4, N=1, num_classes=3, arch="softmax")
+    seen = []
+
+    def reduce(params):  # stands in for the data-parallel all-reduce
+        seen.append([p.grad.clone() for p in params])
+        for p in params:
+            p.grad.mul_(1000.0)
+
+    opt = torch.optim.SGD(net.arch_parameters(), lr=1.0)
+    before = [p.detach().clone() for p in net.arch_parameters()]
+    batch = (torch.randn(2, 3, 8, 8), torch.tensor([0, 2]))
+    arch_step(net, batch, opt, reduce_grads=reduce, grad_clip=0.5)
+    assert len(seen) == 1 and len(seen[0]) == len(net.arch_parameters())
+    step = torch.cat([(b - p.detach()).reshape(-1) for b, p in zip(before, net.arch_parameters())])
+    assert abs(float(step.norm()) - 0.5) < 1e-4  # the 1000x grads were clipped to norm 0.5
+
+
+def test_search_iteration_reports_both_accuracies_and_skips_arch_in_warmup():
+    torch.manual_seed(0)
+    net = NB201SuperNet(C=4, N=1, num_classes=3, arch="simplex")
+    arch_opt = gaea_ext.optim.ExponentiatedGradient(net.arch_parameters(), lr=0.1)
+    weight_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
+    batch = (torch.randn(4, 3, 8, 8), torch.tensor([0, 2, 1, 1]))
+    out = search_iteration(net, batch, batch, arch_opt, weight_opt)
+    assert set(out) == {"search_loss", "search_acc", "train_loss", "train_acc"}
+    theta = net.arch_parameters()[0].detach().clone()
+    out = search_iteration(net, batch, None, None, weight_opt, update_arch=False)
+    assert set(out) == {"train_loss", "train_acc"}
+    assert torch.equal(theta, net.arch_parameters()[0].detach())
+    with pytest.raises(ValueError, match="update_arch"):
+        search_iteration(net, batch, None, arch_opt, weight_opt)

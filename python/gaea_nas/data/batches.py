@@ -66,11 +66,16 @@ class DeviceBatches:
     gets the uint8 batch and a CPU generator seeded from ``(seed, epoch, position)``; without
     it batches are uint8 NCHW. With ``world_size > 1`` every rank takes an equal, disjoint
     shard of the same epoch permutation (``batch_size`` is per rank).
+
+    ``fresh_draws=True`` makes each batch an independent draw of ``batch_size`` distinct
+    indices (the release's "fresh shuffled iterator per step" for architecture batches, i.e.
+    sampling with replacement across steps); epochs keep their length and stay resumable.
     """
 
     def __init__(self, data: DeviceData, batch_size: int, *, indices: Optional[torch.Tensor] = None,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = True,
-                 transform: Optional[Transform] = None, rank: int = 0, world_size: int = 1):
+                 transform: Optional[Transform] = None, rank: int = 0, world_size: int = 1,
+                 fresh_draws: bool = False):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not 0 <= rank < world_size:
@@ -81,6 +86,7 @@ class DeviceBatches:
         self.batch_size, self.seed, self.shuffle = int(batch_size), int(seed), bool(shuffle)
         self.drop_last, self.transform = bool(drop_last), transform
         self.rank, self.world_size = int(rank), int(world_size)
+        self.fresh_draws = bool(fresh_draws)
         self.samples_per_epoch = len(self.indices) // self.world_size
         n = self.samples_per_epoch
         self.batches_per_epoch = n // self.batch_size if drop_last else -(-n // self.batch_size)
@@ -128,8 +134,13 @@ class DeviceBatches:
 
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The next batch; after the last batch of an epoch the state moves to the next epoch."""
-        order = self._device_order()
-        idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        if self.fresh_draws:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.position, 2, self.rank))
+            idx = self.indices[torch.randperm(len(self.indices), generator=g)[:self.batch_size]]
+            idx = idx.to(self.data.device)
+        else:
+            order = self._device_order()
+            idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
         x, y = self.data.images[idx], self.data.labels[idx]
         if self.transform is not None:
             g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.position, 1))

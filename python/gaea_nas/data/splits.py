@@ -46,11 +46,14 @@ def split_indices(indices: torch.Tensor, portion: float = 0.5, seed: int = 0) ->
 def search_streams(dataset: Dataset, objective: str, batch_size: int, seed: int = 0, *,
                    device="cpu", train_portion: float = 0.5, train_images: Optional[int] = None,
                    cutout: int = 0, channels_last: bool = False, search_on_test_half: bool = False,
-                   rank: int = 0, world_size: int = 1) -> Tuple[DeviceBatches, DeviceBatches]:
+                   rank: int = 0, world_size: int = 1,
+                   search_fresh_draws: bool = False) -> Tuple[DeviceBatches, DeviceBatches]:
     """``(weight_stream, arch_stream)`` for ``objective`` ``"erm"`` or ``"bilevel"``.
 
     Images go to ``device`` once and are shared by both streams; both use train-time
     augmentation. ``train_images`` takes a seeded subset of the train set first.
+    ``search_fresh_draws`` draws every architecture batch independently (the release's
+    sampling; see :class:`DeviceBatches`).
     """
     if objective not in ("erm", "bilevel"):
         raise ValueError(f"objective must be 'erm' or 'bilevel', got {objective!r}")
@@ -58,14 +61,15 @@ def search_streams(dataset: Dataset, objective: str, batch_size: int, seed: int 
     data = DeviceData.from_arrays(dataset.train_images, dataset.train_labels, device)
     pool = subset_indices(len(data), train_images, seed)
     kw = dict(transform=aug, rank=rank, world_size=world_size, drop_last=True)
+    search_kw = dict(kw, fresh_draws=search_fresh_draws)
     if objective == "erm":
         return (DeviceBatches(data, batch_size, indices=pool, seed=mix_seed(seed, 1), **kw),
-                DeviceBatches(data, batch_size, indices=pool, seed=mix_seed(seed, 2), **kw))
+                DeviceBatches(data, batch_size, indices=pool, seed=mix_seed(seed, 2), **search_kw))
     if search_on_test_half:
         test = DeviceData.from_arrays(dataset.test_images, dataset.test_labels, device)
         _, xvalid = split_indices(torch.arange(len(test)), 0.5, seed)
         return (DeviceBatches(data, batch_size, indices=pool, seed=mix_seed(seed, 1), **kw),
-                DeviceBatches(test, batch_size, indices=xvalid, seed=mix_seed(seed, 2), **kw))
+                DeviceBatches(test, batch_size, indices=xvalid, seed=mix_seed(seed, 2), **search_kw))
     first, second = split_indices(pool, train_portion, seed)
     return (DeviceBatches(data, batch_size, indices=first, seed=mix_seed(seed, 1), **kw),
-            DeviceBatches(data, batch_size, indices=second, seed=mix_seed(seed, 2), **kw))
+            DeviceBatches(data, batch_size, indices=second, seed=mix_seed(seed, 2), **search_kw))
