@@ -1,4 +1,5 @@
-# gaea-ext developer tasks. On a fresh machine `make test` does all the set-up.
+# gaea-ext developer tasks. On a fresh machine `make search` and `make test` do all the set-up.
+#   make search  venv + build + a ~5-minute GAEA search on NAS-Bench-201 / CIFAR-10 (CPU)
 #   make test    venv + build + tests (unit, benchmark smoke, profiler smoke)
 #   make bench   kernel profiler table            make perf    benchmark suites with the targets
 #   make build   (re)build the kernels in place  make cmake-test   CMake build + ctest
@@ -15,7 +16,16 @@ SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/
 DEPS_STAMP := $(VENV)/.stamp-deps
 BUILD_STAMP := build/.stamp-kernels
 
-.PHONY: all venv build test test-fast bench perf bench-smoke cmake-test clean
+# The default search: CIFAR-10 from the shared JPEG tarball when it is there (else the official
+# download), the NB201 table from ../shared/data/nb201 when it is there. A reduced budget for
+# 2 CPU cores: a narrower, shallower supernet (C=8, N=1), 5,000 training images, 5 epochs.
+SHARED ?= ../shared
+CIFAR10 ?= $(if $(wildcard $(SHARED)/data/cifar10/cifar10-jpeg.tar.gz),$(SHARED)/data/cifar10/cifar10-jpeg.tar.gz,cifar10)
+SEARCH_OUT ?= runs/make-search-$(shell date +%Y%m%d-%H%M%S)
+SEARCH_ARGS ?= --space nb201 --method gaea --objective erm --channels 8 --cells 1 --train-images 5000 \
+  --epochs 5 --batch-size 64 --seed 0
+
+.PHONY: all venv build search test test-fast bench perf bench-smoke cmake-test clean
 
 all: build
 
@@ -36,6 +46,9 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 	mkdir -p build && touch $@
 
 build: $(BUILD_STAMP)
+
+search: build
+	$(PY) -m gaea_nas search --dataset $(CIFAR10) $(SEARCH_ARGS) --out $(SEARCH_OUT)
 
 test: build
 	$(PY) -m pytest tests -q

@@ -1,0 +1,331 @@
+"""The ``gaea`` command: ``search``, ``lookup``, ``info`` and ``plot``.
+
+Exit status: 0 done; 1 a missing or corrupt input (dataset, table, checkpoint) or a search
+that cannot go on (non-finite loss), reported in one line; 2 bad arguments (with the usage);
+128 + signal number when SIGINT/SIGTERM stopped a search after checkpointing it.
+Set ``GAEA_DEBUG=1`` to get tracebacks instead of one-line errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+# options a resumed search may change (the rest come from the run folder's config.json)
+_RESUME_OK = {"device", "threads", "no_progress", "data", "table", "checkpoint_every_steps", "checkpoint_minutes",
+              "keep_epoch_checkpoints", "resume", "command"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``gaea`` (one sub-parser per command)."""
+    from .search_config import METHODS, OBJECTIVES, PRESETS, SPACES
+
+    p = argparse.ArgumentParser(prog="gaea", description="Geometry-aware differentiable NAS (GAEA) on the gaea_ext fused ops.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("search", help="search a space on a dataset",
+                       description="Search a space; the run folder gets config.json, metrics.jsonl, result.json "
+                                   "and checkpoints. Unset options take the released defaults of the space and method.",
+                       argument_default=None)
+    s.add_argument("--space", choices=SPACES, help="search space (default nb201)")
+    s.add_argument("--method", choices=METHODS, help="search method (default gaea)")
+    s.add_argument("--preset", choices=PRESETS, help="'release' turns the released code's quirks back on")
+    s.add_argument("--dataset", help="cifar10 | cifar100 | imagenet16-120 | PATH of an image folder or "
+                                     ".tar/.tar.gz (train/<class>/*, test/<class>/*) or of a CIFAR/ImageNet16 "
+                                     "folder or tarball (default cifar10)")
+    s.add_argument("--data", metavar="PATH", help="folder of the named datasets (default "
+                                                    "~/.cache/gaea_nas/downloads; CIFAR is downloaded there when online)")
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--batch-size", type=_positive_int, help="per process under torchrun")
+    s.add_argument("--objective", choices=OBJECTIVES, help="erm: both steps on the training set; bilevel: a 50/50 split")
+    s.add_argument("--seed", type=_nonneg_int)
+    s.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<space>-<method>-<dataset>-seed<S>-<time>)")
+    s.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    s.add_argument("--amp", choices=["bf16"], help="bfloat16 autocast (arch weights and EG state stay float32)")
+    s.add_argument("--channels-last", action="store_true", default=None)
+    s.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   metavar="MODE", help="torch.compile the supernet (MODE default | reduce-overhead | max-autotune)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    s.add_argument("--channels", type=_positive_int, help="supernet width C")
+    s.add_argument("--cells", type=_positive_int, help="NB201: search cells per stage (N); DARTS: cells in the supernet")
+    s.add_argument("--train-images", type=_positive_int, help="use a seeded subset of this many training images")
+    s.add_argument("--cutout", type=_nonneg_int, help="cutout length (default 0: off)")
+    s.add_argument("--table", metavar="PATH", help="NAS-Bench-201 table (default: $GAEA_NB201_TABLE or "
+                                                     "../shared/data/nb201/nb201_accuracies.csv.gz)")
+    s.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="any SearchConfig field, value as JSON (e.g. --set arch_lr=0.2 --set exclude_none=true)")
+    s.add_argument("--checkpoint-every-steps", type=_nonneg_int, help="also checkpoint every N steps (default 0: off)")
+    s.add_argument("--checkpoint-minutes", type=_nonneg_float, help="also checkpoint at least this often (default 10)")
+    s.add_argument("--keep-epoch-checkpoints", action="store_true", default=None)
+    s.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
+    s.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+
+    lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of a cell",
+                        description="Print the NAS-Bench-201 accuracies of ARCH, e.g. "
+                                    "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'.")
+    lk.add_argument("arch", metavar="ARCH")
+    lk.add_argument("--table", metavar="PATH")
+    lk.add_argument("--json", action="store_true", help="print JSON")
+
+    inf = sub.add_parser("info", help="build, backends, devices and data locations")
+    inf.add_argument("--json", action="store_true", help="print JSON")
+
+    pl = sub.add_parser("plot", help="PNG figures of a run folder")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
+    p.search_parser = s  # for usage messages of semantic errors
+    return p
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"gaea: error: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------------------
+# search
+
+
+def _parse_overrides(items: Optional[List[str]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value  # a bare string, e.g. --set order=normalize_then_clamp
+    return out
+
+
+def _default_run_dir(cfg) -> Path:
+    name = Path(cfg.dataset).name.split(".")[0] or "data"
+    return Path("runs") / f"{cfg.space}-{cfg.method}-{name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _new_search(args, parser):
+    from .search import RunOptions
+    from .search_config import default_config
+
+    space = args.space or "nb201"
+    method = args.method or "gaea"
+    overrides = _parse_overrides(args.overrides)
+    dataset = args.dataset or "cifar10"
+    if Path(dataset).expanduser().exists():  # a path: keep it absolute so --resume works from anywhere
+        dataset = str(Path(dataset).expanduser().resolve())
+    flags = {"dataset": dataset, "epochs": args.epochs, "batch_size": args.batch_size, "objective": args.objective,
+             "seed": args.seed, "channels": args.channels}
+    if args.cells is not None:
+        flags["cells" if space == "nb201" else "layers"] = args.cells
+    for k, v in flags.items():
+        if v is not None:
+            if k in overrides:
+                raise ValueError(f"--set {k}=... repeats a flag given on its own; use one of them")
+            overrides[k] = v
+    cfg, notes = default_config(space, method, args.preset or "default", **overrides)
+    opts = RunOptions(data_root=args.data, train_images=args.train_images, cutout=args.cutout or 0,
+                      device=args.device or "auto", amp=args.amp, channels_last=bool(args.channels_last),
+                      compile=args.compile, table=args.table,
+                      checkpoint_every_steps=args.checkpoint_every_steps or 0,
+                      checkpoint_minutes=10.0 if args.checkpoint_minutes is None else args.checkpoint_minutes,
+                      keep_epoch_checkpoints=bool(args.keep_epoch_checkpoints), progress=not args.no_progress,
+                      threads=args.threads)
+    run_dir = Path(args.out) if args.out else _default_run_dir(cfg)
+    if (run_dir / "last.pt").exists() or (run_dir / "result.json").exists():
+        raise ValueError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                         "or choose another --out")
+    return cfg, opts, run_dir
+
+
+def _resumed_search(args):
+    import dataclasses
+
+    from .search import load_run
+
+    given = sorted(k for k, v in vars(args).items() if v is not None and k not in _RESUME_OK)
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume takes the search settings from RUN_DIR/config.json; drop {flags}")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
+    saved = load_run(run_dir)
+    opts = saved["run"]
+    changes = {k: v for k, v in (("device", args.device), ("threads", args.threads), ("data_root", args.data),
+                                  ("table", args.table), ("checkpoint_every_steps", args.checkpoint_every_steps),
+                                  ("checkpoint_minutes", args.checkpoint_minutes)) if v is not None}
+    if args.no_progress:
+        changes["progress"] = False
+    if args.keep_epoch_checkpoints:
+        changes["keep_epoch_checkpoints"] = True
+    return saved["config"], dataclasses.replace(opts, **changes), run_dir
+
+
+def cmd_search(args, parser) -> int:
+    """``gaea search``: run or resume a search; prints the cell found and its NB201 accuracies."""
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .search import SearchError, SearchInterrupted, resolve_device, run_search
+
+    sub = parser.search_parser
+    try:
+        cfg, opts, run_dir = _resumed_search(args) if args.resume else _new_search(args, parser)
+        resolve_device(opts.device)
+    except ValueError as e:
+        sub.print_usage(sys.stderr)
+        return _fail(str(e), EXIT_USAGE)
+    except (FileNotFoundError, CheckpointError) as e:
+        return _fail(str(e))
+    try:
+        result = run_search(cfg, opts, run_dir, resume=bool(args.resume))
+    except SearchInterrupted as e:
+        print(f"gaea: {e}\ngaea: resume with: gaea search --resume {run_dir}", file=sys.stderr)
+        return 128 + int(e.signum)
+    except (DatasetError, FileNotFoundError, CheckpointError, SearchError, ValueError, OSError) as e:
+        if os.environ.get("GAEA_DEBUG"):
+            raise
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run_dir}")
+        print(f"cell: {result['arch']}")
+        nb = result.get("nb201")
+        if nb:
+            print(f"NAS-Bench-201 CIFAR-10 test {nb['cifar10_test']:.2f}% (valid {nb['cifar10_valid']:.2f}%), "
+                  f"CIFAR-100 test {nb['cifar100_test']:.2f}%, ImageNet16-120 test {nb['imagenet16_test']:.2f}%")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# lookup, info, plot
+
+
+def cmd_lookup(args) -> int:
+    """``gaea lookup ARCH``: the NAS-Bench-201 table's accuracies of one cell."""
+    from .nb201_space import is_valid_arch, parse_arch
+    from .nb201_table import NB201Table
+
+    try:
+        parse_arch(args.arch)
+    except (ValueError, TypeError) as e:
+        print(f"gaea lookup: error: ARCH: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        table = NB201Table(args.table)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        return _fail(str(e))
+    row = table.summary(args.arch)
+    if row is None:
+        return _fail(f"{args.arch!r} is not in the NAS-Bench-201 table")
+    if args.json:
+        print(json.dumps({**row, "connected": is_valid_arch(args.arch)}, indent=2))
+        return 0
+    print(f"index {row['index']}: {row['arch']}")
+    for name, key in (("CIFAR-10", "cifar10"), ("CIFAR-100", "cifar100"), ("ImageNet16-120", "imagenet16")):
+        valid, test = row[f"{key}_valid"], row[f"{key}_test"]
+        print(f"  {name:15s} valid {valid:6.2f}%   test {test:6.2f}%")
+    best = table.find_best("cifar10", "ori-test")
+    print(f"  (best CIFAR-10 test in the table: {best[1]:.2f}%, index {best[0]})")
+    return 0
+
+
+def _info() -> Dict[str, Any]:
+    import platform
+
+    import torch
+
+    import gaea_ext
+
+    from .data.cache import default_cache_dir
+    from .nb201_table import ENV_VAR, default_table_path
+
+    info: Dict[str, Any] = {
+        "gaea_ext_backend": {"cpu": gaea_ext.backend("cpu"), "cuda": gaea_ext.backend("cuda")},
+        "extension_built": gaea_ext.HAS_EXTENSION,
+        "build": gaea_ext.build_info(),
+        "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "nb201_table": os.environ.get(ENV_VAR) or (str(default_table_path()) if default_table_path() else None),
+        "data_cache": str(default_cache_dir()),
+    }
+    return info
+
+
+def cmd_info(args) -> int:
+    """``gaea info``: what is built and usable here."""
+    info = _info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for k, v in info.items():
+        if isinstance(v, dict):
+            print(f"{k}:")
+            for kk, vv in v.items():
+                print(f"  {kk}: {vv}")
+        else:
+            print(f"{k}: {v if v not in (None, []) else '-'}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    """``gaea plot RUN_DIR``: PNG figures of a run (arch weights, entropy, NB201 accuracy, cell)."""
+    from .plots import RunDataError, plot_run
+
+    try:
+        paths = plot_run(args.run_dir, args.out)
+    except (FileNotFoundError, RunDataError) as e:
+        return _fail(str(e))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``gaea`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "search":
+        return cmd_search(args, parser)
+    if args.command == "lookup":
+        return cmd_lookup(args)
+    if args.command == "info":
+        return cmd_info(args)
+    return cmd_plot(args)

@@ -1,0 +1,525 @@
+"""The search loop: epochs of :func:`~gaea_nas.search_step.search_iteration` over seeded
+device-resident batch streams, with per-epoch metrics, atomic checkpoints, clean stops on
+SIGINT/SIGTERM, exact resume and data-parallel runs (method.md sections 2, 5 and 7).
+
+A run folder holds ``config.json`` (the search config, the run options, the release notes),
+``metrics.jsonl`` (one JSON line per finished epoch), ``log.txt``, ``last.pt`` (the latest
+complete checkpoint) and, when done, ``result.json``. Everything that decides the numbers is
+in the checkpoint (model, both optimisers, the two streams' positions, every RNG, the
+partial-epoch sums), so a run stopped anywhere - even by SIGKILL - and resumed from its last
+checkpoint ends bitwise where the uninterrupted run ends (same device and thread count).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .builders import arch_modules, build_arch_optimizer, build_supernet, build_weight_optimizer, set_tau
+from .checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
+from .data import Dataset, load_dataset, search_streams
+from .distributed import Distributed, init_distributed, wrap_ddp
+from .search_config import SearchConfig, release_notes
+from .search_step import NonFiniteLossError, search_iteration
+
+__all__ = ["RunOptions", "SearchError", "SearchInterrupted", "arch_summary", "load_run", "resolve_device", "run_search"]
+
+CHECKPOINT_FORMAT = 1
+# Fault injection for the interrupt/resume tests: "SIGKILL@N" (or SIGTERM/SIGINT) makes the
+# process send itself that signal right after its N-th step (counted from this process's start).
+FAULT_ENV = "GAEA_FAULT_INJECT"
+AMP_DTYPES = {"bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# torch.compile backend of --compile (inductor); tests use "aot_eager" to skip code generation
+COMPILE_BACKEND_ENV = "GAEA_COMPILE_BACKEND"
+
+
+class SearchError(RuntimeError):
+    """The search cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class SearchInterrupted(Exception):
+    """A SIGINT/SIGTERM stopped the search after saving a checkpoint; ``--resume`` continues."""
+
+    def __init__(self, signum: int, epoch: int, position: int, checkpoint: Optional[Path]):
+        self.signum, self.epoch, self.position, self.checkpoint = signum, epoch, position, checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at epoch {epoch + 1}, step {position}; checkpoint {checkpoint}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a search (things that do not change what is searched, except
+    ``train_images`` and ``cutout``, which choose the data). Saved in ``config.json``."""
+
+    data_root: Optional[str] = None          # folder of named datasets (cifar10, ...)
+    train_images: Optional[int] = None        # seeded subset of the training set
+    cutout: int = 0
+    device: str = "auto"                      # auto | cpu | cuda | cuda:N
+    amp: Optional[str] = None                 # None | "bf16"
+    channels_last: bool = False
+    compile: Optional[str] = None             # None | "default" | "reduce-overhead" | "max-autotune"
+    table: Optional[str] = None               # NAS-Bench-201 table path (default: found by NB201Table)
+    checkpoint_every_steps: int = 0           # also checkpoint mid-epoch every N steps (0: off)
+    checkpoint_minutes: float = 10.0          # ... and at least this often (0: off)
+    keep_epoch_checkpoints: bool = False
+    progress: bool = True
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        if self.train_images is not None and (isinstance(self.train_images, bool) or int(self.train_images) < 2):
+            raise ValueError(f"RunOptions.train_images: must be an int >= 2 or None, got {self.train_images!r}")
+        if self.amp not in (None, *AMP_DTYPES):
+            raise ValueError(f"RunOptions.amp: must be one of {[None, *AMP_DTYPES]}, got {self.amp!r}")
+        if self.compile not in (None, *COMPILE_MODES):
+            raise ValueError(f"RunOptions.compile: must be one of {[None, *COMPILE_MODES]}, got {self.compile!r}")
+        for name in ("cutout", "checkpoint_every_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"RunOptions.{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not self.checkpoint_minutes >= 0:
+            raise ValueError(f"RunOptions.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes!r}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"RunOptions.threads: must be >= 1, got {self.threads!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "RunOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"RunOptions: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: only cpu and cuda are supported, got {name!r}")
+    return dev
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device the search ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------------------------------
+# what a run records
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp_min(0)
+    return -(p * p.clamp_min(1e-30).log()).sum(-1)
+
+
+def arch_summary(model: nn.Module, space: str, exclude_none: bool = False) -> Dict[str, Any]:
+    """``{'arch', 'ops', 'arch_weights', 'entropy'}`` of a supernet now: the derived cell (NB201 arch
+    string or DARTS genotype literal), the op names, the mixing distributions per cell type (and the edge
+    weights when learned) as nested lists, and the mean per-edge entropy of the op
+    distributions (nats)."""
+    names = ["normal", "reduce"]
+    weights: Dict[str, Any] = {}
+    ents = []
+    for name, m in zip(names, arch_modules(model)):
+        with torch.no_grad():
+            p = m.probabilities().detach().double().cpu()
+            weights[name] = p.tolist()
+            ents.append(_entropy(p))
+            e = m.edge_weights()
+            if e is not None:
+                weights[f"edges_{name}"] = e.detach().double().cpu().tolist()
+    arch = model.genotype(exclude_none=exclude_none) if space == "nb201" else str(model.genotype())
+    ops = list(model.ops if space == "nb201" else model.op_names)
+    out = {"arch": arch, "ops": ops, "arch_weights": weights, "entropy": float(torch.cat(ents).mean())}
+    if len(ents) > 1:
+        out["entropy_by_cell"] = {n: float(e.mean()) for n, e in zip(names, ents)}
+    return out
+
+
+def _load_table(cfg: SearchConfig, opts: RunOptions, log: Callable[[str], None]):
+    if cfg.space != "nb201":
+        return None
+    from .nb201_table import NB201Table
+    try:
+        table = NB201Table(opts.table)
+    except FileNotFoundError as e:
+        if opts.table is not None:
+            raise
+        log(f"NAS-Bench-201 table not found; the cells found will not be looked up ({str(e).split('. ')[0]})")
+        return None
+    log(f"NAS-Bench-201 table: {table.path}")
+    return table
+
+
+class _RunLog:
+    """Lines to the console and ``log.txt`` (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, echo: Callable[[str], None]):
+        self.path = run_dir / "log.txt"
+        self.enabled, self.echo = enabled, echo
+
+    def __call__(self, line: str) -> None:
+        if not self.enabled:
+            return
+        self.echo(line)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to checkpoint and stop at the next step; a
+    second signal falls back to the default behaviour."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old: Dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # second signal: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _parse_fault(text: Optional[str]):
+    if not text:
+        return None
+    name, _, n = text.partition("@")
+    return signal.Signals[name.strip().upper()], int(n)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_metrics(path: Path, metrics: List[Dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        for m in metrics:
+            f.write(json.dumps(m, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_SUMS = ("train_loss", "train_acc", "search_loss", "search_acc")
+
+
+def _empty_sums() -> Dict[str, float]:
+    return {**{k: 0.0 for k in _SUMS}, "train_steps": 0.0, "search_steps": 0.0, "seconds": 0.0}
+
+
+# ---------------------------------------------------------------------------------------
+# the search
+
+
+def run_search(cfg: SearchConfig, opts: RunOptions, run_dir, *, resume: bool = False,
+               dataset: Optional[Dataset] = None, echo: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run (or, with ``resume``, continue) the search ``cfg`` into ``run_dir``; returns the
+    result dict also written to ``result.json``.
+
+    Raises :class:`SearchInterrupted` after checkpointing on SIGINT/SIGTERM,
+    :class:`SearchError` on a non-finite loss, ``DatasetError`` / ``FileNotFoundError`` /
+    :class:`~gaea_nas.checkpoint.CheckpointError` for missing or corrupt inputs and
+    ``ValueError`` for bad options."""
+    run_dir = Path(run_dir)
+    device = resolve_device(opts.device)
+    ctx = init_distributed(device.type)
+    try:
+        return _Search(cfg, opts, run_dir, device, ctx, resume, dataset, echo).run()
+    finally:
+        ctx.close()
+
+
+class _Search:
+    def __init__(self, cfg: SearchConfig, opts: RunOptions, run_dir: Path, device: torch.device,
+                 ctx: Distributed, resume: bool, dataset: Optional[Dataset], echo):
+        self.cfg, self.opts, self.run_dir, self.ctx = cfg, opts, run_dir, ctx
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        if opts.threads:
+            torch.set_num_threads(int(opts.threads))
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        ctx.barrier()
+        self.log = _RunLog(run_dir, ctx.is_main, echo)
+        self.checkpointer = Checkpointer(run_dir, opts.keep_epoch_checkpoints) if ctx.is_main else None
+        self.state = None
+        if resume:
+            self.state = load_checkpoint(run_dir / Checkpointer.LAST, map_location="cpu")
+            saved = self.state.get("config")
+            if saved != cfg.to_dict():
+                raise ValueError(f"{run_dir}: the checkpoint was written by a different search config; "
+                                 "resume with the run folder's own config.json")
+        _seed_everything(cfg.seed, cfg.deterministic)
+        self.dataset = dataset if dataset is not None else load_dataset(cfg.dataset, root=opts.data_root)
+        self.table = _load_table(cfg, opts, self.log)
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, opts, ctx = self.cfg, self.opts, self.ctx
+        self.train_stream, self.search_stream = search_streams(
+            self.dataset, cfg.objective, cfg.batch_size, cfg.seed, device=self.device,
+            train_portion=cfg.train_portion, train_images=opts.train_images, cutout=opts.cutout,
+            channels_last=opts.channels_last, rank=ctx.rank, world_size=ctx.world_size,
+            search_fresh_draws=cfg.search_sampling == "with_replacement")
+        model = build_supernet(cfg, self.dataset.num_classes).to(self.device)
+        if opts.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.arch_opt = build_arch_optimizer(cfg, model)
+        self.weight_opt = build_weight_optimizer(cfg, model)
+        self.weight_model = wrap_ddp(model, ctx, self.device, find_unused=cfg.is_gdas)
+        self.arch_model: nn.Module = model
+        if opts.compile:
+            kw = dict(mode=None if opts.compile == "default" else opts.compile,
+                      backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
+            self.arch_model = torch.compile(model, **kw)
+            self.weight_model = self.arch_model if self.weight_model is model else torch.compile(self.weight_model, **kw)
+
+    def _restore(self) -> None:
+        s = self.state
+        if s.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.run_dir}: checkpoint format {s.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        self.model.load_state_dict(s["model"])
+        self.arch_opt.load_state_dict(s["arch_optimizer"])
+        self.weight_opt.load_state_dict(s["weight_optimizer"])
+        self.train_stream.load_state_dict(s["streams"]["train"])
+        self.search_stream.load_state_dict(s["streams"]["search"])
+        restore_rng_state(s["rng"])
+        self.epoch, self.position = int(s["epoch"]), int(s["position"])
+        self.metrics, self.sums = list(s["metrics"]), dict(s["sums"])
+        self.wall_before = float(s["wall_time_s"])
+
+    def _checkpoint(self, finished: bool = False) -> Optional[Path]:
+        state = {
+            "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "run": self.opts.to_dict(),
+            "epoch": self.epoch, "position": self.position, "finished": finished,
+            "model": self.model.state_dict(), "arch_optimizer": self.arch_opt.state_dict(),
+            "weight_optimizer": self.weight_opt.state_dict(),
+            "streams": {"train": self.train_stream.state_dict(), "search": self.search_stream.state_dict()},
+            "rng": capture_rng_state(), "metrics": self.metrics, "sums": self.sums,
+            "wall_time_s": self._wall(),
+        }
+        self._last_save = time.monotonic()
+        if self.checkpointer is None:
+            return None
+        epoch_done = self.epoch if self.position == 0 else None
+        return self.checkpointer.save(state, epoch=epoch_done)
+
+    def _wall(self) -> float:
+        return self.wall_before + time.monotonic() - self.t0
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        self._build()
+        self.epoch, self.position = 0, 0
+        self.metrics: List[Dict[str, Any]] = []
+        self.sums = _empty_sums()
+        self.wall_before = 0.0
+        if self.state is not None:
+            self._restore()
+            self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.position}")
+        else:
+            self._start_log()
+        self.t0 = self._last_save = time.monotonic()
+        self._steps_here, self._fault = 0, _parse_fault(os.environ.get(FAULT_ENV))
+        steps = len(self.train_stream)
+        try:
+            with _StopRequest() as stop:
+                while self.epoch < cfg.epochs:
+                    self._run_epoch(steps, stop)
+        except NonFiniteLossError as e:
+            raise SearchError(f"{e} (epoch {self.epoch + 1}, step {self.position}); the last good checkpoint "
+                              f"{self.run_dir / Checkpointer.LAST} is kept") from None
+        return self._finish()
+
+    def _start_log(self) -> None:
+        cfg, opts = self.cfg, self.opts
+        if self.ctx.is_main:
+            write_json(self.run_dir / "config.json", {"config": cfg.to_dict(), "run": opts.to_dict(),
+                                                      "notes": release_notes(cfg), "torch": torch.__version__})
+        n_params = sum(p.numel() for p in self.model.weight_parameters())
+        self.log(f"search: {cfg.method} on {cfg.space} / {self.dataset.name} ({len(self.train_stream.indices)} "
+                 f"weight-step images, {len(self.search_stream.indices)} arch-step images, "
+                 f"{self.dataset.num_classes} classes), seed {cfg.seed}, device {device_name(self.device)}"
+                 + (f", {self.ctx.world_size} ranks" if self.ctx.enabled else ""))
+        self.log(f"supernet: C={cfg.channels}, {'N=%d' % cfg.cells if cfg.space == 'nb201' else '%d cells' % cfg.layers}, "
+                 f"{n_params / 1e6:.3f} M weights; {len(self.train_stream)} steps/epoch of batch {cfg.batch_size}")
+        for line in release_notes(cfg):
+            self.log(f"  {line}")
+
+    def _run_epoch(self, steps: int, stop: _StopRequest) -> None:
+        from tqdm import tqdm
+
+        cfg, opts, ctx = self.cfg, self.opts, self.ctx
+        epoch = self.epoch
+        lr = cfg.weight_lr(epoch)
+        for g in self.weight_opt.param_groups:
+            g["lr"] = lr
+        tau = cfg.tau(epoch) if cfg.is_gdas else None
+        if tau is not None:
+            set_tau(self.model, tau)
+        update_arch = epoch >= cfg.arch_warmup_epochs
+        self.model.train()
+        amp = (torch.autocast(self.device.type, dtype=AMP_DTYPES[opts.amp]) if opts.amp
+               else contextlib.nullcontext())
+        images = cfg.batch_size * ctx.world_size
+        bar = tqdm(total=steps, initial=self.position, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (opts.progress and ctx.is_main), leave=False, dynamic_ncols=True)
+        every, minutes = opts.checkpoint_every_steps, opts.checkpoint_minutes
+        with bar:
+            while self.position < steps:
+                if ctx.any_flag(stop.signum is not None, self.device):
+                    path = self._checkpoint()
+                    raise SearchInterrupted(stop.signum or signal.SIGTERM, epoch, self.position, path)
+                t = time.perf_counter()
+                train_batch = self.train_stream.next_batch()
+                search_batch = self.search_stream.next_batch() if update_arch else None
+                with amp:
+                    out = search_iteration(
+                        self.model, train_batch, search_batch, self.arch_opt, self.weight_opt,
+                        update_arch=update_arch, grad_clip=cfg.grad_clip, arch_grad_clip=cfg.arch_grad_clip,
+                        weight_model=self.weight_model, arch_model=self.arch_model,
+                        reduce_arch_grads=ctx.mean_grads_ if ctx.enabled else None)
+                dt = time.perf_counter() - t
+                s = self.sums
+                for k in _SUMS:
+                    if k in out:
+                        s[k] += out[k]
+                s["train_steps"] += 1
+                s["search_steps"] += 1 if update_arch else 0
+                s["seconds"] += dt
+                self.position += 1
+                self._steps_here += 1
+                if self._fault and self._steps_here == self._fault[1]:
+                    os.kill(os.getpid(), self._fault[0])
+                bar.set_postfix(loss=f"{s['train_loss'] / s['train_steps']:.3f}",
+                                acc=f"{s['train_acc'] / s['train_steps']:.3f}",
+                                img_s=f"{images * s['train_steps'] / max(s['seconds'], 1e-9):.0f}", refresh=False)
+                bar.update(1)
+                if self.position < steps and ((every and self.position % every == 0)
+                                              or (minutes and time.monotonic() - self._last_save > 60 * minutes)):
+                    self._checkpoint()
+        self._end_epoch(lr, tau, update_arch)
+
+    def _end_epoch(self, lr: float, tau: Optional[float], update_arch: bool) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        s = ctx.sum_values(self.sums, self.device)
+        n_train, n_search = max(s["train_steps"], 1), max(s["search_steps"], 1)
+        summary = arch_summary(self.model, cfg.space, cfg.exclude_none)
+        record: Dict[str, Any] = {
+            "epoch": self.epoch + 1, "lr": lr, "arch_updated": update_arch,
+            "train_loss": s["train_loss"] / n_train, "train_acc": s["train_acc"] / n_train,
+            "search_loss": s["search_loss"] / n_search if s["search_steps"] else None,
+            "search_acc": s["search_acc"] / n_search if s["search_steps"] else None,
+            "images_per_s": self.cfg.batch_size * s["train_steps"] / max(s["seconds"], 1e-9),
+            "tau": tau, **summary,
+        }
+        record["nb201"] = self.table.summary(record["arch"]) if self.table is not None else None
+        self.metrics.append(record)
+        self.epoch, self.position, self.sums = self.epoch + 1, 0, _empty_sums()
+        if ctx.is_main:
+            _write_metrics(self.run_dir / "metrics.jsonl", self.metrics)
+        self._checkpoint()
+        nb = record["nb201"]
+        left = (cfg.epochs - self.epoch) * (self._wall() - self.wall_before) / max(len(self.metrics), 1)
+        self.log(f"epoch {record['epoch']:3d}/{cfg.epochs}  train loss {record['train_loss']:.3f} acc "
+                 f"{100 * record['train_acc']:.1f}%"
+                 + (f"  search loss {record['search_loss']:.3f} acc {100 * record['search_acc']:.1f}%"
+                    if record["search_loss"] is not None else "  (architecture frozen)")
+                 + f"  entropy {record['entropy']:.3f}  {record['images_per_s']:.0f} img/s"
+                 + (f"  tau {tau:.2f}" if tau is not None else "")
+                 + (f"  ETA {left / 60:.1f} min" if self.epoch < cfg.epochs else ""))
+        self.log(f"           arch {record['arch']}"
+                 + (f"  NB201 CIFAR-10 test {nb['cifar10_test']:.2f}%" if nb else ""))
+
+    def _finish(self) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        identical = ctx.identical(self.model.arch_parameters()) if ctx.enabled else None
+        last = self.metrics[-1] if self.metrics else arch_summary(self.model, cfg.space, cfg.exclude_none)
+        result = {
+            "arch": last["arch"], "ops": last["ops"], "arch_weights": last["arch_weights"], "entropy": last["entropy"],
+            "nb201": last.get("nb201") if self.table is not None else None,
+            "epochs": cfg.epochs, "wall_time_s": self._wall(), "device": device_name(self.device),
+            "seed": cfg.seed, "space": cfg.space, "method": cfg.method, "objective": cfg.objective,
+            "dataset": self.dataset.name, "train_images": len(self.train_stream.indices),
+            "world_size": ctx.world_size, "arch_identical_across_ranks": identical,
+            "final": {k: last.get(k) for k in ("train_loss", "train_acc", "search_loss", "search_acc")},
+        }
+        if ctx.is_main:
+            self._checkpoint(finished=True)
+            write_json(self.run_dir / "result.json", result)
+        self.log(f"done in {result['wall_time_s'] / 60:.1f} min: {result['arch']}")
+        nb = result["nb201"]
+        if nb:
+            self.log(f"NAS-Bench-201 (index {nb['index']}): CIFAR-10 valid {nb['cifar10_valid']:.2f} test "
+                     f"{nb['cifar10_test']:.2f} | CIFAR-100 valid {nb['cifar100_valid']:.2f} test "
+                     f"{nb['cifar100_test']:.2f} | ImageNet16-120 valid {nb['imagenet16_valid']:.2f} test "
+                     f"{nb['imagenet16_test']:.2f}")
+        if identical is not None:
+            self.log(f"architecture parameters bitwise identical on all {ctx.world_size} ranks: {identical}")
+        return result
+
+
+def load_run(run_dir) -> Dict[str, Any]:
+    """``config.json`` of a run folder as ``{'config': SearchConfig, 'run': RunOptions, ...}``."""
+    path = Path(run_dir) / "config.json"
+    with open(path) as f:
+        d = json.load(f)
+    return {**d, "config": SearchConfig.from_dict(d["config"]), "run": RunOptions.from_dict(d["run"])}
