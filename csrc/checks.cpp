@@ -32,6 +32,83 @@ void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
               first.device(), ", got ", weights.device());
 }
 
+std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(t.contiguous());
+  return out;
+}
+
+at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
+  if (!like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return result.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return result;
+}
+
+void check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+                           c10::IntArrayRef kinds, c10::IntArrayRef sources) {
+  TORCH_CHECK(!xs.empty(), "mixed_node: 'xs' must hold at least one tensor (the edge inputs), got none");
+  const at::Tensor& first = xs[0];
+  TORCH_CHECK(first.dim() == 4, "mixed_node: 'xs' must be 4-D [N, C, H, W], got ", first.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(first.scalar_type()),
+              "mixed_node: 'xs' must be floating point (float16, bfloat16, float32, float64), got ",
+              first.scalar_type());
+  auto same = [&](const at::Tensor& t, const char* name, size_t k) {
+    TORCH_CHECK(t.sizes() == first.sizes(), "mixed_node: every tensor must have xs[0]'s shape ", first.sizes(),
+                " but ", name, "[", k, "] is ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == first.scalar_type(), "mixed_node: every tensor must have xs[0]'s dtype ",
+                first.scalar_type(), " but ", name, "[", k, "] is ", t.scalar_type());
+    TORCH_CHECK(t.device() == first.device(), "mixed_node: every tensor must be on xs[0]'s device ", first.device(),
+                " but ", name, "[", k, "] is on ", t.device());
+  };
+  for (size_t k = 0; k < xs.size(); ++k) same(xs[k], "xs", k);
+  for (size_t k = 0; k < outputs.size(); ++k) same(outputs[k], "outputs", k);
+  const size_t T = kinds.size();
+  TORCH_CHECK(T >= 1, "mixed_node: 'kinds' must hold at least one term, got none");
+  TORCH_CHECK(sources.size() == T, "mixed_node: 'sources' must have one entry per term (", T, "), got ",
+              sources.size());
+  TORCH_CHECK(weights.dim() == 1 && weights.numel() == static_cast<int64_t>(T),
+              "mixed_node: 'weights' must be 1-D with one element per term (", T, "), got shape ", weights.sizes());
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), "mixed_node: 'weights' must be floating point, got ",
+              weights.scalar_type());
+  TORCH_CHECK(weights.device() == first.device(), "mixed_node: 'weights' must be on xs[0]'s device ",
+              first.device(), ", got ", weights.device());
+  std::vector<int> output_uses(outputs.size(), 0);
+  for (size_t t = 0; t < T; ++t) {
+    const int64_t kind = kinds[t], src = sources[t];
+    TORCH_CHECK(kind >= kNone && kind <= kTensor, "mixed_node: kinds[", t, "] must be 0..4 (none, skip, ",
+                "avg_pool_3x3, max_pool_3x3, tensor), got ", kind);
+    if (kind == kTensor) {
+      TORCH_CHECK(src >= 0 && src < static_cast<int64_t>(outputs.size()), "mixed_node: sources[", t,
+                  "] must index 'outputs' (0..", static_cast<int64_t>(outputs.size()) - 1, "), got ", src);
+      output_uses[src] += 1;
+    } else if (kind != kNone) {
+      TORCH_CHECK(src >= 0 && src < static_cast<int64_t>(xs.size()), "mixed_node: sources[", t,
+                  "] must index 'xs' (0..", static_cast<int64_t>(xs.size()) - 1, "), got ", src);
+    }
+  }
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    TORCH_CHECK(output_uses[k] == 1, "mixed_node: outputs[", k, "] must be used by exactly one tensor term, it is "
+                "used by ", output_uses[k]);
+  }
+}
+
+void check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs,
+                                    const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                    const c10::List<bool>& xs_need_grad, const c10::List<bool>& outputs_need_grad) {
+  check_mixed_node_args(xs, outputs, weights, kinds, sources);
+  TORCH_CHECK(grad_out.sizes() == xs[0].sizes() && grad_out.scalar_type() == xs[0].scalar_type() &&
+                  grad_out.device() == xs[0].device(),
+              "mixed_node_backward: 'grad_out' must match xs[0] (", xs[0].sizes(), ", ", xs[0].scalar_type(), ", ",
+              xs[0].device(), "), got ", grad_out.sizes(), ", ", grad_out.scalar_type(), ", ", grad_out.device());
+  TORCH_CHECK(xs_need_grad.size() == xs.size(), "mixed_node_backward: 'xs_need_grad' must have one entry per x (",
+              xs.size(), "), got ", xs_need_grad.size());
+  TORCH_CHECK(outputs_need_grad.size() == outputs.size(),
+              "mixed_node_backward: 'outputs_need_grad' must have one entry per output (", outputs.size(), "), got ",
+              outputs_need_grad.size());
+}
+
 std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList grads,
                                          c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
                                          c10::IntArrayRef segment_counts,

@@ -1,6 +1,10 @@
 // Declarations shared by the CPU and CUDA kernels of gaea_ext.
 //
 // Op schemas (registered in csrc/registration.cpp, namespace gaea_ext):
+//   mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources) -> Tensor
+//   mixed_node_backward(Tensor grad_out, Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds,
+//                       int[] sources, bool[] xs_need_grad, bool[] outputs_need_grad,
+//                       bool weights_need_grad) -> (Tensor[] grad_xs, Tensor[] grad_outputs, Tensor grad_weights)
 //   weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor
 //   weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights,
 //                         bool[] inputs_need_grad, bool weights_need_grad)
@@ -72,7 +76,49 @@ at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::
                               c10::ArrayRef<double> min_values, c10::ArrayRef<double> entropic_regs,
                               bool normalize_first, bool adaptive);
 
+// ---- mixed_node ----------------------------------------------------------------------
+
+// A whole node (or one edge) of a cell with its parameter-free ops fused:
+//   out = sum_t weights[t] * term_t, term_t by kinds[t]:
+//     kNone (0)   nothing;                 kSkip (1)   xs[sources[t]];
+//     kAvgPool (2) avg_pool 3x3, stride 1, padding 1, count_include_pad=False, of xs[sources[t]];
+//     kMaxPool (3) max_pool 3x3, stride 1, padding 1, of xs[sources[t]];
+//     kTensor (4) outputs[sources[t]] (e.g. a conv output; each output used by one term).
+// xs and outputs are 4-D [N, C, H, W], one shape, dtype (f16/bf16/f32/f64) and device;
+// weights is 1-D with one floating element per term. The pools are computed from xs inside
+// the kernel and never materialised. Half inputs accumulate in float32. Kernels work on
+// contiguous NCHW (other layouts are copied; a channels_last x gives a channels_last out).
+enum MixedKind : int64_t { kNone = 0, kSkip = 1, kAvgPool = 2, kMaxPool = 3, kTensor = 4 };
+at::Tensor mixed_node_cpu(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+                          c10::IntArrayRef kinds, c10::IntArrayRef sources);
+at::Tensor mixed_node_cuda(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+                           c10::IntArrayRef kinds, c10::IntArrayRef sources);
+
+// Backward of mixed_node from grad_out, recomputing the pools from xs:
+//   grad_xs[s] = sum over the terms reading xs[s] of weights[t] * (grad_out for kSkip, the
+//                avg-pool adjoint of grad_out, or grad_out routed to each window's first
+//                maximum, as PyTorch's max_pool2d does), for each s with xs_need_grad[s];
+//   grad_outputs[s] = weights[t] * grad_out for each s with outputs_need_grad[s];
+//   grad_weights[t] = <term_t, grad_out> (0 for kNone; empty when !weights_need_grad).
+// Only the requested grads are returned, in index order. The reductions are deterministic
+// (per-plane partials combined in a fixed order; no float atomics).
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cpu(
+    const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+    c10::IntArrayRef kinds, c10::IntArrayRef sources, const c10::List<bool>& xs_need_grad,
+    const c10::List<bool>& outputs_need_grad, bool weights_need_grad);
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cuda(
+    const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+    c10::IntArrayRef kinds, c10::IntArrayRef sources, const c10::List<bool>& xs_need_grad,
+    const c10::List<bool>& outputs_need_grad, bool weights_need_grad);
+
 // ---- shared helpers (csrc/checks.cpp) ----------------------------------------------
+
+void check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+                           c10::IntArrayRef kinds, c10::IntArrayRef sources);
+// The same plus grad_out (shape/dtype/device of xs) and the need-grad list lengths.
+void check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs,
+                                    const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                    const c10::List<bool>& xs_need_grad, const c10::List<bool>& outputs_need_grad);
 
 // TORCH_CHECKs shared by CPU and CUDA entry points.
 void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);
@@ -83,6 +129,12 @@ std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList g
                                          c10::ArrayRef<double> min_values,
                                          c10::ArrayRef<double> entropic_regs);
 
+// Each tensor made contiguous (no copy when it already is).
+std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
+// `result` (contiguous) in the layout of `like`: channels_last when `like` is channels_last
+// and not also contiguous, else `result` itself.
+at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like);
+
 // True when every tensor has the same sizes and strides and those strides are
 // non-overlapping and dense (so the flat storage can be walked linearly).
 bool share_dense_layout(at::TensorList tensors);
@@ -91,6 +143,9 @@ bool share_dense_layout(at::TensorList tensors);
 std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count,
                                      int64_t row);
 
+// Most terms and xs of one mixed_node call on CUDA (a DARTS node has at most 5 x 8 terms).
+constexpr int64_t kMaxMixedTerms = 64;
+constexpr int64_t kMaxMixedSources = 16;
 // Largest K handled by one CUDA launch of weighted_sum (larger K is chunked).
 constexpr int64_t kMaxInputsPerLaunch = 64;
 // Element chunk of the deterministic CPU reductions.

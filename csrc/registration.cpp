@@ -8,6 +8,11 @@ TORCH_LIBRARY(gaea_ext, m) {
   m.def(
       "weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
       "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)");
+  m.def("mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources) -> Tensor");
+  m.def(
+      "mixed_node_backward(Tensor grad_out, Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, "
+      "int[] sources, bool[] xs_need_grad, bool[] outputs_need_grad, bool weights_need_grad) "
+      "-> (Tensor[], Tensor[], Tensor)");
   m.def(
       "exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments, "
       "int[] segment_counts, float[] min_values, float[] entropic_regs, bool normalize_first, "

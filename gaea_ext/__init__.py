@@ -2,6 +2,8 @@
 
 Drop-in ops for DARTS-style code:
   weighted_sum(inputs, weights)       fused mixed-op sum, differentiable in both
+  mixed_op(x, outputs, weights, kinds)   a mixed op with none/skip/3x3 pools computed in-kernel
+  mixed_node(edges, weights)          the same for every incoming edge of a node in one call
   exp_grad_step_(param, grad, lr)     in-place exponentiated-gradient step on simplices
   exp_grad_step_multi_(...)           the same for a list of params in one fused call
   optim.ExponentiatedGradient         a torch.optim.Optimizer on those ops
@@ -10,6 +12,7 @@ Drop-in ops for DARTS-style code:
 from . import reference
 from ._backend import HAS_EXTENSION, backend, build_info
 from .exp_grad import exp_grad_step_, exp_grad_step_multi_
+from .mixed_node import mixed_node, mixed_op, mixed_terms
 from .weighted_sum import weighted_sum
 from . import optim  # noqa: E402  (needs the ops above)
 
@@ -21,6 +24,9 @@ __all__ = [
     "build_info",
     "exp_grad_step_",
     "exp_grad_step_multi_",
+    "mixed_node",
+    "mixed_op",
+    "mixed_terms",
     "optim",
     "reference",
     "weighted_sum",

@@ -48,6 +48,73 @@ def check_weighted_sum(inputs, weights) -> List[torch.Tensor]:
     return inputs
 
 
+def _tensor_list(value, op: str, name: str) -> List[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: '{name}' must be a sequence of tensors, not a tensor")
+    try:
+        value = list(value)
+    except TypeError:
+        raise TypeError(f"{op}: '{name}' must be a sequence of tensors, got {type(value).__name__}") from None
+    for k, t in enumerate(value):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: '{name}[{k}]' must be a tensor, got {type(t).__name__}")
+    return value
+
+
+def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[str]):
+    """Validate mixed_node arguments; return (xs, outputs, weights as 1-D, kinds as names, sources)."""
+    op = "mixed_node"
+    xs = _tensor_list(xs, op, "xs")
+    outputs = _tensor_list(outputs, op, "outputs")
+    if not xs:
+        raise ValueError(f"{op}: 'xs' must hold at least one tensor (the edge inputs), got none")
+    first = xs[0]
+    if first.dim() != 4:
+        raise ValueError(f"{op}: 'xs' must be 4-D [N, C, H, W], got shape {tuple(first.shape)}")
+    if first.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: 'xs' must be float16, bfloat16, float32 or float64, got {first.dtype}")
+    for name, group in (("xs", xs), ("outputs", outputs)):
+        for k, t in enumerate(group):
+            if t.shape != first.shape:
+                raise ValueError(f"{op}: '{name}[{k}]' must have xs[0]'s shape {tuple(first.shape)}, got {tuple(t.shape)}")
+            if t.dtype != first.dtype:
+                raise TypeError(f"{op}: '{name}[{k}]' must have xs[0]'s dtype {first.dtype}, got {t.dtype}")
+            if t.device != first.device:
+                raise ValueError(f"{op}: '{name}[{k}]' must be on xs[0]'s device {first.device}, got {t.device}")
+    if isinstance(kinds, str):
+        raise TypeError(f"{op}: 'kinds' must be a sequence of kind names, not a string")
+    kinds = list(kinds)
+    for t, k in enumerate(kinds):
+        if k not in kind_names:
+            raise ValueError(f"{op}: 'kinds[{t}]' must be one of {tuple(kind_names)}, got {k!r}")
+    if not kinds:
+        raise ValueError(f"{op}: 'kinds' must hold at least one term, got none")
+    sources = [int(s) for s in sources]
+    if len(sources) != len(kinds):
+        raise ValueError(f"{op}: 'sources' must have one entry per term ({len(kinds)}), got {len(sources)}")
+    uses = [0] * len(outputs)
+    for t, (k, s) in enumerate(zip(kinds, sources)):
+        pool = outputs if k == "tensor" else xs
+        if k != "none" and not 0 <= s < len(pool):
+            which = "outputs" if k == "tensor" else "xs"
+            raise ValueError(f"{op}: 'sources[{t}]' must index '{which}' (0..{len(pool) - 1}), got {s}")
+        if k == "tensor":
+            uses[s] += 1
+    for k, n in enumerate(uses):
+        if n != 1:
+            raise ValueError(f"{op}: 'outputs[{k}]' must be used by exactly one 'tensor' term, it is used by {n}")
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{op}: 'weights' must be a tensor, got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{op}: 'weights' must be a floating-point tensor, got {weights.dtype}")
+    if weights.numel() != len(kinds) or weights.dim() not in (1, 2):
+        raise ValueError(f"{op}: 'weights' must hold one element per term ({len(kinds)}) as a 1-D (or [edges, ops]) "
+                         f"tensor, got shape {tuple(weights.shape)}")
+    if weights.device != first.device:
+        raise ValueError(f"{op}: 'weights' must be on xs[0]'s device {first.device}, got {weights.device}")
+    return xs, outputs, weights.reshape(-1), kinds, sources
+
+
 _INF = float("inf")
 
 

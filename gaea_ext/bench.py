@@ -42,7 +42,9 @@ DTYPES = {
 }
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 VARIANTS = ("fused", "eager", "compile")
-OPS = ("weighted_sum", "exp_grad")
+OPS = ("weighted_sum", "mixed_node", "exp_grad")
+# NB201 node 3 (3 incoming edges), ops in NB201 order: the conv outputs are "tensor" terms
+NB201_NODE_KINDS = ("none", "skip", "tensor", "tensor", "avg_pool_3x3")
 
 EDGE_SHAPE = (64, 16, 32, 32)  # DARTS / NB201 stage-1 edge at batch 64: N = 2^20
 DRAM_EXPONENTS = {"cpu": (23,), "cuda": (22, 23, 24)}  # flat N = 2^p cases, K = 8
@@ -65,10 +67,10 @@ COPY_BYTES = 256 * 2**20  # copy-bandwidth buffer
 class CaseSpec:
     """What to measure: one op, pass and size (independent of device, dtype and threads)."""
 
-    op: str  # "weighted_sum" or "exp_grad"
+    op: str  # "weighted_sum", "mixed_node" or "exp_grad"
     mode: str  # "fwd", "fwd+bwd" (weighted_sum) or "step" (exp_grad)
     shape: tuple[int, ...] = ()  # weighted_sum: shape of each of the K inputs
-    k: int = 0  # weighted_sum: number of inputs; exp_grad: simplex row length
+    k: int = 0  # weighted_sum: number of inputs; mixed_node: incoming edges; exp_grad: simplex row length
     size: str = ""  # exp_grad: key of EG_SIZES
 
     @property
@@ -92,7 +94,7 @@ class CaseSpec:
     @property
     def label(self) -> str:
         """Group name of the case, e.g. ``weighted_sum fwd+bwd 64x16x32x32 K=8``."""
-        k = f" K={self.k}" if self.op == "weighted_sum" else ""
+        k = f" K={self.k}" if self.op == "weighted_sum" else (f" E={self.k}" if self.op == "mixed_node" else "")
         return f"{self.op} {self.mode} {self.shape_str}{k}"
 
 
@@ -108,6 +110,11 @@ def model_bytes(spec: CaseSpec, elem: int) -> int:
     EG reads param and grad and writes param (3 x numel)."""
     if spec.op == "exp_grad":
         return 3 * elem * spec.numel
+    if spec.op == "mixed_node":  # per edge: x and its conv outputs; the pools are never written
+        tensors = NB201_NODE_KINDS.count("tensor")
+        fwd = elem * (spec.k * (1 + tensors) + 1) * spec.numel
+        bwd = elem * (1 + 2 * spec.k * (1 + tensors)) * spec.numel
+        return fwd if spec.mode == "fwd" else fwd + bwd
     fwd = elem * (spec.k + 1) * spec.numel
     bwd = elem * (2 * spec.k + 1) * spec.numel
     return fwd if spec.mode == "fwd" else fwd + bwd
@@ -126,6 +133,9 @@ def case_specs(
         for shape, k in sizes:
             for mode in ("fwd", "fwd+bwd"):
                 specs.append(CaseSpec("weighted_sum", mode, shape, k))
+    if "mixed_node" in ops:
+        for mode in ("fwd", "fwd+bwd"):
+            specs.append(CaseSpec("mixed_node", mode, EDGE_SHAPE, 3))
     if "exp_grad" in ops:
         specs.append(CaseSpec("exp_grad", "step", k=8, size="darts"))
         specs.append(CaseSpec("exp_grad", "step", k=5, size="nb201"))
@@ -157,7 +167,8 @@ def build_case(
     here (its first call is timed as compile_s) and dropped with a warning if that fails."""
     device = torch.device(device)
     torch.manual_seed(0)
-    build = _weighted_sum_variant if spec.op == "weighted_sum" else _exp_grad_variant
+    build = {"weighted_sum": _weighted_sum_variant, "mixed_node": _mixed_node_variant,
+             "exp_grad": _exp_grad_variant}[spec.op]
     fns = {name: build(spec, name, device, dtype) for name in variants}
     case = Case(spec, device, dtype, fns)
     if "compile" in fns:
@@ -201,6 +212,44 @@ def _weighted_sum_variant(
     grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
     leaves = [*ys, w]
     return lambda: torch.autograd.grad(impl(ys, w), leaves, grad_out)
+
+
+def eager_nb201_node(xs, convs, w):
+    """An NB201 node the peers' way: every op materialised (`none` as `x * 0`, the avg pool
+    as a tensor), then `sum(w * op(x))` in Python."""
+    terms = []
+    for e, x in enumerate(xs):
+        ys = [x * 0.0, x, convs[e][0], convs[e][1],
+              torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)]
+        terms.extend(w[e, k] * y for k, y in enumerate(ys))
+    return sum(terms)
+
+
+def _mixed_node_variant(
+    spec: CaseSpec, name: str, device: torch.device, dtype: torch.dtype
+) -> Callable[[], object]:
+    """An NB201 node with spec.k incoming edges: fused mixed_node vs the eager formulation."""
+    backward = spec.mode == "fwd+bwd"
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand():
+        return torch.randn(spec.shape, generator=gen, device=device, dtype=dtype).requires_grad_(backward)
+
+    xs = [rand() for _ in range(spec.k)]
+    convs = [[rand(), rand()] for _ in range(spec.k)]
+    w = torch.softmax(torch.randn(spec.k, len(NB201_NODE_KINDS), generator=gen, device=device), -1)
+    w.requires_grad_(backward)
+
+    def fused(xs, convs, w):
+        return gaea_ext.mixed_node([(x, c, NB201_NODE_KINDS) for x, c in zip(xs, convs)], w)
+
+    impl = {"fused": fused, "eager": eager_nb201_node,
+            "compile": torch.compile(eager_nb201_node, dynamic=False)}[name]
+    if not backward:
+        return lambda: impl(xs, convs, w)
+    grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
+    leaves = [*xs, *(c for cs in convs for c in cs), w]
+    return lambda: torch.autograd.grad(impl(xs, convs, w), leaves, grad_out)
 
 
 def _exp_grad_variant(

@@ -39,6 +39,39 @@ def weighted_sum_backward(
     return grad_inputs, grad_weights
 
 
+MIXED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor")
+
+
+def mixed_term(kind: str, x: Optional[torch.Tensor], y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """One term of a mixed node, materialised: the parameter-free op of `x`, or `y` itself."""
+    if kind == "skip":
+        return x
+    if kind == "avg_pool_3x3":
+        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    if kind == "max_pool_3x3":
+        return torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+    if kind == "tensor":
+        return y
+    return None  # none
+
+
+def mixed_node(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weights: torch.Tensor,
+               kinds: Sequence[str], sources: Sequence[int]) -> torch.Tensor:
+    """out = sum_t weights[t] * term_t with term_t = kinds[t] applied to xs[sources[t]]
+    (parameter-free kinds) or outputs[sources[t]] ("tensor"); accumulated in float32 for half
+    types (autograd-able). The pools are stride 1, padding 1; avg excludes padded cells."""
+    dtype = xs[0].dtype
+    acc = accumulation_dtype(dtype)
+    w = weights.to(acc)
+    out = torch.zeros_like(xs[0], dtype=acc)
+    for t, (kind, src) in enumerate(zip(kinds, sources)):
+        term = mixed_term(kind, xs[src] if kind != "tensor" and kind != "none" else None,
+                          outputs[src] if kind == "tensor" else None)
+        if term is not None:
+            out = out + w[t] * term.to(acc)
+    return out.to(dtype)
+
+
 def exp_grad_step(
     param: torch.Tensor,
     grad: torch.Tensor,

@@ -1,0 +1,227 @@
+"""gaea_ext.mixed_op / mixed_node / mixed_terms against the reference: forward, backward,
+gradcheck, opcheck, random shapes (hypothesis), layouts, dtypes, max-pool ties, what autograd
+saves, determinism and bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gaea_ext
+from gaea_ext import reference
+from conftest import requires_extension
+
+ALL_KINDS = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor"]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def _node(shape, dtype, device, edges=2, kinds=ALL_KINDS, layout=torch.contiguous_format, grad=True):
+    """Random edges with distinct values (no max-pool ties) and one conv-like output per 'tensor'."""
+    xs = [torch.randn(*shape, dtype=torch.float64, device=device).to(dtype).contiguous(memory_format=layout)
+          for _ in range(edges)]
+    outs = [[torch.randn(*shape, dtype=torch.float64, device=device).to(dtype).contiguous(memory_format=layout)
+             for k in kinds if k == "tensor"] for _ in range(edges)]
+    w = torch.rand(edges, len(kinds), dtype=torch.float32, device=device)
+    if grad:
+        for t in xs + [o for os in outs for o in os] + [w]:
+            t.requires_grad_()
+    return xs, outs, w
+
+
+def _flat(xs, outs, kinds):
+    outputs, sources, k_all = [], [], []
+    for j, os in enumerate(outs):
+        used = 0
+        for k in kinds:
+            if k == "tensor":
+                sources.append(len(outputs) + used)
+                used += 1
+            else:
+                sources.append(j)
+            k_all.append(k)
+        outputs.extend(os)
+    return outputs, k_all, sources
+
+
+def _check(xs, outs, w, kinds, tol):
+    out = gaea_ext.mixed_node([(x, o, kinds) for x, o in zip(xs, outs)], w)
+    outputs, k_all, sources = _flat(xs, outs, kinds)
+    ref = reference.mixed_node(xs, outputs, w.reshape(-1), k_all, sources)
+    assert out.dtype == xs[0].dtype and out.shape == xs[0].shape
+    torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol)
+    g = torch.randn_like(out)
+    leaves = [t for t in xs + outputs + [w] if t.requires_grad]
+    got = torch.autograd.grad(out, leaves, g, allow_unused=True)
+    # the reference's graph leaves out unused inputs (and is empty for an all-`none` node)
+    want = torch.autograd.grad(ref, leaves, g, allow_unused=True) if ref.requires_grad else [None] * len(leaves)
+    for a, b, leaf in zip(got, want, leaves):
+        a = torch.zeros_like(leaf) if a is None else a
+        b = torch.zeros_like(leaf) if b is None else b
+        torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol * max(1.0, float(b.abs().max())))
+    return out
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference_every_kind_and_dtype(device, dtype):
+    xs, outs, w = _node((2, 3, 7, 9), dtype, device, edges=3)
+    _check(xs, outs, w, ALL_KINDS, TOL[dtype])
+
+
+@requires_extension
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 5), (1, 2, 4, 1), (3, 2, 2, 2), (2, 5, 13, 11)])
+def test_odd_shapes(device, shape):
+    xs, outs, w = _node(shape, torch.float64, device)
+    _check(xs, outs, w, ALL_KINDS, 1e-10)
+
+
+@requires_extension
+def test_channels_last_and_non_contiguous(device):
+    xs, outs, w = _node((2, 4, 6, 5), torch.float32, device, layout=torch.channels_last)
+    out = _check(xs, outs, w, ALL_KINDS, 2e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    base = torch.randn(2, 4, 5, 6, dtype=torch.float64, device=device)
+    x = base.transpose(2, 3).requires_grad_(False)  # non-contiguous view
+    y = torch.randn(2, 4, 6, 5, dtype=torch.float64, device=device)[:, :, :, :].transpose(0, 0)
+    w = torch.rand(3, dtype=torch.float64, device=device, requires_grad=True)
+    got = gaea_ext.mixed_op(x, [y], w, ["avg_pool_3x3", "tensor", "max_pool_3x3"])
+    want = reference.mixed_node([x], [y], w, ["avg_pool_3x3", "tensor", "max_pool_3x3"], [0, 0, 0])
+    torch.testing.assert_close(got, want)
+
+
+@requires_extension
+def test_gradcheck_float64(device):
+    kinds = ["skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "none"]
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.randn(2, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.rand(len(kinds), dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y, w: gaea_ext.mixed_op(x, [y], w, kinds), (x, y, w))
+    assert torch.autograd.gradgradcheck is not None  # second order is not supported (first-order NAS)
+
+
+@requires_extension
+@pytest.mark.parametrize("need", [(True, True, True), (True, False, True), (False, True, False), (False, False, True)])
+def test_opcheck(device, need):
+    x = torch.randn(2, 3, 5, 6, device=device, requires_grad=need[0])
+    y = torch.randn(2, 3, 5, 6, device=device, requires_grad=need[1])
+    w = torch.rand(4, device=device, requires_grad=need[2])
+    args = ([x, x * 2], [y], w, [1, 2, 3, 4], [0, 1, 0, 0])
+    torch.library.opcheck(torch.ops.gaea_ext.mixed_node.default, args)
+    g = torch.randn(2, 3, 5, 6, device=device)
+    torch.library.opcheck(torch.ops.gaea_ext.mixed_node_backward.default,
+                          (g, [x.detach(), x.detach()], [y.detach()], w.detach(), [1, 2, 3, 4], [0, 1, 0, 0],
+                           [True, False], [True], True))
+
+
+@st.composite
+def cases(draw):
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 4))
+    h = draw(st.integers(1, 9))
+    w = draw(st.integers(1, 9))
+    edges = draw(st.integers(1, 3))
+    kinds = draw(st.lists(st.sampled_from(ALL_KINDS), min_size=1, max_size=6))
+    dtype = draw(st.sampled_from(DTYPES))
+    layout = draw(st.sampled_from([torch.contiguous_format, torch.channels_last]))
+    return (n, c, h, w), edges, kinds, dtype, layout
+
+
+@requires_extension
+@given(cases())
+def test_random_nodes_match_reference(case):
+    shape, edges, kinds, dtype, layout = case
+    xs, outs, w = _node(shape, dtype, "cpu", edges=edges, kinds=kinds, layout=layout)
+    _check(xs, outs, w, kinds, TOL[dtype])
+
+
+@requires_extension
+def test_max_pool_ties_route_like_pytorch(device):
+    x = torch.zeros(1, 1, 4, 4, device=device, dtype=torch.float64)  # every window is a tie
+    x[0, 0, 2, 2] = -1.0
+    x.requires_grad_()
+    w = torch.ones(1, dtype=torch.float64, device=device)
+    g = torch.arange(16.0, dtype=torch.float64, device=device).view(1, 1, 4, 4)
+    got, = torch.autograd.grad(gaea_ext.mixed_op(x, [], w, ["max_pool_3x3"]), x, g)
+    want, = torch.autograd.grad(F.max_pool2d(x, 3, 1, 1), x, g)
+    assert torch.equal(got, want)
+
+
+@requires_extension
+def test_saves_only_inputs_and_outputs():
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    convs = [torch.randn(2, 3, 8, 8, requires_grad=True) for _ in range(2)]
+    w = torch.rand(5, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gaea_ext.mixed_op(x, convs, w, ["none", "skip", "tensor", "tensor", "avg_pool_3x3"])
+    ptrs = {t.data_ptr() for t in saved}
+    assert ptrs and ptrs <= {x.data_ptr(), w.data_ptr(), *(c.data_ptr() for c in convs)}  # no pooled tensor
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gaea_ext.mixed_op(x, convs, w.detach(), ["none", "skip", "tensor", "tensor", "max_pool_3x3"])
+    # without a weight gradient the conv outputs are not kept either
+    assert {t.data_ptr() for t in saved} <= {x.data_ptr(), w.data_ptr()}
+
+
+@requires_extension
+def test_backward_is_deterministic_across_threads():
+    xs, outs, w = _node((4, 8, 16, 16), torch.float32, "cpu", edges=3)
+    g = torch.randn(4, 8, 16, 16)
+
+    def grads():
+        out = gaea_ext.mixed_node([(x, o, ALL_KINDS) for x, o in zip(xs, outs)], w)
+        return torch.autograd.grad(out, [w, *xs], g)
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = grads()
+        torch.set_num_threads(2)
+        b = grads()
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@requires_extension
+def test_compiles_without_graph_breaks():
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    y = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.rand(3, requires_grad=True)
+
+    def f(x, y, w):
+        return gaea_ext.mixed_op(x, [y], w, ["avg_pool_3x3", "tensor", "max_pool_3x3"]).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, y, w), f(x, y, w))
+    ga = torch.autograd.grad(compiled(x, y, w), [x, y, w])
+    gb = torch.autograd.grad(f(x, y, w), [x, y, w])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda x, w: gaea_ext.mixed_op(x, [], w[:1], ["conv"]), ValueError, "kinds\\[0\\]"),
+    (lambda x, w: gaea_ext.mixed_op(x, [], w[:1], ["tensor"]), ValueError, "more 'tensor' kinds"),
+    (lambda x, w: gaea_ext.mixed_op(x, [x], w[:1], ["skip"]), ValueError, "1 outputs but 0"),
+    (lambda x, w: gaea_ext.mixed_op(x, [], w, ["skip"]), ValueError, "'weights'"),
+    (lambda x, w: gaea_ext.mixed_op(x[0], [], w[:1], ["skip"]), ValueError, "4-D"),
+    (lambda x, w: gaea_ext.mixed_op(x.int(), [], w[:1], ["skip"]), TypeError, "float16"),
+    (lambda x, w: gaea_ext.mixed_op(x, [x.double()], w[:2], ["skip", "tensor"]), TypeError, "outputs\\[0\\]"),
+    (lambda x, w: gaea_ext.mixed_op(x, [x[:, :1]], w[:2], ["skip", "tensor"]), ValueError, "shape"),
+    (lambda x, w: gaea_ext.mixed_op(x, [], w.long()[:1], ["skip"]), TypeError, "floating"),
+    (lambda x, w: gaea_ext.mixed_op(x, [], w[:1], "skip"), TypeError, "string"),
+    (lambda x, w: gaea_ext.mixed_node([], w), ValueError, "at least one edge"),
+    (lambda x, w: gaea_ext.mixed_terms([x], [x, x], w[:2], ["tensor", "tensor"], [0, 0]), ValueError, "exactly one"),
+])
+def test_bad_input_names_the_argument(call, err, match):
+    x = torch.randn(2, 3, 4, 4)
+    w = torch.rand(3)
+    with pytest.raises(err, match=match):
+        call(x, w)
