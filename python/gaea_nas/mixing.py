@@ -12,6 +12,12 @@ incoming edges and ops (../shared/docs/method.md section 3).
 - GDAS (``sampled`` = op index per edge, from ``ArchParameters.sampled_indices()``): only the
   sampled op of each edge runs; ``out = sum_e h[e, i_e] * op_{i_e}(x_e) + sum_e sum_{o != i_e} h[e, o]``
   (times the edge weight); the second sum is 0-valued but carries gradient to every op weight.
+- Parameter-free ops (``skip_connect`` as ``nn.Identity``, stride-1 3x3 ``avg_pool`` without
+  padded cells and ``max_pool``, not followed by BatchNorm) are not called at all: with
+  ``FUSE_PARAMETER_FREE`` (default) the node is one ``gaea_ext.mixed_terms`` call that computes
+  them inside the kernel from the edge inputs, so no pooled tensor is ever materialised (the
+  NB201 cells' every node); the ReLU-Conv-BN ops of one edge share one ReLU(x). Other nodes
+  use one ``gaea_ext.weighted_sum`` over the op outputs.
 - ``use_fused=False`` (or module-level ``USE_FUSED = False``) computes the plain PyTorch sum
   ``sum(w * op(x))`` instead, for comparison.
 """
@@ -23,8 +29,77 @@ import torch.nn as nn
 import gaea_ext
 
 USE_FUSED = True  # module-level switch: False = plain PyTorch path everywhere
+FUSE_PARAMETER_FREE = True  # False: call the parameter-free ops and mix with weighted_sum
 
-__all__ = ["USE_FUSED", "mix_node", "is_none_op", "none_mask"]
+__all__ = ["FUSE_PARAMETER_FREE", "USE_FUSED", "fused_kind", "mix_node", "is_none_op", "none_mask"]
+
+
+def _is_3x3_s1(pool) -> bool:
+    k, st, pad = pool.kernel_size, pool.stride, pool.padding
+    as_pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    return as_pair(k) == (3, 3) and as_pair(st) == (1, 1) and as_pair(pad) == (1, 1)
+
+
+def fused_kind(op: nn.Module) -> str:
+    """The ``gaea_ext.mixed_terms`` kind that computes ``op`` inside the kernel (``"skip"``,
+    ``"avg_pool_3x3"``, ``"max_pool_3x3"``), or ``"tensor"`` when the op must run itself."""
+    if isinstance(op, nn.Identity):
+        return "skip"
+    inner = op
+    if getattr(op, "preprocess", False) is None and isinstance(getattr(op, "op", None), nn.AvgPool2d):
+        inner = op.op  # NB201's Pooling without its 1x1 preprocess
+    if isinstance(inner, nn.AvgPool2d) and _is_3x3_s1(inner) and not inner.count_include_pad \
+            and not inner.ceil_mode and inner.divisor_override is None:
+        return "avg_pool_3x3"
+    if isinstance(inner, nn.MaxPool2d) and _is_3x3_s1(inner) and inner.dilation in (1, (1, 1)) \
+            and not inner.ceil_mode and not inner.return_indices:
+        return "max_pool_3x3"
+    return "tensor"
+
+
+def _run_sharing_relu(op: nn.Module, x: torch.Tensor, relu_x: List[torch.Tensor]) -> torch.Tensor:
+    """``op(x)``; an ``nn.Sequential`` starting with a (not in-place) ReLU reuses the edge's
+    ReLU(x), so the convs of one edge keep one ReLU output for the backward, not one each."""
+    if isinstance(op, nn.Sequential) and len(op) > 1 and type(op[0]) is nn.ReLU and not op[0].inplace:
+        if not relu_x:
+            relu_x.append(torch.relu(x))
+        h = relu_x[0]
+        for m in list(op)[1:]:
+            h = m(h)
+        return h
+    return op(x)
+
+
+def _mix_fused_terms(xs, edge_ops, cols, w) -> Optional[torch.Tensor]:
+    """The node as one mixed_terms call, or None when it does not fit (stride-2 edges, shapes
+    that differ, or no parameter-free op to fuse)."""
+    shape = xs[0].shape
+    if xs[0].dim() != 4 or any(x.shape != shape for x in xs):
+        return None
+    kinds = [[fused_kind(edge_ops[e][o]) for o in cols] for e in range(len(xs))]
+    if all(k == "tensor" for ks in kinds for k in ks):
+        return None
+    outputs: List[torch.Tensor] = []
+    flat_kinds: List[str] = []
+    sources: List[int] = []
+    for e, ks in enumerate(kinds):
+        relu_x: List[torch.Tensor] = []  # ReLU(x) shared by the edge's ReLU-Conv-BN ops
+        for o, k in zip(cols, ks):
+            if k == "tensor":
+                y = _run_sharing_relu(edge_ops[e][o], xs[e], relu_x)
+                if y.shape != shape:
+                    return None
+                sources.append(len(outputs))
+                outputs.append(y)
+            else:
+                sources.append(e)
+            flat_kinds.append(k)
+    dtype = xs[0].dtype
+    for t in list(xs) + outputs:
+        dtype = torch.promote_types(dtype, t.dtype)
+    xs = [x.to(dtype) for x in xs]  # autocast: conv outputs in bf16 next to float32 inputs
+    outputs = [y.to(dtype) for y in outputs]
+    return gaea_ext.mixed_terms(xs, outputs, w[:, cols].reshape(-1), flat_kinds, sources)
 
 
 def is_none_op(name: Optional[str], op: Optional[nn.Module] = None) -> bool:
@@ -94,6 +169,10 @@ def mix_node(
     if sampled is None:
         ys: List[torch.Tensor] = []
         cols = [o for o in range(num_ops) if not none_at(0, o)]
+        if use_fused and FUSE_PARAMETER_FREE and cols:
+            out = _mix_fused_terms(xs, edge_ops, cols, w)
+            if out is not None:
+                return out
         for e in range(num_edges):
             ops = edge_ops[e]
             for o in cols:

@@ -165,6 +165,7 @@ def _count_weighted_sum(monkeypatch):
 
 
 def test_mix_node_one_fused_call_none_skipped_skip_is_input(monkeypatch):
+    monkeypatch.setattr(mixing, "FUSE_PARAMETER_FREE", False)  # the weighted_sum path
     edges = _edge_ops(3)
     xs = [torch.randn(2, 3, 5, 5) for _ in range(3)]
     w = torch.rand(3, 4)
@@ -183,6 +184,37 @@ def test_mix_node_one_fused_call_none_skipped_skip_is_input(monkeypatch):
     plain = mix_node(xs, edges, w, beta, op_names=OPS, use_fused=False)
     assert len(calls) == 1  # the plain path does not use the fused op
     torch.testing.assert_close(plain, out)
+
+
+def test_mix_node_fuses_parameter_free_ops(monkeypatch):
+    """skip and the stride-1 3x3 pools (avg without padded cells, max) go into one mixed_terms
+    call and are never run as modules; an avg pool counting padded cells stays a module."""
+    torch.manual_seed(2)
+    C = 3
+    edges = [nn.ModuleList([Zero(), nn.Identity(), nn.Conv2d(C, C, 3, padding=1, bias=False),
+                            nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.MaxPool2d(3, 1, 1),
+                            nn.AvgPool2d(3, 1, 1)]) for _ in range(2)]
+    names = ["none", "skip_connect", "conv", "avg", "max", "avg_with_pad"]
+    assert [mixing.fused_kind(m) for m in edges[0]] == ["tensor", "skip", "tensor", "avg_pool_3x3",
+                                                        "max_pool_3x3", "tensor"]
+    ran = []
+    for e in edges:
+        for m in (e[3], e[4]):
+            m.register_forward_hook(lambda *a: ran.append(1))
+    calls = []
+    orig = gaea_ext.mixed_terms
+    monkeypatch.setattr(gaea_ext, "mixed_terms", lambda *a: calls.append(a[3]) or orig(*a))
+    xs = [torch.randn(2, C, 5, 5, requires_grad=True) for _ in range(2)]
+    w = torch.rand(2, 6, requires_grad=True)
+    out = mix_node(xs, edges, w, op_names=names)
+    assert len(calls) == 1 and not ran
+    assert calls[0] == ["skip", "tensor", "avg_pool_3x3", "max_pool_3x3", "tensor"] * 2
+    plain = mix_node(xs, edges, w, op_names=names, use_fused=False)
+    torch.testing.assert_close(out, plain)
+    ga = torch.autograd.grad(out.square().sum(), [*xs, w])
+    gb = torch.autograd.grad(plain.square().sum(), [*xs, w])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
 
 
 def test_mix_node_module_switch(monkeypatch):

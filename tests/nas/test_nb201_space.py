@@ -206,13 +206,19 @@ def test_fused_and_plain_paths_agree(monkeypatch):
     m.eval()
     x = _x()
     calls = []
-    orig = mixing.gaea_ext.weighted_sum
-    monkeypatch.setattr(mixing.gaea_ext, "weighted_sum", lambda i, w: calls.append(len(i)) or orig(i, w))
+    orig = mixing.gaea_ext.mixed_terms
+    monkeypatch.setattr(mixing.gaea_ext, "mixed_terms", lambda xs, ys, w, k, s: calls.append(len(k)) or orig(xs, ys, w, k, s))
     fused = m(x)
     assert calls == [4, 8, 12] * 3  # one call per node: 1, 2, 3 edges x 4 non-none ops
+    ws_calls = []
+    orig_ws = mixing.gaea_ext.weighted_sum
+    monkeypatch.setattr(mixing.gaea_ext, "weighted_sum", lambda i, w: ws_calls.append(len(i)) or orig_ws(i, w))
+    monkeypatch.setattr(mixing, "FUSE_PARAMETER_FREE", False)
+    torch.testing.assert_close(m(x), fused)
+    assert ws_calls == [4, 8, 12] * 3 and len(calls) == 9  # pools as modules, one weighted_sum per node
     monkeypatch.setattr(mixing, "USE_FUSED", False)
     torch.testing.assert_close(m(x), fused)
-    assert len(calls) == 9
+    assert len(calls) == 9 and len(ws_calls) == 9
 
 
 def _count_host_reads(monkeypatch):
