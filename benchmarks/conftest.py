@@ -56,7 +56,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def case_id(spec: bench.CaseSpec) -> str:
-    """Test id usable in -k, e.g. ``weighted_sum-fwd+bwd-64x16x32x32-K8``, ``exp_grad-step-darts``."""
+    """Test id usable in -k, e.g. ``weighted_sum-fwd+bwd-64x16x32x32-K8``, ``exp_grad-step-darts``
+    (``K`` is the number of inputs, or of incoming edges for ``mixed_node``)."""
     if spec.op == "exp_grad":
         return f"{spec.op}-{spec.mode}-{spec.size}"
     return f"{spec.op}-{spec.mode}-{spec.shape_str}-K{spec.k}"

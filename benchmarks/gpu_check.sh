@@ -13,6 +13,7 @@
 #   racecheck         compute-sanitizer racecheck on the same script
 #   bench_cuda        python -m gaea_ext.bench --device cuda    (table + bench_cuda.json)
 #   bench_gpu         pytest benchmarks -m gpu: GPU targets and per-variant benchmarks
+#   search_e2e        benchmarks/search_step.py --device cuda: NB201 search iteration vs the baseline
 #   tests_full        pytest tests (the whole suite, CUDA cases included)
 #   bench_cpu_quick   python -m gaea_ext.bench --device cpu --quick
 # The whole run stays inside GPU_CHECK_BUDGET_S (default 330 s): a step gets at most the time
@@ -94,7 +95,7 @@ export -f build build_info sanitize
 
 pack_logs() {  # keep at most 8 files in $OUT (the device tool's limit)
     [[ ${GPU_CHECK_PACK:-1} == 1 ]] || return 0
-    local keep=(summary.log bench_cuda.log bench_cuda.json gpu_check_logs.tar.gz)
+    local keep=(summary.log bench_cuda.log bench_cuda.json e2e_cuda.json search_e2e.log gpu_check_logs.tar.gz)
     (cd "$OUT" && tar czf gpu_check_logs.tar.gz --exclude gpu_check_logs.tar.gz -- * &&
         for f in *; do [[ " ${keep[*]} " == *" $f "* ]] || rm -rf -- "$f"; done)
 }
@@ -110,6 +111,7 @@ step racecheck 90 sanitize racecheck
 step bench_cuda 150 "$PY" -m gaea_ext.bench --device cuda --json "$OUT/bench_cuda.json"
 step bench_gpu 90 env GAEA_BENCH_NO_COMPILE=1 "$PY" -m pytest benchmarks -m gpu -q -p no:cacheprovider \
     --junitxml="$OUT/junit_bench_gpu.xml"
+step search_e2e 120 "$PY" benchmarks/search_step.py --device cuda --iters 10 --warmup 3 --largest-batch --json "$OUT/e2e_cuda.json"
 step tests_full 120 "$PY" -m pytest tests -q -p no:cacheprovider --junitxml="$OUT/junit_tests_full.xml"
 step bench_cpu_quick 60 "$PY" -m gaea_ext.bench --device cpu --quick
 

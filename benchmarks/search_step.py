@@ -1,0 +1,290 @@
+"""End-to-end speed and memory of one GAEA search iteration (arch step + weight step) of the
+NAS-Bench-201 supernet, against a baseline supernet written the way the older repositories
+write it (issue 5).
+
+    python benchmarks/search_step.py [--device cpu|cuda] [--threads 1 2] [--batch 64]
+                                     [--channels 16 --cells 5] [--iters 3] [--json PATH]
+
+Variants (each timed in a fresh process, so peak-memory figures do not mix):
+
+- ``baseline``: AutoDL / GAEA-release style: ``sum(w * op(x))`` per edge in Python, ``none`` as
+  ``x * 0``, softmax of the logits in every forward, every op computed; the arch step runs
+  ``loss.backward()`` for all parameters (then zeroes the weight grads) and the released EG
+  update loop; the weight step is backward + clip + SGD.
+- ``fused``: gaea_nas's NB201 supernet (one ``mixed_terms`` call per node: skip and the 3x3
+  avg pool computed in-kernel, never materialised) with ``search_iteration`` (arch-only
+  gradients via ``autograd.grad``, one fused EG call).
+- ``fused-no-pool-fusion``: the same with ``FUSE_PARAMETER_FREE = False`` (the pools run as
+  modules, nodes mix with ``weighted_sum``).
+- ``plain``: gaea_nas's supernet on the plain PyTorch mixing path (``USE_FUSED = False``).
+- ``baseline-compile`` (``--compile``): ``torch.compile`` of the baseline's forward.
+
+Reported per variant: images/s of the iteration (training images per second; each iteration
+also runs an arch batch); activation memory: the bytes of the distinct storages autograd saves
+for the backward during one training forward (``saved_tensors_hooks``; what caps the batch);
+and peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the iterations minus the
+memory held before them; on the CPU the growth of the process's peak resident set (``VmHWM``
+minus ``VmRSS`` before the first iteration), which also counts the allocator's caching.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["baseline", "fused", "fused-no-pool-fusion", "plain"]
+
+
+def _proc_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _baseline_supernet(C: int, N: int, num_classes: int):
+    """NB201 supernet the AutoDL / GAEA-release way (see the module docstring)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from gaea_nas.nb201_ops import NB201_OPS, build_nb201_op
+    from gaea_nas.nb201_space import NB201_EDGES, _macro
+
+    class Cell(nn.Module):
+        def __init__(self, C):
+            super().__init__()
+            self.edges = nn.ModuleList(nn.ModuleList(build_nb201_op(o, C, C, 1, False, True) for o in NB201_OPS)
+                                       for _ in NB201_EDGES)
+
+        def forward(self, x, weights):
+            nodes, e = [x], 0
+            for i in range(1, 4):
+                inter = []
+                for j in range(i):
+                    inter.append(sum(op(nodes[j]) * w for op, w in zip(self.edges[e], weights[e])))
+                    e += 1
+                nodes.append(sum(inter))
+            return nodes[-1]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.cells, c_prev = _macro(C, N, Cell)
+            self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))
+            self.classifier = nn.Linear(c_prev, num_classes)
+            self.theta = nn.Parameter(1e-3 * torch.randn(len(NB201_EDGES), len(NB201_OPS)))
+
+        def forward(self, x):
+            w = F.softmax(self.theta, dim=-1)
+            h = self.stem(x)
+            for cell in self.cells:
+                h = cell(h, w) if isinstance(cell, Cell) else cell(h)
+            return self.classifier(F.adaptive_avg_pool2d(self.lastact(h), 1).flatten(1))
+
+        def arch_parameters(self):
+            return [self.theta]
+
+        def weight_parameters(self):
+            return [p for n, p in self.named_parameters() if n != "theta"]
+
+    return Net()
+
+
+def saved_activation_bytes(forward_loss) -> int:
+    """Bytes of the distinct storages autograd saves for the backward while ``forward_loss()``
+    runs (inputs, activations and the parameters ops keep)."""
+    import torch
+
+    storages: Dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward_loss()
+    return sum(storages.values())
+
+
+def _run_variant(args) -> Dict[str, float]:
+    """Time one variant in this process; returns images/s and memory."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    import gaea_ext
+    from gaea_ext.reference import exp_grad_step_release
+    from gaea_nas import NB201SuperNet, mixing
+    from gaea_nas.search_step import search_iteration
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    variant = args.variant
+    batch = args.batch
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    xs, ys = torch.randn(batch, 3, 32, 32, device=dev), torch.randint(0, 10, (batch,), device=dev)
+
+    if variant.startswith("baseline"):
+        model = _baseline_supernet(args.channels, args.cells, 10).to(dev)
+        fwd = torch.compile(model) if variant == "baseline-compile" else model
+        wopt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+
+        def train_loss():
+            return F.cross_entropy(fwd(x), y)
+
+        def step():
+            # arch step, release style: full backward, EG loop, weight grads thrown away
+            model.zero_grad()
+            F.cross_entropy(fwd(xs), ys).backward()
+            with torch.no_grad():
+                model.theta.copy_(exp_grad_step_release(model.theta, model.theta.grad, 0.1))
+            model.zero_grad()
+            F.cross_entropy(fwd(x), y).backward()
+            nn.utils.clip_grad_norm_(model.weight_parameters(), 5.0)
+            wopt.step()
+    else:
+        mixing.USE_FUSED = variant != "plain"
+        mixing.FUSE_PARAMETER_FREE = variant == "fused"
+        model = NB201SuperNet(args.channels, args.cells, 10, arch="simplex").to(dev)
+        aopt = gaea_ext.optim.ExponentiatedGradient(model.arch_parameters(), lr=0.1)
+        wopt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+
+        def train_loss():
+            return F.cross_entropy(model(x), y)
+
+        def step():
+            search_iteration(model, (x, y), (xs, ys), aopt, wopt)
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = _proc_kib("VmRSS") * 1024
+    for _ in range(args.warmup):
+        step()
+    sync()
+    activations = saved_activation_bytes(train_loss)
+    times = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) - base
+    else:
+        peak = _proc_kib("VmHWM") * 1024 - base
+    times.sort()
+    median = times[len(times) // 2]
+    return {"images_per_s": batch / median, "step_s": median, "peak_mem_mb": max(peak, 0) / 2**20,
+            "activation_mb": activations / 2**20}
+
+
+def _largest_batch(args) -> Dict[str, float]:
+    """CUDA: the largest batch (doubling, then bisection) whose iteration runs without OOM."""
+    import torch
+
+    def fits(b: int) -> bool:
+        args.batch, args.warmup, args.iters = b, 0, 1
+        try:
+            _run_variant(args)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    lo, hi = 0, 64
+    while hi <= args.max_batch_cap and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, args.max_batch_cap + 1)
+    while hi - lo > max(lo // 16, 1):  # to within 1/16
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return {"largest_batch": lo}
+
+
+def _spawn(args, variant: str, threads: int, largest: bool = False) -> Dict[str, float]:
+    cmd = [sys.executable, __file__, "--one", variant, "--device", args.device, "--threads", str(threads),
+           "--batch", str(args.batch), "--channels", str(args.channels), "--cells", str(args.cells),
+           "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    if largest:
+        cmd += ["--largest-batch-one", "--max-batch-cap", str(args.max_batch_cap)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'python'}" + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{variant} ({threads} threads) failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main(argv: List[str] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="add torch.compile of the baseline (slow cold start)")
+    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS + ["baseline-compile"])
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--largest-batch", action="store_true", help="CUDA: also find each variant's largest batch")
+    p.add_argument("--max-batch-cap", type=int, default=16384)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--largest-batch-one", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        args.variant = args.one
+        args.threads = args.threads[0]
+        print(json.dumps(_largest_batch(args) if args.largest_batch_one else _run_variant(args)))
+        return 0
+
+    variants = args.variants or (VARIANTS + (["baseline-compile"] if args.compile else []))
+    rows = []
+    print(f"NB201 GAEA search iteration, C={args.channels} N={args.cells}, batch {args.batch}, device {args.device}")
+    threads_list = args.threads if args.device == "cpu" else [args.threads[0]]
+    for threads in threads_list:
+        results = {v: _spawn(args, v, threads) for v in variants}
+        base = results.get("baseline")
+        for v, r in results.items():
+            row = {"variant": v, "threads": threads, **r}
+            if base:
+                row["speedup_vs_baseline"] = r["images_per_s"] / base["images_per_s"]
+                row["activation_vs_baseline"] = r["activation_mb"] / base["activation_mb"]
+                row["peak_vs_baseline"] = (r["peak_mem_mb"] / base["peak_mem_mb"]) if base["peak_mem_mb"] else None
+            rows.append(row)
+            peak_ratio = row.get("peak_vs_baseline")
+            print(f"  {threads} thr  {v:22s} {r['images_per_s']:8.1f} img/s"
+                  + (f" (x{row['speedup_vs_baseline']:.2f})" if base else "")
+                  + f"  activations {r['activation_mb']:7.1f} MB"
+                  + (f" (x{row['activation_vs_baseline']:.2f})" if base else "")
+                  + f"  peak {r['peak_mem_mb']:7.1f} MB" + (f" (x{peak_ratio:.2f})" if peak_ratio else ""))
+    if args.largest_batch and args.device.startswith("cuda"):
+        largest = {v: _spawn(args, v, threads_list[0], largest=True)["largest_batch"]
+                   for v in ("baseline", "fused")}
+        ratio = largest["fused"] / max(largest["baseline"], 1)
+        print(f"  largest batch: baseline {largest['baseline']}, fused {largest['fused']} (x{ratio:.2f})")
+        rows.append({"variant": "largest_batch", **largest, "ratio": ratio})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": {k: v for k, v in vars(args).items() if k != "one"},
+                                               "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
