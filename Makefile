@@ -18,11 +18,11 @@ BUILD_STAMP := build/.stamp-kernels
 
 # The default search: CIFAR-10 from the shared JPEG tarball when it is there (else the official
 # download), the NB201 table from ../shared/data/nb201 when it is there. A reduced budget for
-# 2 CPU cores: a narrower, shallower supernet (C=8, N=1), 5,000 training images, 5 epochs.
+# 2 CPU cores: a narrower, shallower supernet (C=8, N=1), 10,000 training images, 5 epochs.
 SHARED ?= ../shared
 CIFAR10 ?= $(if $(wildcard $(SHARED)/data/cifar10/cifar10-jpeg.tar.gz),$(SHARED)/data/cifar10/cifar10-jpeg.tar.gz,cifar10)
 SEARCH_OUT ?= runs/make-search-$(shell date +%Y%m%d-%H%M%S)
-SEARCH_ARGS ?= --space nb201 --method gaea --objective erm --channels 8 --cells 1 --train-images 5000 \
+SEARCH_ARGS ?= --space nb201 --method gaea --objective erm --channels 8 --cells 1 --train-images 10000 \
   --epochs 5 --batch-size 64 --seed 0
 
 .PHONY: all venv build search test test-fast bench perf bench-smoke cmake-test clean

@@ -42,6 +42,38 @@ def weighted_sum_once(k, dtype, channels_last=False):
     check_close(name + " bwd weights", grads[-1], ref_grads[-1], weights_tol)
 
 
+def mixed_node_once(dtype, channels_last=False, edges=3):
+    """mixed_node forward and backward (xs, conv outputs, weights) on an NB201-like node."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    kinds = ["none", "skip", "tensor", "max_pool_3x3", "tensor", "avg_pool_3x3"]
+
+    def rand():
+        return torch.randn(SHAPE, device=DEVICE, dtype=dtype).to(memory_format=fmt).requires_grad_()
+
+    xs = [rand() for _ in range(edges)]
+    convs = [[rand(), rand()] for _ in range(edges)]
+    w = torch.rand(edges, len(kinds), device=DEVICE, requires_grad=True)
+    out = gaea_ext.mixed_node([(x, c, kinds) for x, c in zip(xs, convs)], w)
+    leaves = [*xs, *(c for cs in convs for c in cs), w]
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    outputs = [c for cs in convs for c in cs]
+    flat_kinds, sources = [], []
+    for e in range(edges):
+        t = 0
+        for k in kinds:
+            flat_kinds.append(k)
+            sources.append(2 * e + t if k == "tensor" else e)
+            t += k == "tensor"
+    ref = reference.mixed_node(xs, outputs, w.reshape(-1), flat_kinds, sources)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
+    name = f"mixed_node E={edges} {dtype} {'channels_last' if channels_last else 'contiguous'}"
+    check_close(name + " fwd", out, ref, dtype)
+    check_close(name + " bwd xs+outputs", torch.stack(grads[:-1]), torch.stack(ref_grads[:-1]), dtype)
+    weights_tol = torch.float32 if dtype == torch.float64 else dtype
+    check_close(name + " bwd weights", grads[-1], ref_grads[-1], weights_tol)
+
+
 def exp_grad_once(segments, adaptive, order="clamp_then_normalize", entropic_reg=0.0):
     """exp_grad_step_multi_ on two params (one fused call) against the reference."""
     row = sum(segments) if segments else 8
@@ -97,6 +129,9 @@ def main() -> int:
         weighted_sum_once(3, dtype, channels_last=True)
     weighted_sum_once(5, torch.bfloat16)
     weighted_sum_once(4, torch.float64)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        mixed_node_once(dtype)
+    mixed_node_once(torch.float32, channels_last=True)
     exp_grad_once(None, adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=True)
