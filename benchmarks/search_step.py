@@ -1,16 +1,20 @@
 """End-to-end speed and memory of one GAEA search iteration (arch step + weight step) of the
-NAS-Bench-201 supernet, against a baseline supernet written the way the older repositories
-write it (issue 5).
+NAS-Bench-201, DARTS or PC-DARTS supernet, against a baseline supernet written the way the
+older repositories write it (issue 5).
 
-    python benchmarks/search_step.py [--device cpu|cuda] [--threads 1 2] [--batch 64]
-                                     [--channels 16 --cells 5] [--iters 3] [--json PATH]
+    python benchmarks/search_step.py [--space nb201|darts|pcdarts] [--device cpu|cuda]
+        [--threads 1 2] [--batch 64] [--channels 16] [--cells N] [--iters 3]
+        [--switches bf16 channels_last compile] [--largest-batch] [--json PATH]
+
+``--cells``: N per stage on NB201 (default 5), cells in the network on DARTS (default 8).
 
 Variants (each timed in a fresh process, so peak-memory figures do not mix):
 
-- ``baseline``: AutoDL / GAEA-release style: ``sum(w * op(x))`` per edge in Python, ``none`` as
-  ``x * 0``, softmax of the logits in every forward, every op computed; the arch step runs
-  ``loss.backward()`` for all parameters (then zeroes the weight grads) and the released EG
-  update loop; the weight step is backward + clip + SGD.
+- ``baseline``: AutoDL / DARTS / PC-DARTS / GAEA-release style: ``sum(w * op(x))`` per edge in
+  Python (``MixedOp``), ``none`` as ``x * 0``, softmax of the logits in every forward, every op
+  computed (PC-DARTS: on the channel quarter, then cat + shuffle per edge, edge weights per
+  node); the arch step runs ``loss.backward()`` for all parameters (then zeroes the weight
+  grads) and the released EG update loop; the weight step is backward + clip + SGD.
 - ``fused``: gaea_nas's NB201 supernet (one ``mixed_terms`` call per node: skip and the 3x3
   avg pool computed in-kernel, never materialised) with ``search_iteration`` (arch-only
   gradients via ``autograd.grad``, one fused EG call).
@@ -18,6 +22,9 @@ Variants (each timed in a fresh process, so peak-memory figures do not mix):
   modules, nodes mix with ``weighted_sum``).
 - ``plain``: gaea_nas's supernet on the plain PyTorch mixing path (``USE_FUSED = False``).
 - ``baseline-compile`` (``--compile``): ``torch.compile`` of the baseline's forward.
+- switches on the fused supernet (``--switches``): ``fused+bf16`` (bfloat16 autocast; arch
+  weights and EG state stay float32), ``fused+channels_last``, ``fused+compile``
+  (``torch.compile`` of the supernet with the custom ops inside).
 
 Reported per variant: images/s of the iteration (training images per second; each iteration
 also runs an arch batch); activation memory: the bytes of the distinct storages autograd saves
@@ -29,6 +36,7 @@ minus ``VmRSS`` before the first iteration), which also counts the allocator's c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -39,6 +47,7 @@ from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["baseline", "fused", "fused-no-pool-fusion", "plain"]
+SWITCHES = ("bf16", "channels_last", "compile")
 
 
 def _proc_kib(field: str) -> int:
@@ -115,6 +124,86 @@ def saved_activation_bytes(forward_loss) -> int:
     return sum(storages.values())
 
 
+def _baseline_darts(C: int, layers: int, num_classes: int, partial: int = 0):
+    """DARTS (``partial=0``) or PC-DARTS (``partial=K``) search network the quark0/darts and
+    yuhuixu1993/PC-DARTS way: ``MixedOp`` = ``sum(w * op(x))``, cells summing their edges in
+    Python, softmax of the alphas (and of the per-node edge betas) in every forward."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from gaea_nas.darts_ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, search_op
+    from gaea_nas.darts_space import channel_shuffle
+
+    class MixedOp(nn.Module):
+        def __init__(self, C, stride):
+            super().__init__()
+            self.k = partial or 1
+            self.ops = nn.ModuleList(search_op(o, C // self.k, stride) for o in DARTS_OPS)
+            self.mp = nn.MaxPool2d(2, 2)
+
+        def forward(self, x, weights):
+            if not partial:
+                return sum(w * op(x) for w, op in zip(weights, self.ops))
+            q = x.shape[1] // self.k
+            mixed = sum(w * op(x[:, :q]) for w, op in zip(weights, self.ops))
+            rest = x[:, q:] if mixed.shape[2] == x.shape[2] else self.mp(x[:, q:])
+            return channel_shuffle(torch.cat([mixed, rest], dim=1), self.k)
+
+    class Cell(nn.Module):
+        def __init__(self, C_pp, C_p, C, reduction, reduction_prev):
+            super().__init__()
+            self.reduction = reduction
+            self.pre0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, False)
+            self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, False)
+            self.ops = nn.ModuleList(MixedOp(C, 2 if reduction and j < 2 else 1) for i in range(4) for j in range(2 + i))
+
+        def forward(self, s0, s1, weights, betas):
+            states, offset = [self.pre0(s0), self.pre1(s1)], 0
+            for _ in range(4):
+                s = sum((betas[offset + j] if betas is not None else 1.0) * self.ops[offset + j](h, weights[offset + j])
+                        for j, h in enumerate(states))
+                offset += len(states)
+                states.append(s)
+            return torch.cat(states[-4:], dim=1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            c = 3 * C
+            self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+            C_pp, C_p, C_cur, red_prev = c, c, C, False
+            self.cells = nn.ModuleList()
+            for i in range(layers):
+                red = i in (layers // 3, 2 * layers // 3)
+                C_cur = C_cur * 2 if red else C_cur
+                self.cells.append(Cell(C_pp, C_p, C_cur, red, red_prev))
+                red_prev, C_pp, C_p = red, C_p, 4 * C_cur
+            self.classifier = nn.Linear(C_p, num_classes)
+            self.alphas = nn.Parameter(1e-3 * torch.randn(2, 14, len(DARTS_OPS)))
+            self.betas = nn.Parameter(torch.full((2, 14), 0.5)) if partial else None
+
+        def _edge_weights(self, b):
+            return torch.cat([F.softmax(t, dim=-1) for t in torch.split(b, [2, 3, 4, 5])])
+
+        def forward(self, x):
+            w = F.softmax(self.alphas, dim=-1)
+            eb = [self._edge_weights(self.betas[k]) for k in range(2)] if partial else [None, None]
+            s0 = s1 = self.stem(x)
+            for cell in self.cells:
+                k = 1 if cell.reduction else 0
+                s0, s1 = s1, cell(s0, s1, w[k], eb[k])
+            return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+
+        def arch_parameters(self):
+            return [self.alphas] + ([self.betas] if partial else [])
+
+        def weight_parameters(self):
+            return [p for n, p in self.named_parameters() if n not in ("alphas", "betas")]
+
+    return Net()
+
+
 def _run_variant(args) -> Dict[str, float]:
     """Time one variant in this process; returns images/s and memory."""
     import torch
@@ -122,8 +211,9 @@ def _run_variant(args) -> Dict[str, float]:
     import torch.nn.functional as F
 
     import gaea_ext
-    from gaea_ext.reference import exp_grad_step_release
-    from gaea_nas import NB201SuperNet, mixing
+    from gaea_ext.reference import edge_step_release, exp_grad_step_release
+    from gaea_nas import DartsSuperNet, NB201SuperNet, mixing
+    from gaea_nas.builders import arch_modules
     from gaea_nas.search_step import search_iteration
 
     torch.manual_seed(0)
@@ -135,8 +225,12 @@ def _run_variant(args) -> Dict[str, float]:
     y = torch.randint(0, 10, (batch,), device=dev)
     xs, ys = torch.randn(batch, 3, 32, 32, device=dev), torch.randint(0, 10, (batch,), device=dev)
 
+    cells = args.cells if args.cells else (5 if args.space == "nb201" else 8)
     if variant.startswith("baseline"):
-        model = _baseline_supernet(args.channels, args.cells, 10).to(dev)
+        if args.space == "nb201":
+            model = _baseline_supernet(args.channels, cells, 10).to(dev)
+        else:
+            model = _baseline_darts(args.channels, cells, 10, 4 if args.space == "pcdarts" else 0).to(dev)
         fwd = torch.compile(model) if variant == "baseline-compile" else model
         wopt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
 
@@ -148,23 +242,47 @@ def _run_variant(args) -> Dict[str, float]:
             model.zero_grad()
             F.cross_entropy(fwd(xs), ys).backward()
             with torch.no_grad():
-                model.theta.copy_(exp_grad_step_release(model.theta, model.theta.grad, 0.1))
+                a = model.arch_parameters()[0]  # alphas: rows are simplices
+                a.view(-1, a.shape[-1]).copy_(exp_grad_step_release(a.view(-1, a.shape[-1]),
+                                                                    a.grad.view(-1, a.shape[-1]), 0.1))
+                for b in model.arch_parameters()[1:]:  # PC-DARTS edge betas: per-node simplices
+                    for k in range(b.shape[0]):
+                        b[k].copy_(edge_step_release(b[k], b.grad[k], 0.1, [2, 3, 4, 5]))
             model.zero_grad()
             F.cross_entropy(fwd(x), y).backward()
             nn.utils.clip_grad_norm_(model.weight_parameters(), 5.0)
             wopt.step()
     else:
-        mixing.USE_FUSED = variant != "plain"
-        mixing.FUSE_PARAMETER_FREE = variant == "fused"
-        model = NB201SuperNet(args.channels, args.cells, 10, arch="simplex").to(dev)
-        aopt = gaea_ext.optim.ExponentiatedGradient(model.arch_parameters(), lr=0.1)
+        base, _, switch = variant.partition("+")
+        mixing.USE_FUSED = base != "plain"
+        mixing.FUSE_PARAMETER_FREE = base == "fused"
+        if args.space == "nb201":
+            model = NB201SuperNet(args.channels, cells, 10, arch="simplex").to(dev)
+        else:
+            pc = args.space == "pcdarts"
+            model = DartsSuperNet(args.channels, cells, 10, partial_channels=4 if pc else None, edge_weights=pc,
+                                  arch="simplex").to(dev)
+        groups = [{"params": [m.alpha for m in arch_modules(model)]}]
+        betas = [m.beta for m in arch_modules(model) if m.beta is not None]
+        if betas:
+            groups.append({"params": betas, "segments": arch_modules(model)[0].edge_segments, "min_value": 0.0})
+        aopt = gaea_ext.optim.ExponentiatedGradient(groups, lr=0.1)
         wopt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+        run = model
+        if switch == "channels_last":
+            model.to(memory_format=torch.channels_last)
+            x, xs = x.contiguous(memory_format=torch.channels_last), xs.contiguous(memory_format=torch.channels_last)
+        elif switch == "compile":
+            run = torch.compile(model)
+        amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if switch == "bf16" else contextlib.nullcontext
 
         def train_loss():
-            return F.cross_entropy(model(x), y)
+            with amp():
+                return F.cross_entropy(run(x), y)
 
         def step():
-            search_iteration(model, (x, y), (xs, ys), aopt, wopt)
+            with amp():
+                search_iteration(model, (x, y), (xs, ys), aopt, wopt, arch_model=run, weight_model=run)
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
@@ -219,6 +337,7 @@ def _largest_batch(args) -> Dict[str, float]:
 def _spawn(args, variant: str, threads: int, largest: bool = False) -> Dict[str, float]:
     cmd = [sys.executable, __file__, "--one", variant, "--device", args.device, "--threads", str(threads),
            "--batch", str(args.batch), "--channels", str(args.channels), "--cells", str(args.cells),
+           "--space", args.space,
            "--iters", str(args.iters), "--warmup", str(args.warmup)]
     if largest:
         cmd += ["--largest-batch-one", "--max-batch-cap", str(args.max_batch_cap)]
@@ -236,11 +355,15 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--space", choices=["nb201", "darts", "pcdarts"], default="nb201")
+    p.add_argument("--cells", type=int, default=0, help="NB201 N per stage (5), DARTS cells (8)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="add torch.compile of the baseline (slow cold start)")
-    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS + ["baseline-compile"])
+    p.add_argument("--switches", nargs="*", default=[], choices=list(SWITCHES),
+                   help="also time the fused supernet with each switch on")
+    p.add_argument("--variants", nargs="+", default=None,
+                   choices=VARIANTS + ["baseline-compile"] + [f"fused+{w}" for w in SWITCHES])
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--largest-batch", action="store_true", help="CUDA: also find each variant's largest batch")
@@ -254,9 +377,17 @@ def main(argv: List[str] = None) -> int:
         print(json.dumps(_largest_batch(args) if args.largest_batch_one else _run_variant(args)))
         return 0
 
-    variants = args.variants or (VARIANTS + (["baseline-compile"] if args.compile else []))
+    switches = list(args.switches)
+    if args.space == "pcdarts" and args.device == "cpu" and "channels_last" in switches:
+        # oneDNN's CPU backward on channels_last channel slices crawls or crashes (see gaea_nas.search)
+        print("note: channels_last is skipped for pcdarts on the CPU")
+        switches.remove("channels_last")
+    variants = args.variants or ([v for v in VARIANTS if args.space == "nb201" or v != "fused-no-pool-fusion"]
+                                 + (["baseline-compile"] if args.compile else [])
+                                 + [f"fused+{w}" for w in switches])
     rows = []
-    print(f"NB201 GAEA search iteration, C={args.channels} N={args.cells}, batch {args.batch}, device {args.device}")
+    size = f"N={args.cells or 5}" if args.space == "nb201" else f"{args.cells or 8} cells"
+    print(f"{args.space} GAEA search iteration, C={args.channels} {size}, batch {args.batch}, device {args.device}")
     threads_list = args.threads if args.device == "cpu" else [args.threads[0]]
     for threads in threads_list:
         results = {v: _spawn(args, v, threads) for v in variants}

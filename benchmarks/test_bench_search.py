@@ -23,6 +23,14 @@ def test_search_step_benchmark_smoke(tmp_path):
     assert by["fused"]["activation_mb"] < by["baseline"]["activation_mb"]  # pools are not kept
 
 
+def test_search_step_benchmark_darts_spaces_smoke(tmp_path):
+    out = tmp_path / "pc.json"
+    assert search_step.main(["--space", "pcdarts", "--threads", "1", "--batch", "2", "--channels", "8",
+                             "--cells", "3", "--iters", "1", "--warmup", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"baseline", "fused", "plain"}
+
+
 @pytest.mark.perf
 def test_target_cpu_nb201_iteration_1p8x_baseline_and_0p7x_memory(tmp_path):
     """Issue 5, CPU at 1 thread: GAEA NB201 search iteration >= 1.8x the baseline's images/s

@@ -191,12 +191,12 @@ def cmd_search(args, parser) -> int:
     """``gaea search``: run or resume a search; prints the cell found and its NB201 accuracies."""
     from .checkpoint import CheckpointError
     from .data import DatasetError
-    from .search import SearchError, SearchInterrupted, resolve_device, run_search
+    from .search import SearchError, SearchInterrupted, check_layout_supported, resolve_device, run_search
 
     sub = parser.search_parser
     try:
         cfg, opts, run_dir = _resumed_search(args) if args.resume else _new_search(args, parser)
-        resolve_device(opts.device)
+        check_layout_supported(cfg, opts, resolve_device(opts.device))
     except ValueError as e:
         sub.print_usage(sys.stderr)
         return _fail(str(e), EXIT_USAGE)

@@ -120,6 +120,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def check_layout_supported(cfg: SearchConfig, opts: RunOptions, device: torch.device) -> None:
+    """Refuse channels_last with partial channels on the CPU: the oneDNN backward of the
+    quarter-channel convolutions is pathologically slow there and can corrupt the heap
+    (torch 2.14.1; reproduced without any gaea_ext kernel)."""
+    if opts.channels_last and device.type == "cpu" and cfg.partial_channels > 1:
+        raise ValueError("--channels-last with partial channels (PC-DARTS) is not supported on the CPU: PyTorch's "
+                         "oneDNN convolution backward on those channel slices is extremely slow and can crash; "
+                         "drop --channels-last or run on CUDA")
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable name of the device the search ran on."""
     if device.type == "cuda":
@@ -312,6 +322,7 @@ class _Search:
     # -- set-up ----------------------------------------------------------------------------
     def _build(self) -> None:
         cfg, opts, ctx = self.cfg, self.opts, self.ctx
+        check_layout_supported(cfg, opts, self.device)
         self.train_stream, self.search_stream = search_streams(
             self.dataset, cfg.objective, cfg.batch_size, cfg.seed, device=self.device,
             train_portion=cfg.train_portion, train_images=opts.train_images, cutout=opts.cutout,

@@ -226,6 +226,7 @@ def test_plot_errors(tmp_path, capsys):
     (["search", "--set", "arch_lr=-1"], "arch_lr"),
     (["search", "--set", "bogus=1"], "unknown field"),
     (["search", "--device", "tpu"], "device"),
+    (["search", "--space", "darts", "--method", "gaea-pcdarts", "--device", "cpu", "--channels-last"], "partial channels"),
     (["search", "--resume", "RUN", "--epochs", "3"], "drop --epochs"),
     (["lookup", "|not_an_op~0|+|x~0|y~1|+|a~0|b~1|c~2|"], "ARCH"),
     (["bogus-command"], "invalid choice"),
