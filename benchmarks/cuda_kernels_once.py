@@ -74,6 +74,41 @@ def mixed_node_once(dtype, channels_last=False, edges=3):
     check_close(name + " bwd weights", grads[-1], ref_grads[-1], weights_tol)
 
 
+def darts_node_once(dtype, channels_last=False):
+    """mixed_op with the DARTS search pools (pool + BatchNorm without affine) and a GDAS
+    "ones" term, with the norms from pool_stats, forward and backward against the reference."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    kinds = ["avg_pool_3x3_bn", "tensor", "max_pool_3x3_bn", "skip", "ones"]
+    x = torch.randn(SHAPE, device=DEVICE, dtype=dtype).to(memory_format=fmt).requires_grad_()
+    y = torch.randn(SHAPE, device=DEVICE, dtype=dtype).to(memory_format=fmt).requires_grad_()
+    w = torch.rand(len(kinds), device=DEVICE, requires_grad=True)
+    norms = []
+    for kind in ("avg_pool_3x3", "max_pool_3x3"):
+        stats = gaea_ext.pool_stats(x, kind)
+        ref_stats = reference.pool_stats(x, kind)
+        check_close(f"pool_stats {kind} {dtype} fwd", stats, ref_stats, dtype)
+        g = torch.randn_like(stats)
+        got, = torch.autograd.grad(stats, x, g)
+        want, = torch.autograd.grad(ref_stats, x, g)
+        check_close(f"pool_stats {kind} {dtype} bwd", got, want, dtype)
+        norms.append(torch.stack([stats[0], torch.rsqrt(stats[1] + 1e-5)]).detach().requires_grad_())
+    out = gaea_ext.mixed_op(x, [y], w, kinds, norms)
+    ref = reference.mixed_node([x], [y], w, kinds, [0, 0, 0, 0, 0], torch.stack(norms))
+    grad_out = torch.randn_like(out)
+    leaves = [x, y, w, *norms]
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_out)
+    name = f"mixed_node BN kinds {dtype} {'channels_last' if channels_last else 'contiguous'}"
+    check_close(name + " fwd", out, ref, dtype)
+    check_close(name + " bwd x", grads[0], ref_grads[0], dtype)
+    check_close(name + " bwd output", grads[1], ref_grads[1], dtype)
+    weights_tol = torch.float32 if dtype == torch.float64 else dtype
+    check_close(name + " bwd weights", grads[2], ref_grads[2], weights_tol)
+    got_n, want_n = torch.stack(grads[3:]), torch.stack(ref_grads[3:])
+    scale = max(1.0, want_n.abs().max().item())  # sums over N*H*W: compare relative to their size
+    check_close(name + " bwd norms", got_n / scale, want_n / scale, weights_tol)
+
+
 def exp_grad_once(segments, adaptive, order="clamp_then_normalize", entropic_reg=0.0):
     """exp_grad_step_multi_ on two params (one fused call) against the reference."""
     row = sum(segments) if segments else 8
@@ -132,6 +167,9 @@ def main() -> int:
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         mixed_node_once(dtype)
     mixed_node_once(torch.float32, channels_last=True)
+    for dtype in (torch.float32, torch.float64):  # half types: tests/test_pool_batch_norm.py (looser tolerances)
+        darts_node_once(dtype)
+    darts_node_once(torch.float32, channels_last=True)
     exp_grad_once(None, adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=True)

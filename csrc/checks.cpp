@@ -46,8 +46,9 @@ at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
   return result;
 }
 
-void check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
-                           c10::IntArrayRef kinds, c10::IntArrayRef sources) {
+std::vector<int64_t> check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+                                           c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                           const std::optional<at::Tensor>& norm) {
   TORCH_CHECK(!xs.empty(), "mixed_node: 'xs' must hold at least one tensor (the edge inputs), got none");
   const at::Tensor& first = xs[0];
   TORCH_CHECK(first.dim() == 4, "mixed_node: 'xs' must be 4-D [N, C, H, W], got ", first.dim(), "-D");
@@ -75,29 +76,48 @@ void check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::
   TORCH_CHECK(weights.device() == first.device(), "mixed_node: 'weights' must be on xs[0]'s device ",
               first.device(), ", got ", weights.device());
   std::vector<int> output_uses(outputs.size(), 0);
+  std::vector<int64_t> bn_rank(T, -1);
+  int64_t num_bn = 0;
   for (size_t t = 0; t < T; ++t) {
     const int64_t kind = kinds[t], src = sources[t];
-    TORCH_CHECK(kind >= kNone && kind <= kTensor, "mixed_node: kinds[", t, "] must be 0..4 (none, skip, ",
-                "avg_pool_3x3, max_pool_3x3, tensor), got ", kind);
+    TORCH_CHECK(kind >= kNone && kind <= kOnes, "mixed_node: kinds[", t, "] must be 0..7 (none, skip, ",
+                "avg_pool_3x3, max_pool_3x3, tensor, avg_pool_3x3_bn, max_pool_3x3_bn, ones), got ", kind);
     if (kind == kTensor) {
       TORCH_CHECK(src >= 0 && src < static_cast<int64_t>(outputs.size()), "mixed_node: sources[", t,
                   "] must index 'outputs' (0..", static_cast<int64_t>(outputs.size()) - 1, "), got ", src);
       output_uses[src] += 1;
-    } else if (kind != kNone) {
+    } else if (kind != kNone && kind != kOnes) {
       TORCH_CHECK(src >= 0 && src < static_cast<int64_t>(xs.size()), "mixed_node: sources[", t,
                   "] must index 'xs' (0..", static_cast<int64_t>(xs.size()) - 1, "), got ", src);
     }
+    if (is_bn_kind(kind)) bn_rank[t] = num_bn++;
   }
   for (size_t k = 0; k < outputs.size(); ++k) {
     TORCH_CHECK(output_uses[k] == 1, "mixed_node: outputs[", k, "] must be used by exactly one tensor term, it is "
                 "used by ", output_uses[k]);
   }
+  const bool has_norm = norm.has_value() && norm->defined();
+  if (num_bn == 0) {
+    TORCH_CHECK(!has_norm || norm->numel() == 0, "mixed_node: 'norm' must be None when no term is a BN kind");
+  } else {
+    TORCH_CHECK(has_norm, "mixed_node: 'norm' [", num_bn, ", 2, C] is required by the ", num_bn, " BN terms");
+    TORCH_CHECK(norm->dim() == 3 && norm->size(0) == num_bn && norm->size(1) == 2 && norm->size(2) == first.size(1),
+                "mixed_node: 'norm' must have shape [", num_bn, ", 2, ", first.size(1), "], got ", norm->sizes());
+    TORCH_CHECK(at::isFloatingType(norm->scalar_type()), "mixed_node: 'norm' must be floating point, got ",
+                norm->scalar_type());
+    TORCH_CHECK(norm->device() == first.device(), "mixed_node: 'norm' must be on xs[0]'s device ", first.device(),
+                ", got ", norm->device());
+  }
+  return bn_rank;
 }
 
-void check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs,
-                                    const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
-                                    const c10::List<bool>& xs_need_grad, const c10::List<bool>& outputs_need_grad) {
-  check_mixed_node_args(xs, outputs, weights, kinds, sources);
+std::vector<int64_t> check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList xs,
+                                                    at::TensorList outputs, const at::Tensor& weights,
+                                                    c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                                    const std::optional<at::Tensor>& norm,
+                                                    const c10::List<bool>& xs_need_grad,
+                                                    const c10::List<bool>& outputs_need_grad) {
+  auto bn_rank = check_mixed_node_args(xs, outputs, weights, kinds, sources, norm);
   TORCH_CHECK(grad_out.sizes() == xs[0].sizes() && grad_out.scalar_type() == xs[0].scalar_type() &&
                   grad_out.device() == xs[0].device(),
               "mixed_node_backward: 'grad_out' must match xs[0] (", xs[0].sizes(), ", ", xs[0].scalar_type(), ", ",
@@ -107,6 +127,27 @@ void check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList x
   TORCH_CHECK(outputs_need_grad.size() == outputs.size(),
               "mixed_node_backward: 'outputs_need_grad' must have one entry per output (", outputs.size(), "), got ",
               outputs_need_grad.size());
+  return bn_rank;
+}
+
+void check_pool_stats_args(const at::Tensor& x, int64_t kind) {
+  TORCH_CHECK(x.dim() == 4, "pool_stats: 'x' must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "pool_stats: 'x' must be floating point (float16, bfloat16, float32, float64), got ", x.scalar_type());
+  TORCH_CHECK(kind == kAvgPool || kind == kMaxPool || is_bn_kind(kind),
+              "pool_stats: 'kind' must be a pool kind (2 avg_pool_3x3, 3 max_pool_3x3, 5, 6), got ", kind);
+}
+
+void check_pool_stats_backward_args(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,
+                                    int64_t kind) {
+  check_pool_stats_args(x, kind);
+  for (const at::Tensor* t : {&grad_stats, &stats}) {
+    const char* name = t == &stats ? "stats" : "grad_stats";
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == 2 && t->size(1) == x.size(1), "pool_stats_backward: '", name,
+                "' must have shape [2, ", x.size(1), "], got ", t->sizes());
+    TORCH_CHECK(at::isFloatingType(t->scalar_type()) && t->device() == x.device(), "pool_stats_backward: '", name,
+                "' must be floating point on x's device ", x.device());
+  }
 }
 
 std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList grads,

@@ -1,10 +1,14 @@
 // Declarations shared by the CPU and CUDA kernels of gaea_ext.
 //
 // Op schemas (registered in csrc/registration.cpp, namespace gaea_ext):
-//   mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources) -> Tensor
+//   mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources,
+//              Tensor? norm) -> Tensor
 //   mixed_node_backward(Tensor grad_out, Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds,
-//                       int[] sources, bool[] xs_need_grad, bool[] outputs_need_grad,
-//                       bool weights_need_grad) -> (Tensor[] grad_xs, Tensor[] grad_outputs, Tensor grad_weights)
+//                       int[] sources, Tensor? norm, bool[] xs_need_grad, bool[] outputs_need_grad,
+//                       bool weights_need_grad, bool norm_need_grad)
+//                       -> (Tensor[] grad_xs, Tensor[] grad_outputs, Tensor grad_weights, Tensor grad_norm)
+//   pool_stats(Tensor x, int kind) -> Tensor stats
+//   pool_stats_backward(Tensor grad_stats, Tensor x, Tensor stats, int kind) -> Tensor grad_x
 //   weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor
 //   weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights,
 //                         bool[] inputs_need_grad, bool weights_need_grad)
@@ -22,6 +26,8 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -83,42 +89,88 @@ at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::
 //     kNone (0)   nothing;                 kSkip (1)   xs[sources[t]];
 //     kAvgPool (2) avg_pool 3x3, stride 1, padding 1, count_include_pad=False, of xs[sources[t]];
 //     kMaxPool (3) max_pool 3x3, stride 1, padding 1, of xs[sources[t]];
-//     kTensor (4) outputs[sources[t]] (e.g. a conv output; each output used by one term).
+//     kTensor (4) outputs[sources[t]] (e.g. a conv output; each output used by one term);
+//     kAvgPoolBN (5), kMaxPoolBN (6): the pool followed by a per-channel normalisation
+//                 (pool - norm[b, 0, c]) * norm[b, 1, c], b = the term's rank among the BN
+//                 terms: BatchNorm without affine, given its mean and 1/sqrt(var + eps);
+//     kOnes (7)   a tensor of ones (GDAS's straight-through terms: out += weights[t]).
 // xs and outputs are 4-D [N, C, H, W], one shape, dtype (f16/bf16/f32/f64) and device;
-// weights is 1-D with one floating element per term. The pools are computed from xs inside
-// the kernel and never materialised. Half inputs accumulate in float32. Kernels work on
-// contiguous NCHW (other layouts are copied; a channels_last x gives a channels_last out).
-enum MixedKind : int64_t { kNone = 0, kSkip = 1, kAvgPool = 2, kMaxPool = 3, kTensor = 4 };
+// weights is 1-D with one floating element per term; norm is [B, 2, C] floating (B = number
+// of BN terms; undefined when B == 0). The pools are computed from xs inside the kernel and
+// never materialised. Half inputs accumulate in float32. Kernels work on contiguous NCHW
+// (other layouts are copied; a channels_last x gives a channels_last out).
+enum MixedKind : int64_t {
+  kNone = 0, kSkip = 1, kAvgPool = 2, kMaxPool = 3, kTensor = 4, kAvgPoolBN = 5, kMaxPoolBN = 6, kOnes = 7
+};
+#ifdef __CUDACC__
+#define GAEA_HOST_DEVICE __host__ __device__
+#else
+#define GAEA_HOST_DEVICE
+#endif
+GAEA_HOST_DEVICE inline bool is_avg_kind(int64_t kind) { return kind == kAvgPool || kind == kAvgPoolBN; }
+GAEA_HOST_DEVICE inline bool is_bn_kind(int64_t kind) { return kind == kAvgPoolBN || kind == kMaxPoolBN; }
 at::Tensor mixed_node_cpu(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
-                          c10::IntArrayRef kinds, c10::IntArrayRef sources);
+                          c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::optional<at::Tensor>& norm);
 at::Tensor mixed_node_cuda(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
-                           c10::IntArrayRef kinds, c10::IntArrayRef sources);
+                           c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::optional<at::Tensor>& norm);
 
-// Backward of mixed_node from grad_out, recomputing the pools from xs:
-//   grad_xs[s] = sum over the terms reading xs[s] of weights[t] * (grad_out for kSkip, the
-//                avg-pool adjoint of grad_out, or grad_out routed to each window's first
-//                maximum, as PyTorch's max_pool2d does), for each s with xs_need_grad[s];
-//   grad_outputs[s] = weights[t] * grad_out for each s with outputs_need_grad[s];
-//   grad_weights[t] = <term_t, grad_out> (0 for kNone; empty when !weights_need_grad).
-// Only the requested grads are returned, in index order. The reductions are deterministic
-// (per-plane partials combined in a fixed order; no float atomics).
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cpu(
-    const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
-    c10::IntArrayRef kinds, c10::IntArrayRef sources, const c10::List<bool>& xs_need_grad,
-    const c10::List<bool>& outputs_need_grad, bool weights_need_grad);
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cuda(
-    const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
-    c10::IntArrayRef kinds, c10::IntArrayRef sources, const c10::List<bool>& xs_need_grad,
-    const c10::List<bool>& outputs_need_grad, bool weights_need_grad);
+// Backward of mixed_node from grad_out g, recomputing the pools from xs (p = the raw pool,
+// s_t = weights[t] times norm[b, 1, c] for a BN term, weights[t] otherwise):
+//   grad_xs[s] = sum over the terms reading xs[s] of s_t * (g for kSkip, the avg-pool adjoint
+//                of g, or g routed to each window's first maximum, as PyTorch's max_pool2d
+//                does), for each s with xs_need_grad[s];
+//   grad_outputs[s] = weights[t] * g for each s with outputs_need_grad[s];
+//   grad_weights[t] = <term_t, g> (0 for kNone, sum(g) for kOnes; empty when !weights_need_grad);
+//   grad_norm[b, 0, c] = -weights[t] * norm[b, 1, c] * sum_c(g),
+//   grad_norm[b, 1, c] = weights[t] * sum_c(g * (p - norm[b, 0, c]))   (empty when !norm_need_grad),
+// sums over the N, H, W of channel c. Only the requested grads are returned, in index order.
+// The reductions are deterministic (per-plane partials combined in a fixed order; no float
+// atomics).
+using MixedNodeGrads = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+MixedNodeGrads mixed_node_backward_cpu(const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs,
+                                       const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                       const std::optional<at::Tensor>& norm, const c10::List<bool>& xs_need_grad,
+                                       const c10::List<bool>& outputs_need_grad, bool weights_need_grad,
+                                       bool norm_need_grad);
+MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs,
+                                        const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                        const std::optional<at::Tensor>& norm, const c10::List<bool>& xs_need_grad,
+                                        const c10::List<bool>& outputs_need_grad, bool weights_need_grad,
+                                        bool norm_need_grad);
+
+// ---- pool_stats ----------------------------------------------------------------------
+
+// Per-channel batch statistics of a 3x3 stride-1 pool of x (kind kAvgPool or kMaxPool, the
+// BN kinds accepted as their pools), without materialising the pool: stats[0, c] = mean and
+// stats[1, c] = biased variance over N, H, W of channel c. x is 4-D floating; stats is
+// [2, C] float32 (float64 for float64 x). Per-plane two-pass moments combined per channel
+// in plane order (Chan et al.), in double: deterministic.
+at::Tensor pool_stats_cpu(const at::Tensor& x, int64_t kind);
+at::Tensor pool_stats_cuda(const at::Tensor& x, int64_t kind);
+// grad_x = pool adjoint of grad_stats[0, c] / M + grad_stats[1, c] * 2 (p - stats[0, c]) / M,
+// M = N * H * W, p the recomputed pool.
+at::Tensor pool_stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,
+                                   int64_t kind);
+at::Tensor pool_stats_backward_cuda(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,
+                                    int64_t kind);
 
 // ---- shared helpers (csrc/checks.cpp) ----------------------------------------------
 
-void check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
-                           c10::IntArrayRef kinds, c10::IntArrayRef sources);
+// Checks the arguments; returns, per term, its rank among the BN terms (-1 for other kinds).
+std::vector<int64_t> check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
+                                           c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                           const std::optional<at::Tensor>& norm);
 // The same plus grad_out (shape/dtype/device of xs) and the need-grad list lengths.
-void check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList xs, at::TensorList outputs,
-                                    const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
-                                    const c10::List<bool>& xs_need_grad, const c10::List<bool>& outputs_need_grad);
+std::vector<int64_t> check_mixed_node_backward_args(const at::Tensor& grad_out, at::TensorList xs,
+                                                    at::TensorList outputs, const at::Tensor& weights,
+                                                    c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                                    const std::optional<at::Tensor>& norm,
+                                                    const c10::List<bool>& xs_need_grad,
+                                                    const c10::List<bool>& outputs_need_grad);
+// pool_stats: x 4-D floating, kind a pool kind; the backward also grad_stats and stats [2, C].
+void check_pool_stats_args(const at::Tensor& x, int64_t kind);
+void check_pool_stats_backward_args(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,
+                                    int64_t kind);
 
 // TORCH_CHECKs shared by CPU and CUDA entry points.
 void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);

@@ -8,11 +8,15 @@ TORCH_LIBRARY(gaea_ext, m) {
   m.def(
       "weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
       "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)");
-  m.def("mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources) -> Tensor");
+  m.def(
+      "mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources, Tensor? norm=None) "
+      "-> Tensor");
   m.def(
       "mixed_node_backward(Tensor grad_out, Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, "
-      "int[] sources, bool[] xs_need_grad, bool[] outputs_need_grad, bool weights_need_grad) "
-      "-> (Tensor[], Tensor[], Tensor)");
+      "int[] sources, Tensor? norm, bool[] xs_need_grad, bool[] outputs_need_grad, bool weights_need_grad, "
+      "bool norm_need_grad) -> (Tensor[], Tensor[], Tensor, Tensor)");
+  m.def("pool_stats(Tensor x, int kind) -> Tensor");
+  m.def("pool_stats_backward(Tensor grad_stats, Tensor x, Tensor stats, int kind) -> Tensor");
   m.def(
       "exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments, "
       "int[] segment_counts, float[] min_values, float[] entropic_regs, bool normalize_first, "

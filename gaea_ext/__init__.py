@@ -4,6 +4,9 @@ Drop-in ops for DARTS-style code:
   weighted_sum(inputs, weights)       fused mixed-op sum, differentiable in both
   mixed_op(x, outputs, weights, kinds)   a mixed op with none/skip/3x3 pools computed in-kernel
   mixed_node(edges, weights)          the same for every incoming edge of a node in one call
+                                      (kinds also: BN-followed pools, GDAS's "ones" terms)
+  pool_stats(x, kind)                 per-channel batch mean/var of a 3x3 pool, never materialised
+  pool_batch_norm(x, kind, bn)        the [mean, 1/std] norm a BN kind takes (running stats kept)
   exp_grad_step_(param, grad, lr)     in-place exponentiated-gradient step on simplices
   exp_grad_step_multi_(...)           the same for a list of params in one fused call
   optim.ExponentiatedGradient         a torch.optim.Optimizer on those ops
@@ -13,6 +16,7 @@ from . import reference
 from ._backend import HAS_EXTENSION, backend, build_info
 from .exp_grad import exp_grad_step_, exp_grad_step_multi_
 from .mixed_node import mixed_node, mixed_op, mixed_terms
+from .pool_stats import pool_batch_norm, pool_stats
 from .weighted_sum import weighted_sum
 from . import optim  # noqa: E402  (needs the ops above)
 
@@ -28,6 +32,8 @@ __all__ = [
     "mixed_op",
     "mixed_terms",
     "optim",
+    "pool_batch_norm",
+    "pool_stats",
     "reference",
     "weighted_sum",
 ]

@@ -95,7 +95,7 @@ def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[
     uses = [0] * len(outputs)
     for t, (k, s) in enumerate(zip(kinds, sources)):
         pool = outputs if k == "tensor" else xs
-        if k != "none" and not 0 <= s < len(pool):
+        if k not in ("none", "ones") and not 0 <= s < len(pool):
             which = "outputs" if k == "tensor" else "xs"
             raise ValueError(f"{op}: 'sources[{t}]' must index '{which}' (0..{len(pool) - 1}), got {s}")
         if k == "tensor":
@@ -113,6 +113,48 @@ def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[
     if weights.device != first.device:
         raise ValueError(f"{op}: 'weights' must be on xs[0]'s device {first.device}, got {weights.device}")
     return xs, outputs, weights.reshape(-1), kinds, sources
+
+
+def check_norms(norms, kinds: Sequence[str], bn_kinds: Sequence[str], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """Validate mixed_node's per-BN-term norms ([2, C] each: mean, 1/std); return them as
+    one [B, 2, C] tensor, or None when no term is a BN kind."""
+    op = "mixed_node"
+    num_bn = sum(k in bn_kinds for k in kinds)
+    if num_bn == 0:
+        if norms:
+            raise ValueError(f"{op}: 'norms' must be empty when no term is a BN kind ({', '.join(bn_kinds)})")
+        return None
+    if norms is None:
+        raise ValueError(f"{op}: 'norms' (one [2, C] tensor of mean and 1/std per BN term) is required by "
+                         f"the {num_bn} BN terms")
+    if isinstance(norms, torch.Tensor) and norms.dim() == 3:
+        norms = list(norms.unbind(0))
+    norms = _tensor_list(norms, op, "norms")
+    if len(norms) != num_bn:
+        raise ValueError(f"{op}: 'norms' must hold one tensor per BN term ({num_bn}), got {len(norms)}")
+    C = x.shape[1]
+    for k, n in enumerate(norms):
+        if tuple(n.shape) != (2, C):
+            raise ValueError(f"{op}: 'norms[{k}]' must have shape (2, {C}) (mean, 1/std per channel), got {tuple(n.shape)}")
+        if not n.is_floating_point():
+            raise TypeError(f"{op}: 'norms[{k}]' must be floating point, got {n.dtype}")
+        if n.device != x.device:
+            raise ValueError(f"{op}: 'norms[{k}]' must be on xs[0]'s device {x.device}, got {n.device}")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.stack([n.to(acc) for n in norms])
+
+
+def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
+    """Validate pool_stats arguments."""
+    op = "pool_stats"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: 'x' must be a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: 'x' must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: 'x' must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if kind not in pool_kinds:
+        raise ValueError(f"{op}: 'kind' must be one of {tuple(pool_kinds)}, got {kind!r}")
 
 
 _INF = float("inf")

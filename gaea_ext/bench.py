@@ -42,9 +42,12 @@ DTYPES = {
 }
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 VARIANTS = ("fused", "eager", "compile")
-OPS = ("weighted_sum", "mixed_node", "exp_grad")
+OPS = ("weighted_sum", "mixed_node", "darts_node", "exp_grad")
 # NB201 node 3 (3 incoming edges), ops in NB201 order: the conv outputs are "tensor" terms
 NB201_NODE_KINDS = ("none", "skip", "tensor", "tensor", "avg_pool_3x3")
+# A DARTS search node's edge, ops in DARTS order: the pools are followed by BatchNorm (no
+# affine, batch statistics), the four separable/dilated convs are "tensor" terms.
+DARTS_NODE_KINDS = ("none", "max_pool_3x3_bn", "avg_pool_3x3_bn", "skip", "tensor", "tensor", "tensor", "tensor")
 
 EDGE_SHAPE = (64, 16, 32, 32)  # DARTS / NB201 stage-1 edge at batch 64: N = 2^20
 DRAM_EXPONENTS = {"cpu": (23,), "cuda": (22, 23, 24)}  # flat N = 2^p cases, K = 8
@@ -67,7 +70,7 @@ COPY_BYTES = 256 * 2**20  # copy-bandwidth buffer
 class CaseSpec:
     """What to measure: one op, pass and size (independent of device, dtype and threads)."""
 
-    op: str  # "weighted_sum", "mixed_node" or "exp_grad"
+    op: str  # "weighted_sum", "mixed_node", "darts_node" or "exp_grad"
     mode: str  # "fwd", "fwd+bwd" (weighted_sum) or "step" (exp_grad)
     shape: tuple[int, ...] = ()  # weighted_sum: shape of each of the K inputs
     k: int = 0  # weighted_sum: number of inputs; mixed_node: incoming edges; exp_grad: simplex row length
@@ -94,7 +97,7 @@ class CaseSpec:
     @property
     def label(self) -> str:
         """Group name of the case, e.g. ``weighted_sum fwd+bwd 64x16x32x32 K=8``."""
-        k = f" K={self.k}" if self.op == "weighted_sum" else (f" E={self.k}" if self.op == "mixed_node" else "")
+        k = f" K={self.k}" if self.op == "weighted_sum" else (f" E={self.k}" if self.op in ("mixed_node", "darts_node") else "")
         return f"{self.op} {self.mode} {self.shape_str}{k}"
 
 
@@ -110,10 +113,12 @@ def model_bytes(spec: CaseSpec, elem: int) -> int:
     EG reads param and grad and writes param (3 x numel)."""
     if spec.op == "exp_grad":
         return 3 * elem * spec.numel
-    if spec.op == "mixed_node":  # per edge: x and its conv outputs; the pools are never written
-        tensors = NB201_NODE_KINDS.count("tensor")
-        fwd = elem * (spec.k * (1 + tensors) + 1) * spec.numel
-        bwd = elem * (1 + 2 * spec.k * (1 + tensors)) * spec.numel
+    if spec.op in ("mixed_node", "darts_node"):  # per edge: x and its conv outputs; pools never written
+        kinds = NB201_NODE_KINDS if spec.op == "mixed_node" else DARTS_NODE_KINDS
+        tensors = kinds.count("tensor")
+        stats = sum(k.endswith("_bn") for k in kinds)  # the BN statistics pass reads x once per pool
+        fwd = elem * (spec.k * (1 + tensors + stats) + 1) * spec.numel
+        bwd = elem * (1 + 2 * spec.k * (1 + tensors) + spec.k * 2 * stats) * spec.numel
         return fwd if spec.mode == "fwd" else fwd + bwd
     fwd = elem * (spec.k + 1) * spec.numel
     bwd = elem * (2 * spec.k + 1) * spec.numel
@@ -136,6 +141,9 @@ def case_specs(
     if "mixed_node" in ops:
         for mode in ("fwd", "fwd+bwd"):
             specs.append(CaseSpec("mixed_node", mode, EDGE_SHAPE, 3))
+    if "darts_node" in ops:
+        for mode in ("fwd", "fwd+bwd"):
+            specs.append(CaseSpec("darts_node", mode, EDGE_SHAPE, 2))
     if "exp_grad" in ops:
         specs.append(CaseSpec("exp_grad", "step", k=8, size="darts"))
         specs.append(CaseSpec("exp_grad", "step", k=5, size="nb201"))
@@ -168,7 +176,7 @@ def build_case(
     device = torch.device(device)
     torch.manual_seed(0)
     build = {"weighted_sum": _weighted_sum_variant, "mixed_node": _mixed_node_variant,
-             "exp_grad": _exp_grad_variant}[spec.op]
+             "darts_node": _darts_node_variant, "exp_grad": _exp_grad_variant}[spec.op]
     fns = {name: build(spec, name, device, dtype) for name in variants}
     case = Case(spec, device, dtype, fns)
     if "compile" in fns:
@@ -250,6 +258,51 @@ def _mixed_node_variant(
     grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
     leaves = [*xs, *(c for cs in convs for c in cs), w]
     return lambda: torch.autograd.grad(impl(xs, convs, w), leaves, grad_out)
+
+
+def eager_darts_node(xs, convs, w, bns):
+    """A DARTS search node the peers' way: `none` as `x * 0`, each pool materialised and
+    normalised by its BatchNorm2d(affine=False), then `sum(w * op(x))` in Python."""
+    terms = []
+    for e, x in enumerate(xs):
+        ys = [x * 0.0, bns[e][0](torch.nn.functional.max_pool2d(x, 3, 1, 1)),
+              bns[e][1](torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)), x, *convs[e]]
+        terms.extend(w[e, k] * y for k, y in enumerate(ys))
+    return sum(terms)
+
+
+def fused_darts_node(xs, convs, w, bns):
+    """The same node as one mixed_node call, with the pools' BatchNorm statistics from
+    pool_batch_norm (no pooled tensor is materialised)."""
+    norms = []
+    for x, (bn_max, bn_avg) in zip(xs, bns):
+        norms += [gaea_ext.pool_batch_norm(x, "max_pool_3x3", bn_max), gaea_ext.pool_batch_norm(x, "avg_pool_3x3", bn_avg)]
+    return gaea_ext.mixed_node([(x, c, DARTS_NODE_KINDS) for x, c in zip(xs, convs)], w, norms)
+
+
+def _darts_node_variant(
+    spec: CaseSpec, name: str, device: torch.device, dtype: torch.dtype
+) -> Callable[[], object]:
+    """A DARTS search node with spec.k incoming edges (BN-followed pools, training mode)."""
+    backward = spec.mode == "fwd+bwd"
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand():
+        return torch.randn(spec.shape, generator=gen, device=device, dtype=dtype).requires_grad_(backward)
+
+    xs = [rand() for _ in range(spec.k)]
+    convs = [[rand() for _ in range(DARTS_NODE_KINDS.count("tensor"))] for _ in range(spec.k)]
+    w = torch.softmax(torch.randn(spec.k, len(DARTS_NODE_KINDS), generator=gen, device=device), -1)
+    w.requires_grad_(backward)
+    C = spec.shape[1]
+    bns = [[torch.nn.BatchNorm2d(C, affine=False).to(device) for _ in range(2)] for _ in range(spec.k)]
+    impl = {"fused": fused_darts_node, "eager": eager_darts_node,
+            "compile": torch.compile(eager_darts_node, dynamic=False)}[name]
+    if not backward:
+        return lambda: impl(xs, convs, w, bns)
+    grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
+    leaves = [*xs, *(c for cs in convs for c in cs), w]
+    return lambda: torch.autograd.grad(impl(xs, convs, w, bns), leaves, grad_out)
 
 
 def _exp_grad_variant(

@@ -39,37 +39,65 @@ def weighted_sum_backward(
     return grad_inputs, grad_weights
 
 
-MIXED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor")
+MIXED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "avg_pool_3x3_bn", "max_pool_3x3_bn",
+               "ones")
+BN_KINDS = ("avg_pool_3x3_bn", "max_pool_3x3_bn")
 
 
-def mixed_term(kind: str, x: Optional[torch.Tensor], y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """One term of a mixed node, materialised: the parameter-free op of `x`, or `y` itself."""
+def pool_3x3(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The stride-1, padding-1 3x3 pool of a pool kind (the average excludes padded cells)."""
+    if kind.startswith("avg_pool_3x3"):
+        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+
+
+def mixed_term(kind: str, x: Optional[torch.Tensor], y: Optional[torch.Tensor],
+               norm: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """One term of a mixed node, materialised: the parameter-free op of `x`, or `y` itself.
+    BN kinds normalise the pool per channel with `norm` = [mean, 1/std] (shape [2, C])."""
     if kind == "skip":
         return x
-    if kind == "avg_pool_3x3":
-        return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    if kind == "max_pool_3x3":
-        return torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+    if kind in ("avg_pool_3x3", "max_pool_3x3"):
+        return pool_3x3(kind, x)
+    if kind in BN_KINDS:
+        acc = accumulation_dtype(x.dtype)
+        mean, rstd = norm.to(acc).reshape(2, 1, -1, 1, 1)
+        return (pool_3x3(kind, x).to(acc) - mean) * rstd
     if kind == "tensor":
         return y
+    if kind == "ones":
+        return torch.ones_like(x)
     return None  # none
 
 
 def mixed_node(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weights: torch.Tensor,
-               kinds: Sequence[str], sources: Sequence[int]) -> torch.Tensor:
+               kinds: Sequence[str], sources: Sequence[int], norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out = sum_t weights[t] * term_t with term_t = kinds[t] applied to xs[sources[t]]
-    (parameter-free kinds) or outputs[sources[t]] ("tensor"); accumulated in float32 for half
-    types (autograd-able). The pools are stride 1, padding 1; avg excludes padded cells."""
+    (parameter-free kinds), outputs[sources[t]] ("tensor") or ones ("ones"); BN term b
+    normalises its pool with norm[b] = [mean, 1/std] per channel. Accumulated in float32 for
+    half types (autograd-able). The pools are stride 1, padding 1; avg excludes padded cells."""
     dtype = xs[0].dtype
     acc = accumulation_dtype(dtype)
     w = weights.to(acc)
     out = torch.zeros_like(xs[0], dtype=acc)
+    b = 0
     for t, (kind, src) in enumerate(zip(kinds, sources)):
-        term = mixed_term(kind, xs[src] if kind != "tensor" and kind != "none" else None,
-                          outputs[src] if kind == "tensor" else None)
+        x = xs[src] if kind not in ("tensor", "none", "ones") else xs[0]
+        term_norm = None
+        if kind in BN_KINDS:
+            term_norm, b = norm[b], b + 1
+        term = mixed_term(kind, x, outputs[src] if kind == "tensor" else None, term_norm)
         if term is not None:
             out = out + w[t] * term.to(acc)
     return out.to(dtype)
+
+
+def pool_stats(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """[2, C]: the per-channel mean and biased variance over N, H, W of the 3x3 pool of `x`
+    (float32, or float64 for float64 `x`); autograd-able."""
+    p = pool_3x3(kind, x).to(accumulation_dtype(x.dtype))
+    var, mean = torch.var_mean(p, dim=(0, 2, 3), correction=0)
+    return torch.stack([mean, var])
 
 
 def exp_grad_step(

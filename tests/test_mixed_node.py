@@ -11,7 +11,7 @@ import gaea_ext
 from gaea_ext import reference
 from conftest import requires_extension
 
-ALL_KINDS = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor"]
+ALL_KINDS = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "ones"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 
@@ -111,7 +111,7 @@ def test_opcheck(device, need):
     g = torch.randn(2, 3, 5, 6, device=device)
     torch.library.opcheck(torch.ops.gaea_ext.mixed_node_backward.default,
                           (g, [x.detach(), x.detach()], [y.detach()], w.detach(), [1, 2, 3, 4], [0, 1, 0, 0],
-                           [True, False], [True], True))
+                           None, [True, False], [True], True, False))
 
 
 @st.composite

@@ -6,7 +6,9 @@
 // the windows q that contain p, grad_out[q] / count(q) (avg) or grad_out[q] when p is q's
 // first maximum (max, PyTorch's rule), so there are no atomics. The weight gradient is
 // reduced per block in a fixed tree, then over blocks in block order by a second kernel,
-// with a grid that depends only on the tensor size: the result is deterministic.
+// with a grid that depends only on the tensor size: the result is deterministic. BN terms
+// scale by the channel's 1/std and shift by its mean; their gradients need per-channel sums,
+// taken per (n, c) plane by one block each and combined over n in order by a finish kernel.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -20,9 +22,12 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "pool_windows.cuh"
 
 namespace gaea_ext {
 namespace {
+
+using namespace pool_windows;
 
 constexpr int kThreads = 256;
 constexpr int kMaxT = static_cast<int>(kMaxMixedTerms);
@@ -36,6 +41,7 @@ struct NodeArgs {
   const scalar_t* ys[kMaxT];  // per term: the output of a kTensor term
   int kinds[kMaxT];
   int src[kMaxT];
+  int bn[kMaxT];  // per term: its rank among the BN terms, or -1
   int T;
 };
 
@@ -45,48 +51,25 @@ struct GradArgs {
   scalar_t* gy[kMaxT];  // per term: grad of its output, or nullptr
 };
 
-template <typename acc_t>
-__device__ __forceinline__ bool is_nan(acc_t v) {
-  return v != v;
-}
+// Term index of each BN term (for the per-channel finish of their gradients).
+struct BnTerms {
+  int term[kMaxT];
+  int B;
+};
 
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t avg3(const scalar_t* plane, int h, int w, int H, int W) {
-  const int h0 = max(h - 1, 0), h1 = min(h + 1, H - 1), w0 = max(w - 1, 0), w1 = min(w + 1, W - 1);
-  acc_t s = 0;
-  for (int ih = h0; ih <= h1; ++ih)
-    for (int iw = w0; iw <= w1; ++iw) s += static_cast<acc_t>(plane[ih * W + iw]);
-  return s / static_cast<acc_t>((h1 - h0 + 1) * (w1 - w0 + 1));
-}
-
-// Value and flat index of the first maximum of the window at (h, w) (PyTorch's scan order).
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t max3(const scalar_t* plane, int h, int w, int H, int W, int* index) {
-  const int h0 = max(h - 1, 0), h1 = min(h + 1, H - 1), w0 = max(w - 1, 0), w1 = min(w + 1, W - 1);
-  int best = h0 * W + w0;
-  acc_t m = static_cast<acc_t>(plane[best]);
-  for (int ih = h0; ih <= h1; ++ih) {
-    for (int iw = w0; iw <= w1; ++iw) {
-      const acc_t v = static_cast<acc_t>(plane[ih * W + iw]);
-      if (v > m || is_nan(v)) {
-        m = v;
-        best = ih * W + iw;
-      }
-    }
-  }
-  *index = best;
-  return m;
-}
-
-// Value of term t at element i (plane offset `off`, position (h, w)).
+// Raw value of term t at element i (plane offset `off`, position (h, w)): a BN term's pool
+// before its normalisation.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t term_value(const NodeArgs<scalar_t>& a, int t, int64_t i, int64_t off, int h, int w,
                                             int H, int W) {
   switch (a.kinds[t]) {
     case kSkip: return static_cast<acc_t>(a.xs[a.src[t]][i]);
     case kTensor: return static_cast<acc_t>(a.ys[t][i]);
-    case kAvgPool: return avg3<scalar_t, acc_t>(a.xs[a.src[t]] + off, h, w, H, W);
-    case kMaxPool: {
+    case kOnes: return acc_t(1);
+    case kAvgPool:
+    case kAvgPoolBN: return avg3<scalar_t, acc_t>(a.xs[a.src[t]] + off, h, w, H, W);
+    case kMaxPool:
+    case kMaxPoolBN: {
       int index;
       return max3<scalar_t, acc_t>(a.xs[a.src[t]] + off, h, w, H, W, &index);
     }
@@ -94,85 +77,71 @@ __device__ __forceinline__ acc_t term_value(const NodeArgs<scalar_t>& a, int t, 
   }
 }
 
+// norm of BN rank b at channel c: [B, 2, C] -> mean at (b, 0, c), 1/std at (b, 1, c).
+template <typename acc_t>
+__device__ __forceinline__ acc_t norm_mean(const acc_t* norm, int b, int c, int C) { return norm[(2 * b) * C + c]; }
+template <typename acc_t>
+__device__ __forceinline__ acc_t norm_rstd(const acc_t* norm, int b, int c, int C) { return norm[(2 * b + 1) * C + c]; }
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mixed_node_kernel(NodeArgs<scalar_t> a, const acc_t* __restrict w,
-                                                              scalar_t* __restrict out, int64_t numel, int H, int W) {
+                                                              const acc_t* __restrict norm, scalar_t* __restrict out,
+                                                              int64_t numel, int C, int H, int W) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t off = (i / HW) * HW;
+    const int64_t plane = i / HW, off = plane * HW;
+    const int ch = static_cast<int>(plane % C);
     const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
     acc_t s = 0;
     for (int t = 0; t < a.T; ++t) {
-      if (a.kinds[t] != kNone) s += w[t] * term_value<scalar_t, acc_t>(a, t, i, off, h, c, H, W);
+      if (a.kinds[t] == kNone) continue;
+      const acc_t v = term_value<scalar_t, acc_t>(a, t, i, off, h, c, H, W);
+      const int b = a.bn[t];
+      s += b < 0 ? w[t] * v : w[t] * norm_rstd(norm, b, ch, C) * (v - norm_mean(norm, b, ch, C));
     }
     out[i] = static_cast<scalar_t>(s);
   }
 }
 
-// grad_x of source s at (h, w) from its avg terms' adjoint and max terms' routing.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t pool_adjoint(const scalar_t* __restrict g, const scalar_t* x, int kind, int h, int w,
-                                              int H, int W) {
-  const int h0 = max(h - 1, 0), h1 = min(h + 1, H - 1), w0 = max(w - 1, 0), w1 = min(w + 1, W - 1);
-  const int p = h * W + w;
-  acc_t s = 0;
-  for (int qh = h0; qh <= h1; ++qh) {
-    for (int qw = w0; qw <= w1; ++qw) {
-      const acc_t gq = static_cast<acc_t>(g[qh * W + qw]);
-      if (kind == kAvgPool) {
-        const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
-        s += gq / static_cast<acc_t>(cnt);
-      } else {
-        int index;
-        max3<scalar_t, acc_t>(x, qh, qw, H, W, &index);
-        if (index == p) s += gq;
-      }
-    }
-  }
-  return s;
-}
-
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mixed_node_backward_kernel(
-    NodeArgs<scalar_t> a, GradArgs<scalar_t> ga, const acc_t* __restrict w, const scalar_t* __restrict g,
-    int num_xs, bool need_w, acc_t* __restrict partials, int64_t numel, int H, int W) {
+    NodeArgs<scalar_t> a, GradArgs<scalar_t> ga, const acc_t* __restrict w, const acc_t* __restrict norm,
+    const scalar_t* __restrict g, int num_xs, bool need_w, acc_t* __restrict partials, int64_t numel, int C, int H,
+    int W) {
   __shared__ acc_t red[kThreads];
   acc_t dots[kMaxT];
   for (int t = 0; t < a.T; ++t) dots[t] = 0;
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t off = (i / HW) * HW;
+    const int64_t plane = i / HW, off = plane * HW;
+    const int ch = static_cast<int>(plane % C);
     const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
     const acc_t gi = static_cast<acc_t>(g[i]);
     for (int s = 0; s < num_xs; ++s) {
       if (ga.gx[s] == nullptr) continue;
       acc_t v = 0;
       for (int t = 0; t < a.T; ++t) {
-        if (a.src[t] != s || a.kinds[t] == kNone || a.kinds[t] == kTensor) continue;
-        const acc_t adj = a.kinds[t] == kSkip
-                              ? gi
-                              : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, a.kinds[t], h, c, H, W);
-        v += w[t] * adj;
+        const int kind = a.kinds[t];
+        if (a.src[t] != s || kind == kNone || kind == kTensor || kind == kOnes) continue;
+        const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
+        const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
+        v += scale * adj;
       }
       ga.gx[s][i] = static_cast<scalar_t>(v);
     }
     for (int t = 0; t < a.T; ++t) {
       if (a.kinds[t] == kTensor && ga.gy[t] != nullptr) ga.gy[t][i] = static_cast<scalar_t>(w[t] * gi);
-      if (need_w && a.kinds[t] != kNone) dots[t] += term_value<scalar_t, acc_t>(a, t, i, off, h, c, H, W) * gi;
+      // BN terms reduce per channel in bn_plane_sums_kernel instead.
+      if (need_w && a.kinds[t] != kNone && a.bn[t] < 0)
+        dots[t] += term_value<scalar_t, acc_t>(a, t, i, off, h, c, H, W) * gi;
     }
   }
   if (!need_w) return;
   for (int t = 0; t < a.T; ++t) {  // fixed-shape tree: deterministic
-    red[threadIdx.x] = dots[t];
-    __syncthreads();
-    for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-      if (threadIdx.x < stride) red[threadIdx.x] += red[threadIdx.x + stride];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(a.T) + t] = red[0];
-    __syncthreads();
+    const acc_t total = block_sum<kThreads>(dots[t], red);
+    if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(a.T) + t] = total;
   }
 }
 
@@ -185,26 +154,100 @@ __global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t bl
   out[t] = s;
 }
 
+// One block per (n, c) plane: sums[plane, b] = <raw pool of BN term b, g> over the plane and
+// sums[plane, B] = sum(g) over the plane.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) bn_plane_sums_kernel(NodeArgs<scalar_t> a, BnTerms bt,
+                                                                 const scalar_t* __restrict g,
+                                                                 acc_t* __restrict sums, int H, int W) {
+  __shared__ acc_t red[kThreads];
+  const int64_t HW = static_cast<int64_t>(H) * W, off = blockIdx.x * HW;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (bt.B + 1);
+  for (int b = 0; b <= bt.B; ++b) {
+    acc_t s = 0;
+    for (int64_t hw = threadIdx.x; hw < HW; hw += kThreads) {
+      const acc_t gi = static_cast<acc_t>(g[off + hw]);
+      if (b == bt.B) {
+        s += gi;
+      } else {
+        const int h = static_cast<int>(hw / W), c = static_cast<int>(hw - h * W);
+        s += term_value<scalar_t, acc_t>(a, bt.term[b], off + hw, off, h, c, H, W) * gi;
+      }
+    }
+    const acc_t total = block_sum<kThreads>(s, red);
+    if (threadIdx.x == 0) sums[row + b] = total;
+  }
+}
+
+// One thread per BN term: combine the planes of each channel in order, then
+//   grad_norm[b, 0, c] = -w * rstd * Sg,  grad_norm[b, 1, c] = w * (Sgp - mean * Sg),
+//   grad_weights[t] = sum_c rstd * (Sgp - mean * Sg).
+template <typename acc_t>
+__global__ void bn_finish_kernel(BnTerms bt, const acc_t* __restrict sums, const acc_t* __restrict w,
+                                 const acc_t* __restrict norm, int N, int C, acc_t* __restrict grad_w,
+                                 acc_t* __restrict grad_norm) {
+  const int b = threadIdx.x;
+  if (b >= bt.B) return;
+  const int t = bt.term[b];
+  acc_t gw = 0;
+  for (int c = 0; c < C; ++c) {
+    acc_t sgp = 0, sg = 0;
+    for (int n = 0; n < N; ++n) {
+      const int64_t row = (static_cast<int64_t>(n) * C + c) * (bt.B + 1);
+      sgp += sums[row + b];
+      sg += sums[row + bt.B];
+    }
+    const acc_t mean = norm_mean(norm, b, c, C), rstd = norm_rstd(norm, b, c, C), centred = sgp - mean * sg;
+    gw += rstd * centred;
+    if (grad_norm != nullptr) {
+      grad_norm[(2 * b) * C + c] = -w[t] * rstd * sg;
+      grad_norm[(2 * b + 1) * C + c] = w[t] * centred;
+    }
+  }
+  if (grad_w != nullptr) grad_w[t] = gw;
+}
+
 void check_cuda_limits(at::TensorList xs, c10::IntArrayRef kinds) {
   TORCH_CHECK(static_cast<int64_t>(kinds.size()) <= kMaxMixedTerms, "mixed_node (CUDA): at most ", kMaxMixedTerms,
               " terms per call, got ", kinds.size());
   TORCH_CHECK(static_cast<int64_t>(xs.size()) <= kMaxMixedSources, "mixed_node (CUDA): at most ", kMaxMixedSources,
               " xs per call, got ", xs.size());
   TORCH_CHECK(xs[0].size(2) * xs[0].size(3) < (int64_t{1} << 31), "mixed_node (CUDA): H * W must be < 2^31");
+  TORCH_CHECK(xs[0].size(1) < (int64_t{1} << 31), "mixed_node (CUDA): C must be < 2^31");
 }
 
 template <typename scalar_t>
 NodeArgs<scalar_t> node_args(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& ys,
-                             c10::IntArrayRef kinds, c10::IntArrayRef sources) {
+                             c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::vector<int64_t>& bn_rank) {
   NodeArgs<scalar_t> a{};
   for (size_t s = 0; s < xs.size(); ++s) a.xs[s] = xs[s].const_data_ptr<scalar_t>();
   a.T = static_cast<int>(kinds.size());
   for (int t = 0; t < a.T; ++t) {
     a.kinds[t] = static_cast<int>(kinds[t]);
     a.src[t] = static_cast<int>(sources[t]);
+    a.bn[t] = static_cast<int>(bn_rank[t]);
     a.ys[t] = kinds[t] == kTensor ? ys[sources[t]].const_data_ptr<scalar_t>() : nullptr;
   }
   return a;
+}
+
+BnTerms bn_terms(const std::vector<int64_t>& bn_rank) {
+  BnTerms bt{};
+  bt.B = 0;
+  for (size_t t = 0; t < bn_rank.size(); ++t)
+    if (bn_rank[t] >= 0) bt.term[bt.B++] = static_cast<int>(t);
+  return bt;
+}
+
+// The norm in the accumulation type (an undefined tensor when there are no BN terms).
+at::Tensor norm_as(const std::optional<at::Tensor>& norm, at::ScalarType acc) {
+  if (!norm.has_value() || !norm->defined() || norm->numel() == 0) return at::Tensor();
+  return norm->to(acc).contiguous();
+}
+
+template <typename acc_t>
+const acc_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
 }
 
 unsigned int grid_for(int64_t numel, int64_t cap) {
@@ -214,8 +257,8 @@ unsigned int grid_for(int64_t numel, int64_t cap) {
 }  // namespace
 
 at::Tensor mixed_node_cuda(at::TensorList xs_in, at::TensorList outputs_in, const at::Tensor& weights,
-                           c10::IntArrayRef kinds, c10::IntArrayRef sources) {
-  check_mixed_node_args(xs_in, outputs_in, weights, kinds, sources);
+                           c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::optional<at::Tensor>& norm) {
+  const auto bn_rank = check_mixed_node_args(xs_in, outputs_in, weights, kinds, sources, norm);
   check_cuda_limits(xs_in, kinds);
   const c10::cuda::CUDAGuard guard(xs_in[0].device());
   const auto xs = contiguous_all(xs_in);
@@ -224,25 +267,28 @@ at::Tensor mixed_node_cuda(at::TensorList xs_in, at::TensorList outputs_in, cons
   at::Tensor out = at::empty(x0.sizes(), x0.options());
   const int64_t numel = x0.numel();
   if (numel == 0) return in_layout_of(out, xs_in[0]);
-  const int H = static_cast<int>(x0.size(2)), W = static_cast<int>(x0.size(3));
+  const int C = static_cast<int>(x0.size(1)), H = static_cast<int>(x0.size(2)), W = static_cast<int>(x0.size(3));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "mixed_node_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor wt = weights.to(at::CppTypeToScalarType<acc_t>::value).contiguous();
-    const auto a = node_args<scalar_t>(xs, ys, kinds, sources);
+    const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor wt = weights.to(acc_type).contiguous();
+    const at::Tensor nt = norm_as(norm, acc_type);
+    const auto a = node_args<scalar_t>(xs, ys, kinds, sources, bn_rank);
     mixed_node_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
-        a, wt.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), numel, H, W);
+        a, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), out.mutable_data_ptr<scalar_t>(), numel, C, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return in_layout_of(out, xs_in[0]);
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cuda(
-    const at::Tensor& grad_out_in, at::TensorList xs_in, at::TensorList outputs_in, const at::Tensor& weights,
-    c10::IntArrayRef kinds, c10::IntArrayRef sources, const c10::List<bool>& xs_need_grad,
-    const c10::List<bool>& outputs_need_grad, bool weights_need_grad) {
-  check_mixed_node_backward_args(grad_out_in, xs_in, outputs_in, weights, kinds, sources, xs_need_grad,
-                                 outputs_need_grad);
+MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::TensorList xs_in, at::TensorList outputs_in,
+                                        const at::Tensor& weights, c10::IntArrayRef kinds, c10::IntArrayRef sources,
+                                        const std::optional<at::Tensor>& norm, const c10::List<bool>& xs_need_grad,
+                                        const c10::List<bool>& outputs_need_grad, bool weights_need_grad,
+                                        bool norm_need_grad) {
+  const auto bn_rank = check_mixed_node_backward_args(grad_out_in, xs_in, outputs_in, weights, kinds, sources, norm,
+                                                      xs_need_grad, outputs_need_grad);
   check_cuda_limits(xs_in, kinds);
   const c10::cuda::CUDAGuard guard(xs_in[0].device());
   const auto xs = contiguous_all(xs_in);
@@ -251,6 +297,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
   const at::Tensor& x0 = xs[0];
   const int64_t numel = x0.numel(), T = static_cast<int64_t>(kinds.size());
   const int64_t S = static_cast<int64_t>(xs.size()), O = static_cast<int64_t>(ys.size());
+  const BnTerms bt = bn_terms(bn_rank);
+  norm_need_grad = norm_need_grad && bt.B > 0;
   std::vector<at::Tensor> grad_xs, grad_ys;
   std::vector<at::Tensor> gx_by_source(S), gy_by_output(O);
   for (int64_t s = 0; s < S; ++s)
@@ -258,14 +306,18 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
   for (int64_t s = 0; s < O; ++s)
     if (outputs_need_grad[s]) grad_ys.push_back(gy_by_output[s] = at::empty(x0.sizes(), x0.options()));
   at::Tensor grad_weights = weights_need_grad ? at::zeros({T}, weights.options()) : at::empty({0}, weights.options());
+  at::Tensor grad_norm = norm_need_grad ? at::zeros(norm->sizes(), norm->options()) : weights.new_empty({0});
 
   if (numel > 0) {
-    const int H = static_cast<int>(x0.size(2)), W = static_cast<int>(x0.size(3));
+    const int64_t N = x0.size(0);
+    const int C = static_cast<int>(x0.size(1)), H = static_cast<int>(x0.size(2)), W = static_cast<int>(x0.size(3));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "mixed_node_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const at::Tensor wt = weights.to(at::CppTypeToScalarType<acc_t>::value).contiguous();
-      const auto a = node_args<scalar_t>(xs, ys, kinds, sources);
+      const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
+      const at::Tensor wt = weights.to(acc_type).contiguous();
+      const at::Tensor nt = norm_as(norm, acc_type);
+      const auto a = node_args<scalar_t>(xs, ys, kinds, sources, bn_rank);
       GradArgs<scalar_t> ga{};
       for (int64_t s = 0; s < S; ++s)
         ga.gx[s] = gx_by_source[s].defined() ? gx_by_source[s].mutable_data_ptr<scalar_t>() : nullptr;
@@ -274,19 +326,34 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
                        ? gy_by_output[sources[t]].mutable_data_ptr<scalar_t>()
                        : nullptr;
       const unsigned int blocks = grid_for(numel, kBwdMaxBlocks);
-      const auto acc_opts = x0.options().dtype(at::CppTypeToScalarType<acc_t>::value);
+      const auto acc_opts = x0.options().dtype(acc_type);
       at::Tensor partials = at::empty({weights_need_grad ? static_cast<int64_t>(blocks) * T : 1}, acc_opts);
       mixed_node_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-          a, ga, wt.const_data_ptr<acc_t>(), grad_out.const_data_ptr<scalar_t>(), static_cast<int>(S),
-          weights_need_grad, partials.mutable_data_ptr<acc_t>(), numel, H, W);
+          a, ga, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
+          static_cast<int>(S), weights_need_grad, partials.mutable_data_ptr<acc_t>(), numel, C, H, W);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      at::Tensor gw = at::zeros({T}, acc_opts);
       if (weights_need_grad) {
-        at::Tensor gw = at::empty({T}, acc_opts);
         sum_partials_kernel<acc_t><<<1, kMaxT, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks,
                                                            static_cast<int>(T), gw.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        grad_weights = gw.to(weights.scalar_type());
       }
+      at::Tensor gn;
+      if (bt.B > 0 && (weights_need_grad || norm_need_grad)) {
+        const int64_t planes = N * C;
+        at::Tensor sums = at::empty({planes * (bt.B + 1)}, acc_opts);
+        bn_plane_sums_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(planes), kThreads, 0, stream>>>(
+            a, bt, grad_out.const_data_ptr<scalar_t>(), sums.mutable_data_ptr<acc_t>(), H, W);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (norm_need_grad) gn = at::zeros(norm->sizes(), acc_opts);
+        bn_finish_kernel<acc_t><<<1, kMaxT, 0, stream>>>(
+            bt, sums.const_data_ptr<acc_t>(), wt.const_data_ptr<acc_t>(), nt.const_data_ptr<acc_t>(),
+            static_cast<int>(N), C, weights_need_grad ? gw.mutable_data_ptr<acc_t>() : nullptr,
+            norm_need_grad ? gn.mutable_data_ptr<acc_t>() : nullptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (weights_need_grad) grad_weights = gw.to(weights.scalar_type());
+      if (norm_need_grad) grad_norm = gn.to(norm->scalar_type());
     });
   }
   size_t k = 0;
@@ -303,7 +370,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       ++k;
     }
   }
-  return {grad_xs, grad_ys, grad_weights};
+  return {grad_xs, grad_ys, grad_weights, grad_norm};
 }
 
 TORCH_LIBRARY_IMPL(gaea_ext, CUDA, m) {

@@ -13,15 +13,19 @@ incoming edges and ops (../shared/docs/method.md section 3).
   sampled op of each edge runs; ``out = sum_e h[e, i_e] * op_{i_e}(x_e) + sum_e sum_{o != i_e} h[e, o]``
   (times the edge weight); the second sum is 0-valued but carries gradient to every op weight.
 - Parameter-free ops (``skip_connect`` as ``nn.Identity``, stride-1 3x3 ``avg_pool`` without
-  padded cells and ``max_pool``, not followed by BatchNorm) are not called at all: with
-  ``FUSE_PARAMETER_FREE`` (default) the node is one ``gaea_ext.mixed_terms`` call that computes
-  them inside the kernel from the edge inputs, so no pooled tensor is ever materialised (the
-  NB201 cells' every node); the ReLU-Conv-BN ops of one edge share one ReLU(x). Other nodes
-  use one ``gaea_ext.weighted_sum`` over the op outputs.
+  padded cells and ``max_pool``, alone or followed by ``BatchNorm2d(affine=False)`` as in the
+  DARTS search cells) are not called at all: with ``FUSE_PARAMETER_FREE`` (default) the node
+  is one ``gaea_ext.mixed_terms`` call that computes them inside the kernel from the edge
+  inputs (the BatchNorm's batch statistics come from ``gaea_ext.pool_batch_norm``, which
+  keeps the module's running statistics), so no pooled tensor is ever materialised; the
+  ReLU-Conv-BN ops of one edge share one ReLU(x); a reduction cell's stride-2 edges join as
+  precomputed terms. GDAS nodes are one call too: the sampled terms plus the 0-valued rest as
+  a ``"ones"`` term, whose backward is ``sum(grad)``. Nodes with nothing to fuse use one
+  ``gaea_ext.weighted_sum`` over the op outputs.
 - ``use_fused=False`` (or module-level ``USE_FUSED = False``) computes the plain PyTorch sum
   ``sum(w * op(x))`` instead, for comparison.
 """
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -42,9 +46,14 @@ def _is_3x3_s1(pool) -> bool:
 
 def fused_kind(op: nn.Module) -> str:
     """The ``gaea_ext.mixed_terms`` kind that computes ``op`` inside the kernel (``"skip"``,
-    ``"avg_pool_3x3"``, ``"max_pool_3x3"``), or ``"tensor"`` when the op must run itself."""
+    ``"avg_pool_3x3"``, ``"max_pool_3x3"``, or ``"avg_pool_3x3_bn"`` / ``"max_pool_3x3_bn"``
+    for such a pool followed by ``BatchNorm2d(affine=False)``, the DARTS search pools), or
+    ``"tensor"`` when the op must run itself."""
     if isinstance(op, nn.Identity):
         return "skip"
+    if isinstance(op, nn.Sequential) and len(op) == 2 and type(op[1]) is nn.BatchNorm2d and not op[1].affine:
+        base = fused_kind(op[0])
+        return base + "_bn" if base in ("avg_pool_3x3", "max_pool_3x3") else "tensor"
     inner = op
     if getattr(op, "preprocess", False) is None and isinstance(getattr(op, "op", None), nn.AvgPool2d):
         inner = op.op  # NB201's Pooling without its 1x1 preprocess
@@ -70,36 +79,54 @@ def _run_sharing_relu(op: nn.Module, x: torch.Tensor, relu_x: List[torch.Tensor]
     return op(x)
 
 
-def _mix_fused_terms(xs, edge_ops, cols, w) -> Optional[torch.Tensor]:
-    """The node as one mixed_terms call, or None when it does not fit (stride-2 edges, shapes
-    that differ, or no parameter-free op to fuse)."""
-    shape = xs[0].shape
-    if xs[0].dim() != 4 or any(x.shape != shape for x in xs):
+def _mix_fused_terms(xs, edge_ops, pairs, w_terms, rest=None) -> Optional[torch.Tensor]:
+    """The node as one mixed_terms call over the terms ``pairs`` = [(edge, op), ...] with
+    weights ``w_terms``, plus GDAS's 0-valued ``rest`` as a ``"ones"`` term; or None when it
+    does not fit (outputs of different shapes, or nothing to fuse). Stride-2 edges (a
+    reduction cell's) run all their ops as modules and join as ``"tensor"`` terms."""
+    if xs[0].dim() != 4:
         return None
-    kinds = [[fused_kind(edge_ops[e][o]) for o in cols] for e in range(len(xs))]
-    if all(k == "tensor" for ks in kinds for k in ks):
+    kinds = [fused_kind(edge_ops[e][o]) for e, o in pairs]
+    if rest is None and all(k == "tensor" for k in kinds):
         return None
     outputs: List[torch.Tensor] = []
-    flat_kinds: List[str] = []
     sources: List[int] = []
-    for e, ks in enumerate(kinds):
-        relu_x: List[torch.Tensor] = []  # ReLU(x) shared by the edge's ReLU-Conv-BN ops
-        for o, k in zip(cols, ks):
-            if k == "tensor":
-                y = _run_sharing_relu(edge_ops[e][o], xs[e], relu_x)
-                if y.shape != shape:
-                    return None
-                sources.append(len(outputs))
-                outputs.append(y)
-            else:
-                sources.append(e)
-            flat_kinds.append(k)
-    dtype = xs[0].dtype
-    for t in list(xs) + outputs:
+    relu_x: Dict[int, List[torch.Tensor]] = {}  # per edge: ReLU(x) shared by its ReLU-Conv-BN ops
+    for (e, o), k in zip(pairs, kinds):
+        if k == "tensor":
+            sources.append(len(outputs))
+            outputs.append(_run_sharing_relu(edge_ops[e][o], xs[e], relu_x.setdefault(e, [])))
+        else:
+            sources.append(-1)
+    shape = outputs[0].shape if outputs else xs[pairs[0][0]].shape if pairs else xs[0].shape
+    if any(y.shape != shape for y in outputs):
+        return None
+    slot: Dict[int, int] = {}
+    fused_xs: List[torch.Tensor] = []
+    norms: List[torch.Tensor] = []
+    for t, ((e, o), k) in enumerate(zip(pairs, kinds)):
+        if k == "tensor":
+            continue
+        if xs[e].shape != shape:
+            return None
+        if e not in slot:
+            slot[e] = len(fused_xs)
+            fused_xs.append(xs[e])
+        sources[t] = slot[e]
+        if k.endswith("_bn"):
+            norms.append(gaea_ext.pool_batch_norm(xs[e], k[:-3], edge_ops[e][o][1]))
+    if rest is not None:
+        kinds.append("ones")
+        sources.append(0)
+        w_terms = torch.cat([w_terms.reshape(-1), rest.reshape(1).to(w_terms.dtype)])
+    if not fused_xs:  # only conv-like terms (and the ones term): xs[0] just sets the shape
+        fused_xs = [outputs[0].detach()]
+    dtype = fused_xs[0].dtype
+    for t in fused_xs + outputs:
         dtype = torch.promote_types(dtype, t.dtype)
-    xs = [x.to(dtype) for x in xs]  # autocast: conv outputs in bf16 next to float32 inputs
+    fused_xs = [x.to(dtype) for x in fused_xs]  # autocast: conv outputs in bf16 next to float32 inputs
     outputs = [y.to(dtype) for y in outputs]
-    return gaea_ext.mixed_terms(xs, outputs, w[:, cols].reshape(-1), flat_kinds, sources)
+    return gaea_ext.mixed_terms(fused_xs, outputs, w_terms, kinds, sources, norms or None)
 
 
 def is_none_op(name: Optional[str], op: Optional[nn.Module] = None) -> bool:
@@ -170,7 +197,8 @@ def mix_node(
         ys: List[torch.Tensor] = []
         cols = [o for o in range(num_ops) if not none_at(0, o)]
         if use_fused and FUSE_PARAMETER_FREE and cols:
-            out = _mix_fused_terms(xs, edge_ops, cols, w)
+            pairs = [(e, o) for e in range(num_edges) for o in cols]
+            out = _mix_fused_terms(xs, edge_ops, pairs, w[:, cols].reshape(-1))
             if out is not None:
                 return out
         for e in range(num_edges):
@@ -190,19 +218,25 @@ def mix_node(
     # GDAS: only the sampled op of each edge runs.
     if len(sampled) != num_edges:
         raise ValueError(f"mix_node: 'sampled' must hold one op index per edge ({num_edges}), got {len(sampled)}")
-    ys = []
-    sel = []
+    picks = []
     for e in range(num_edges):
         i = int(sampled[e])
         if not 0 <= i < num_ops:
             raise ValueError(f"mix_node: sampled op index {i} out of range for {num_ops} ops")
-        if none_at(e, i):
-            continue  # none * h = nothing (its gradient is exactly 0 as well)
-        ys.append(edge_ops[e][i](xs[e]))
-        sel.append(w[e, i])
+        if not none_at(e, i):  # none * h = nothing (its gradient is exactly 0 as well)
+            picks.append((e, i))
     # sum_e sum_{o != i_e} w[e, o]: exact zeros in value (onehot - p + p), gradient 1 each.
     rest_mask = op_weights.detach() == 0
     rest = (w * rest_mask).sum()
+    if use_fused and FUSE_PARAMETER_FREE and picks:
+        # One call: the sampled terms (pools and skips in-kernel) plus `rest` as a "ones" term,
+        # whose backward is just sum(grad).
+        sel_w = torch.stack([w[e, i] for e, i in picks])
+        out = _mix_fused_terms(xs, edge_ops, picks, sel_w, rest)
+        if out is not None:
+            return out
+    ys = [edge_ops[e][i](xs[e]) for e, i in picks]
+    sel = [w[e, i] for e, i in picks]
     if not ys:  # `none` drawn on every edge: the node is zero (plus the 0-valued terms)
         return _zero_node(xs, edge_ops, op_names) + rest
     out = _combine(ys, torch.stack(sel), use_fused)

@@ -254,11 +254,15 @@ def test_mix_node_gdas_only_sampled_op_runs(monkeypatch):
     xs = [torch.randn(2, 3, 4, 4) for _ in range(3)]
     a = ArchParameters(3, 4, "gaea-gdas", tau=1.0)
     calls = _count_weighted_sum(monkeypatch)
+    fused = []
+    orig_terms = gaea_ext.mixed_terms
+    monkeypatch.setattr(gaea_ext, "mixed_terms", lambda *a: fused.append(a[3]) or orig_terms(*a))
     h = a.op_weights()
-    sampled = [2, 0, 3]  # conv, none, pool
+    sampled = [2, 0, 3]  # conv, none, pool (count_include_pad=True: not fusable, runs as a module)
     h = torch.nn.functional.one_hot(torch.tensor(sampled), 4).float() - h.detach() + h  # force the sample
     out = mix_node(xs, edges, h, op_names=OPS, sampled=sampled)
-    assert sorted(runs) == [(0, 2), (2, 3)] and len(calls) == 1
+    # one call for the node: the two sampled outputs plus the 0-valued rest as a "ones" term
+    assert sorted(runs) == [(0, 2), (2, 3)] and not calls and fused == [["tensor", "tensor", "ones"]]
     torch.testing.assert_close(out, edges[0][2](xs[0]) + edges[2][3](xs[2]))
     out.sum().backward()
     assert (a.alpha.grad != 0).all()  # the zero-valued terms carry gradient to every theta

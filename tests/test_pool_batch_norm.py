@@ -1,0 +1,266 @@
+"""The BatchNorm-followed pool kinds of gaea_ext.mixed_node ("avg_pool_3x3_bn",
+"max_pool_3x3_bn"), gaea_ext.pool_stats and gaea_ext.pool_batch_norm: against the reference
+and against torch.nn.BatchNorm2d(affine=False) after a real pool (train and eval mode,
+running statistics, momentum=None), gradcheck, opcheck, random shapes, layouts, dtypes,
+what autograd saves, determinism and bad input."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gaea_ext
+from gaea_ext import reference
+from conftest import requires_extension
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}
+POOLS = ["avg_pool_3x3", "max_pool_3x3"]
+
+
+def _pool(kind, x):
+    if kind.startswith("avg"):
+        return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    return F.max_pool2d(x, 3, 1, 1)
+
+
+def _assert_grads_close(got, want, tol, leaves=None):
+    for k, (a, b) in enumerate(zip(got, want)):
+        if leaves is not None:  # unused leaves (e.g. x in an all-`tensor` node) have no grad
+            a = torch.zeros_like(leaves[k]) if a is None else a
+            b = torch.zeros_like(leaves[k]) if b is None else b
+        torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol * max(1.0, float(b.abs().max())))
+
+
+# ---- pool_stats ---------------------------------------------------------------------
+
+
+@requires_extension
+@pytest.mark.parametrize("kind", POOLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_stats_matches_reference(device, kind, dtype):
+    x = torch.randn(3, 4, 7, 9, dtype=torch.float64, device=device).to(dtype).requires_grad_()
+    got = gaea_ext.pool_stats(x, kind)
+    want = reference.pool_stats(x, kind)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == (2, 4)
+    torch.testing.assert_close(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+    g = torch.randn_like(got)
+    _assert_grads_close(torch.autograd.grad(got, x, g), torch.autograd.grad(want, x, g), TOL[dtype])
+
+
+@requires_extension
+@pytest.mark.parametrize("kind", POOLS)
+def test_pool_stats_gradcheck_and_opcheck(device, kind):
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: gaea_ext.pool_stats(x, kind), (x,))
+    code = reference.MIXED_KINDS.index(kind)
+    torch.library.opcheck(torch.ops.gaea_ext.pool_stats.default, (x, code))
+    stats = gaea_ext.pool_stats(x.detach(), kind)
+    torch.library.opcheck(torch.ops.gaea_ext.pool_stats_backward.default,
+                          (torch.randn_like(stats), x.detach(), stats, code))
+
+
+@requires_extension
+def test_pool_stats_layouts_and_large_offsets(device):
+    base = torch.randn(2, 5, 6, 7, dtype=torch.float64, device=device) + 1e3  # mean far from 0: no cancellation
+    for x in (base.contiguous(memory_format=torch.channels_last), base.transpose(2, 3), base[:, 1:4]):
+        for kind in POOLS:
+            got = gaea_ext.pool_stats(x, kind)
+            torch.testing.assert_close(got, reference.pool_stats(x, kind), rtol=1e-9, atol=1e-9)
+    x32 = base.float()
+    got = gaea_ext.pool_stats(x32, "avg_pool_3x3")
+    torch.testing.assert_close(got[1].double(), reference.pool_stats(base, "avg_pool_3x3")[1], rtol=1e-4, atol=1e-6)
+
+
+# ---- mixed_node with BN kinds -------------------------------------------------------
+
+
+def _bn_node(shape, dtype, device, kinds, layout=torch.contiguous_format):
+    x = torch.randn(*shape, dtype=torch.float64, device=device).to(dtype).contiguous(memory_format=layout)
+    outs = [torch.randn(*shape, dtype=torch.float64, device=device).to(dtype).contiguous(memory_format=layout)
+            for k in kinds if k == "tensor"]
+    w = torch.rand(len(kinds), dtype=torch.float32, device=device)
+    C = shape[1]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    norms = [torch.stack([torch.randn(C, device=device, dtype=acc), torch.rand(C, device=device, dtype=acc) + 0.5])
+             for k in kinds if k in reference.BN_KINDS]
+    for t in [x, w, *outs, *norms]:
+        t.requires_grad_()
+    return x, outs, w, norms
+
+
+def _check_bn(x, outs, w, norms, kinds, tol):
+    got = gaea_ext.mixed_op(x, outs, w, kinds, norms)
+    sources = []
+    used = 0
+    for k in kinds:
+        sources.append(used if k == "tensor" else 0)
+        used += k == "tensor"
+    want = reference.mixed_node([x], outs, w, kinds, sources, torch.stack(norms) if norms else None)
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol)
+    g = torch.randn_like(got)
+    leaves = [x, w, *outs, *norms]
+    _assert_grads_close(torch.autograd.grad(got, leaves, g, allow_unused=True),
+                        torch.autograd.grad(want, leaves, g, allow_unused=True), tol, leaves)
+    return got
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bn_kinds_match_reference(device, dtype):
+    kinds = ["avg_pool_3x3_bn", "tensor", "max_pool_3x3_bn", "skip", "ones", "avg_pool_3x3"]
+    _check_bn(*_bn_node((2, 3, 6, 5), dtype, device, kinds), kinds, TOL[dtype])
+
+
+@requires_extension
+def test_bn_kinds_gradcheck(device):
+    kinds = ["max_pool_3x3_bn", "avg_pool_3x3_bn", "tensor", "ones"]
+    x, outs, w, norms = _bn_node((2, 2, 4, 5), torch.float64, device, kinds)
+    w = w.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y, w, n0, n1: gaea_ext.mixed_op(x, [y], w, kinds, [n0, n1]),
+                                    (x, outs[0], w, *norms))
+
+
+@requires_extension
+def test_bn_kinds_opcheck(device):
+    x = torch.randn(2, 3, 5, 6, device=device)
+    y = torch.randn(2, 3, 5, 6, device=device)
+    w = torch.rand(4, device=device)
+    norm = torch.rand(2, 2, 3, device=device) + 0.5
+    args = ([x], [y], w, [5, 4, 6, 7], [0, 0, 0, 0], norm)
+    torch.library.opcheck(torch.ops.gaea_ext.mixed_node.default, args)
+    g = torch.randn(2, 3, 5, 6, device=device)
+    torch.library.opcheck(torch.ops.gaea_ext.mixed_node_backward.default,
+                          (g, [x], [y], w, [5, 4, 6, 7], [0, 0, 0, 0], norm, [True], [True], True, True))
+
+
+@st.composite
+def bn_cases(draw):
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+    kinds = draw(st.lists(st.sampled_from(["avg_pool_3x3_bn", "max_pool_3x3_bn", "tensor", "skip", "ones", "none",
+                                           "avg_pool_3x3"]), min_size=1, max_size=5))
+    dtype = draw(st.sampled_from(DTYPES))
+    layout = draw(st.sampled_from([torch.contiguous_format, torch.channels_last]))
+    return shape, kinds, dtype, layout
+
+
+@requires_extension
+@given(bn_cases())
+def test_random_bn_nodes_match_reference(case):
+    shape, kinds, dtype, layout = case
+    x, outs, w, norms = _bn_node(shape, dtype, "cpu", kinds, layout)
+    _check_bn(x, outs, w, norms, kinds, TOL[dtype])
+
+
+# ---- pool_batch_norm: exactly BatchNorm2d(affine=False) after the pool ------------------
+
+
+def _pair(C, momentum=0.1):
+    ours, theirs = nn.BatchNorm2d(C, affine=False, momentum=momentum), nn.BatchNorm2d(C, affine=False, momentum=momentum)
+    return ours, theirs
+
+
+@requires_extension
+@pytest.mark.parametrize("kind", POOLS)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_pool_batch_norm_is_batchnorm_after_the_pool(device, kind, momentum):
+    C = 3
+    ours, theirs = _pair(C, momentum)
+    ours.to(device, torch.float64), theirs.to(device, torch.float64)
+    w = torch.tensor([0.7, 0.3], dtype=torch.float64, device=device, requires_grad=True)
+    for step in range(3):
+        x = (torch.randn(4, C, 6, 6, dtype=torch.float64, device=device) * (step + 1)).requires_grad_()
+        y = torch.randn(4, C, 6, 6, dtype=torch.float64, device=device)
+        norm = gaea_ext.pool_batch_norm(x, kind, ours)
+        got = gaea_ext.mixed_op(x, [y], w, [kind + "_bn", "tensor"], [norm])
+        want = w[0] * theirs(_pool(kind, x)) + w[1] * y
+        torch.testing.assert_close(got, want)
+        g = torch.randn_like(got)
+        _assert_grads_close(torch.autograd.grad(got, [x, w], g), torch.autograd.grad(want, [x, w], g), 1e-9)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, C, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    got = gaea_ext.mixed_op(x, [], w[:1], [kind + "_bn"], [gaea_ext.pool_batch_norm(x, kind, ours)])
+    want = w[0] * theirs(_pool(kind, x))
+    torch.testing.assert_close(got, want)
+    _assert_grads_close(torch.autograd.grad(got.sum(), x), torch.autograd.grad(want.sum(), x), 1e-9)
+
+
+@requires_extension
+def test_saves_no_pooled_tensor():
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    bn = nn.BatchNorm2d(3, affine=False)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    y = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.rand(3, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        norm = gaea_ext.pool_batch_norm(x, "avg_pool_3x3", bn)
+        gaea_ext.mixed_op(x, [y], w, ["avg_pool_3x3_bn", "tensor", "max_pool_3x3"], [norm])
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert big and {t.data_ptr() for t in big} <= {x.data_ptr(), y.data_ptr()}
+
+
+@requires_extension
+def test_bn_backward_is_deterministic_across_threads():
+    kinds = ["avg_pool_3x3_bn", "max_pool_3x3_bn", "ones", "skip"]
+    x, outs, w, norms = _bn_node((4, 8, 12, 12), torch.float32, "cpu", kinds)
+    g = torch.randn(4, 8, 12, 12)
+
+    def grads():
+        return torch.autograd.grad(gaea_ext.mixed_op(x, outs, w, kinds, norms), [x, w, *norms], g) + \
+            torch.autograd.grad(gaea_ext.pool_stats(x, "max_pool_3x3"), x, torch.ones(2, 8))
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = grads()
+        torch.set_num_threads(2)
+        b = grads()
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@requires_extension
+def test_bn_kinds_compile_without_graph_breaks():
+    bn = nn.BatchNorm2d(3, affine=False)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.rand(2, requires_grad=True)
+
+    def f(x, w):
+        norm = gaea_ext.pool_batch_norm(x, "max_pool_3x3", bn)
+        return gaea_ext.mixed_op(x, [], w, ["max_pool_3x3_bn", "ones"], [norm]).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    ga = torch.autograd.grad(compiled(x, w), [x, w])
+    gb = torch.autograd.grad(f(x, w), [x, w])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda x, w, n: gaea_ext.mixed_op(x, [], w[:1], ["avg_pool_3x3_bn"]), ValueError, "'norms'.*required"),
+    (lambda x, w, n: gaea_ext.mixed_op(x, [], w[:1], ["avg_pool_3x3_bn"], [n[:, :2]]), ValueError, "norms\\[0\\]"),
+    (lambda x, w, n: gaea_ext.mixed_op(x, [], w[:1], ["avg_pool_3x3_bn"], [n, n]), ValueError, "one tensor per BN"),
+    (lambda x, w, n: gaea_ext.mixed_op(x, [], w[:1], ["skip"], [n]), ValueError, "must be empty"),
+    (lambda x, w, n: gaea_ext.mixed_op(x, [], w[:1], ["avg_pool_3x3_bn"], [n.long()]), TypeError, "floating"),
+    (lambda x, w, n: gaea_ext.pool_stats(x, "skip"), ValueError, "'kind'"),
+    (lambda x, w, n: gaea_ext.pool_stats(x[0], "avg_pool_3x3"), ValueError, "4-D"),
+    (lambda x, w, n: gaea_ext.pool_batch_norm(x, "avg_pool_3x3", nn.BatchNorm2d(3)), ValueError, "affine=False"),
+    (lambda x, w, n: gaea_ext.pool_batch_norm(x, "avg_pool_3x3", nn.BatchNorm2d(4, affine=False)), ValueError, "'x'"),
+    (lambda x, w, n: gaea_ext.pool_batch_norm(x, "avg_pool_3x3", nn.ReLU()), TypeError, "'bn'"),
+])
+def test_bad_input_names_the_argument(call, err, match):
+    x = torch.randn(2, 3, 4, 4)
+    w = torch.rand(3)
+    n = torch.rand(2, 3)
+    with pytest.raises(err, match=match):
+        call(x, w, n)
