@@ -109,6 +109,32 @@ def darts_node_once(dtype, channels_last=False):
     check_close(name + " bwd norms", got_n / scale, want_n / scale, weights_tol)
 
 
+def partial_channel_once(dtype):
+    """partial_channel_node on a reduction-like node (two stride-2 states with odd sizes,
+    one stride-1 state), forward and backward against the reference."""
+    K, q, Ho, Wo = 4, 3, 8, 9
+    mixed = torch.randn(2, q, Ho, Wo, device=DEVICE, dtype=dtype, requires_grad=True)
+    states = [torch.randn(2, q * K, 2 * Ho + 1, 2 * Wo, device=DEVICE, dtype=dtype, requires_grad=True),
+              torch.randn(2, q * K, 2 * Ho, 2 * Wo + 1, device=DEVICE, dtype=dtype, requires_grad=True),
+              torch.randn(2, q * K, Ho, Wo, device=DEVICE, dtype=dtype, requires_grad=True)]
+    w = torch.rand(3, device=DEVICE, requires_grad=True)
+    strides = [2, 2, 1]
+    out = gaea_ext.partial_channel_node(mixed, states, w, strides, K)
+    ref = reference.partial_channel_node(mixed, states, w, strides, K)
+    g = torch.randn_like(out)
+    leaves = [mixed, *states, w]
+    grads = torch.autograd.grad(out, leaves, g)
+    ref_grads = torch.autograd.grad(ref, leaves, g)
+    name = f"partial_channel_node {dtype}"
+    check_close(name + " fwd", out, ref, dtype)
+    check_close(name + " bwd mixed", grads[0], ref_grads[0], dtype)
+    for e in range(3):
+        check_close(name + f" bwd states[{e}]", grads[1 + e], ref_grads[1 + e], dtype)
+    weights_tol = torch.float32 if dtype == torch.float64 else dtype
+    scale = max(1.0, ref_grads[-1].abs().max().item())
+    check_close(name + " bwd weights", grads[-1] / scale, ref_grads[-1] / scale, weights_tol)
+
+
 def exp_grad_once(segments, adaptive, order="clamp_then_normalize", entropic_reg=0.0):
     """exp_grad_step_multi_ on two params (one fused call) against the reference."""
     row = sum(segments) if segments else 8
@@ -170,6 +196,8 @@ def main() -> int:
     for dtype in (torch.float32, torch.float64):  # half types: tests/test_pool_batch_norm.py (looser tolerances)
         darts_node_once(dtype)
     darts_node_once(torch.float32, channels_last=True)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        partial_channel_once(dtype)
     exp_grad_once(None, adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=False)
     exp_grad_once([2, 3, 4, 5], adaptive=True)

@@ -130,6 +130,43 @@ std::vector<int64_t> check_mixed_node_backward_args(const at::Tensor& grad_out, 
   return bn_rank;
 }
 
+void check_partial_channel_args(const at::Tensor& like, bool like_is_grad_out, at::TensorList states,
+                                const at::Tensor& weights, c10::IntArrayRef strides, int64_t groups) {
+  const char* like_name = like_is_grad_out ? "grad_out" : "mixed";
+  TORCH_CHECK(like.dim() == 4, "partial_channel_node: '", like_name, "' must be 4-D, got ", like.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(like.scalar_type()), "partial_channel_node: '", like_name,
+              "' must be floating point, got ", like.scalar_type());
+  TORCH_CHECK(groups >= 1, "partial_channel_node: 'groups' must be >= 1, got ", groups);
+  TORCH_CHECK(!states.empty(), "partial_channel_node: 'states' must hold at least one tensor");
+  const int64_t E = static_cast<int64_t>(states.size());
+  TORCH_CHECK(static_cast<int64_t>(strides.size()) == E, "partial_channel_node: 'strides' must have one entry per "
+              "state (", E, "), got ", strides.size());
+  TORCH_CHECK(weights.dim() == 1 && weights.numel() == E && at::isFloatingType(weights.scalar_type()),
+              "partial_channel_node: 'weights' must be a 1-D floating tensor with one element per state (", E,
+              "), got ", weights.sizes(), " ", weights.scalar_type());
+  TORCH_CHECK(weights.device() == like.device(), "partial_channel_node: 'weights' must be on ", like.device());
+  const int64_t C = states[0].dim() == 4 ? states[0].size(1) : -1;
+  TORCH_CHECK(C > 0 && C % groups == 0, "partial_channel_node: states[0] must be 4-D with channels divisible by "
+              "groups=", groups, ", got ", states[0].sizes());
+  const int64_t q = C / groups;
+  TORCH_CHECK(like.size(0) == states[0].size(0) && like.size(1) == (like_is_grad_out ? C : q),
+              "partial_channel_node: '", like_name, "' must be [", states[0].size(0), ", ",
+              like_is_grad_out ? C : q, ", Ho, Wo], got ", like.sizes());
+  for (int64_t e = 0; e < E; ++e) {
+    const at::Tensor& s = states[e];
+    TORCH_CHECK(strides[e] == 1 || strides[e] == 2, "partial_channel_node: strides[", e, "] must be 1 or 2, got ",
+                strides[e]);
+    TORCH_CHECK(s.dim() == 4 && s.size(0) == like.size(0) && s.size(1) == C, "partial_channel_node: states[", e,
+                "] must be [", like.size(0), ", ", C, ", H, W], got ", s.sizes());
+    TORCH_CHECK(s.scalar_type() == like.scalar_type() && s.device() == like.device(), "partial_channel_node: states[",
+                e, "] must have ", like_name, "'s dtype and device (", like.scalar_type(), ", ", like.device(), ")");
+    const int64_t ho = strides[e] == 1 ? s.size(2) : s.size(2) / 2, wo = strides[e] == 1 ? s.size(3) : s.size(3) / 2;
+    TORCH_CHECK(ho == like.size(2) && wo == like.size(3), "partial_channel_node: states[", e, "] (stride ",
+                strides[e], ") gives a ", ho, "x", wo, " tail but ", like_name, " is ", like.size(2), "x",
+                like.size(3));
+  }
+}
+
 void check_pool_stats_args(const at::Tensor& x, int64_t kind) {
   TORCH_CHECK(x.dim() == 4, "pool_stats: 'x' must be 4-D [N, C, H, W], got ", x.dim(), "-D");
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),

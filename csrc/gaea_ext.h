@@ -8,6 +8,10 @@
 //                       bool weights_need_grad, bool norm_need_grad)
 //                       -> (Tensor[] grad_xs, Tensor[] grad_outputs, Tensor grad_weights, Tensor grad_norm)
 //   pool_stats(Tensor x, int kind) -> Tensor stats
+//   partial_channel_node(Tensor mixed, Tensor[] states, Tensor weights, int[] strides, int groups) -> Tensor
+//   partial_channel_node_backward(Tensor grad_out, Tensor[] states, Tensor weights, int[] strides, int groups,
+//                                 bool mixed_need_grad, bool[] states_need_grad, bool weights_need_grad)
+//                                 -> (Tensor grad_mixed, Tensor[] grad_states, Tensor grad_weights)
 //   pool_stats_backward(Tensor grad_stats, Tensor x, Tensor stats, int kind) -> Tensor grad_x
 //   weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor
 //   weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights,
@@ -154,6 +158,36 @@ at::Tensor pool_stats_backward_cpu(const at::Tensor& grad_stats, const at::Tenso
 at::Tensor pool_stats_backward_cuda(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,
                                     int64_t kind);
 
+// ---- partial_channel_node -------------------------------------------------------------
+
+// The PC-DARTS node output around its mixed part, in one pass (K = groups, q = C / K):
+//   cat = [mixed, bypass] along channels, bypass = sum_e weights[e] * tail_e,
+//   tail_e = states[e][:, q:] (strides[e] == 1) or its 2x2 stride-2 max pool (strides[e] == 2),
+//   out = channel_shuffle(cat, K): out[:, j * K + g] = cat[:, g * q + j],
+// written straight into the shuffled positions. mixed is [N, q, Ho, Wo] (the node's mixing
+// over the first q channels of every state, edge weights folded in); states[e] is
+// [N, C, H_e, W_e] with (H_e, W_e) = (Ho, Wo) for stride 1 and floor-halved to it for
+// stride 2; weights is [E] floating. One dtype (f16/bf16/f32/f64) and device.
+at::Tensor partial_channel_node_cpu(const at::Tensor& mixed, at::TensorList states, const at::Tensor& weights,
+                                    c10::IntArrayRef strides, int64_t groups);
+at::Tensor partial_channel_node_cuda(const at::Tensor& mixed, at::TensorList states, const at::Tensor& weights,
+                                     c10::IntArrayRef strides, int64_t groups);
+// grad_mixed[:, j] = grad_out[:, j * K]; grad_states[e][:, :q] = 0 and grad_states[e][:, q:] =
+// weights[e] * (the unshuffled bypass grad, routed to each 2x2 window's first maximum for
+// stride 2); grad_weights[e] = <tail_e, bypass grad>. Only the requested grads are returned
+// (grad_mixed and grad_weights empty otherwise); deterministic reductions.
+using PartialChannelGrads = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>;
+PartialChannelGrads partial_channel_node_backward_cpu(const at::Tensor& grad_out, at::TensorList states,
+                                                      const at::Tensor& weights, c10::IntArrayRef strides,
+                                                      int64_t groups, bool mixed_need_grad,
+                                                      const c10::List<bool>& states_need_grad,
+                                                      bool weights_need_grad);
+PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_out, at::TensorList states,
+                                                       const at::Tensor& weights, c10::IntArrayRef strides,
+                                                       int64_t groups, bool mixed_need_grad,
+                                                       const c10::List<bool>& states_need_grad,
+                                                       bool weights_need_grad);
+
 // ---- shared helpers (csrc/checks.cpp) ----------------------------------------------
 
 // Checks the arguments; returns, per term, its rank among the BN terms (-1 for other kinds).
@@ -167,6 +201,9 @@ std::vector<int64_t> check_mixed_node_backward_args(const at::Tensor& grad_out, 
                                                     const std::optional<at::Tensor>& norm,
                                                     const c10::List<bool>& xs_need_grad,
                                                     const c10::List<bool>& outputs_need_grad);
+// partial_channel_node: `like` is mixed (forward) or grad_out (backward: [N, C, Ho, Wo]).
+void check_partial_channel_args(const at::Tensor& like, bool like_is_grad_out, at::TensorList states,
+                                const at::Tensor& weights, c10::IntArrayRef strides, int64_t groups);
 // pool_stats: x 4-D floating, kind a pool kind; the backward also grad_stats and stats [2, C].
 void check_pool_stats_args(const at::Tensor& x, int64_t kind);
 void check_pool_stats_backward_args(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,

@@ -16,6 +16,10 @@ TORCH_LIBRARY(gaea_ext, m) {
       "int[] sources, Tensor? norm, bool[] xs_need_grad, bool[] outputs_need_grad, bool weights_need_grad, "
       "bool norm_need_grad) -> (Tensor[], Tensor[], Tensor, Tensor)");
   m.def("pool_stats(Tensor x, int kind) -> Tensor");
+  m.def("partial_channel_node(Tensor mixed, Tensor[] states, Tensor weights, int[] strides, int groups) -> Tensor");
+  m.def(
+      "partial_channel_node_backward(Tensor grad_out, Tensor[] states, Tensor weights, int[] strides, int groups, "
+      "bool mixed_need_grad, bool[] states_need_grad, bool weights_need_grad) -> (Tensor, Tensor[], Tensor)");
   m.def("pool_stats_backward(Tensor grad_stats, Tensor x, Tensor stats, int kind) -> Tensor");
   m.def(
       "exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments, "

@@ -6,6 +6,8 @@ Drop-in ops for DARTS-style code:
   mixed_node(edges, weights)          the same for every incoming edge of a node in one call
                                       (kinds also: BN-followed pools, GDAS's "ones" terms)
   pool_stats(x, kind)                 per-channel batch mean/var of a 3x3 pool, never materialised
+  partial_channel_node(mixed, states, weights, strides, groups)
+                                      the PC-DARTS node (bypass, 2x2 pool, shuffle) in one pass
   pool_batch_norm(x, kind, bn)        the [mean, 1/std] norm a BN kind takes (running stats kept)
   exp_grad_step_(param, grad, lr)     in-place exponentiated-gradient step on simplices
   exp_grad_step_multi_(...)           the same for a list of params in one fused call
@@ -16,6 +18,7 @@ from . import reference
 from ._backend import HAS_EXTENSION, backend, build_info
 from .exp_grad import exp_grad_step_, exp_grad_step_multi_
 from .mixed_node import mixed_node, mixed_op, mixed_terms
+from .partial_channel import partial_channel_node
 from .pool_stats import pool_batch_norm, pool_stats
 from .weighted_sum import weighted_sum
 from . import optim  # noqa: E402  (needs the ops above)
@@ -32,6 +35,7 @@ __all__ = [
     "mixed_op",
     "mixed_terms",
     "optim",
+    "partial_channel_node",
     "pool_batch_norm",
     "pool_stats",
     "reference",

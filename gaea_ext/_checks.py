@@ -144,6 +144,38 @@ def check_norms(norms, kinds: Sequence[str], bn_kinds: Sequence[str], x: torch.T
     return torch.stack([n.to(acc) for n in norms])
 
 
+def check_partial_channel_node(mixed, states, weights, strides, groups):
+    """Validate partial_channel_node arguments; return (states as a list, strides as ints)."""
+    op = "partial_channel_node"
+    if not isinstance(mixed, torch.Tensor) or mixed.dim() != 4 or mixed.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{op}: 'mixed' must be a 4-D floating tensor [N, C/groups, Ho, Wo], got "
+                         f"{tuple(mixed.shape) if isinstance(mixed, torch.Tensor) else type(mixed).__name__}")
+    states = _tensor_list(states, op, "states")
+    if not states:
+        raise ValueError(f"{op}: 'states' must hold at least one tensor")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: 'groups' must be a positive int, got {groups!r}")
+    strides = [int(s) for s in strides]
+    if len(strides) != len(states) or any(s not in (1, 2) for s in strides):
+        raise ValueError(f"{op}: 'strides' must hold 1 or 2 per state ({len(states)}), got {strides}")
+    N, q, Ho, Wo = mixed.shape
+    for e, (s, st) in enumerate(zip(states, strides)):
+        if s.dim() != 4 or s.shape[0] != N or s.shape[1] != q * groups:
+            raise ValueError(f"{op}: 'states[{e}]' must be [{N}, {q * groups}, H, W] (groups x mixed's channels), "
+                             f"got {tuple(s.shape)}")
+        if s.dtype != mixed.dtype or s.device != mixed.device:
+            raise TypeError(f"{op}: 'states[{e}]' must have mixed's dtype and device ({mixed.dtype}, {mixed.device}), "
+                            f"got {s.dtype}, {s.device}")
+        if (s.shape[2] // st, s.shape[3] // st) != (Ho, Wo):
+            raise ValueError(f"{op}: 'states[{e}]' with stride {st} gives a {s.shape[2] // st}x{s.shape[3] // st} "
+                             f"tail, but mixed is {Ho}x{Wo}")
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point() or weights.shape != (len(states),):
+        raise ValueError(f"{op}: 'weights' must be a 1-D floating tensor with one element per state ({len(states)})")
+    if weights.device != mixed.device:
+        raise ValueError(f"{op}: 'weights' must be on mixed's device {mixed.device}, got {weights.device}")
+    return states, strides
+
+
 def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
     """Validate pool_stats arguments."""
     op = "pool_stats"

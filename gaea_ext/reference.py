@@ -100,6 +100,32 @@ def pool_stats(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.stack([mean, var])
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet/PC-DARTS channel shuffle: out[:, j * groups + g] = x[:, g * (C / groups) + j]."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def partial_channel_node(mixed: torch.Tensor, states: Sequence[torch.Tensor], weights: torch.Tensor,
+                         strides: Sequence[int], groups: int) -> torch.Tensor:
+    """The PC-DARTS node: shuffle(cat([mixed, sum_e weights[e] * tail_e]), groups) with
+    tail_e = states[e][:, q:] (2x2 max-pooled for stride 2), q = mixed's channels; the bypass
+    is accumulated in float32 for half types (autograd-able)."""
+    q = mixed.shape[1]
+    acc = accumulation_dtype(mixed.dtype)
+    w = weights.to(acc)
+    bypass = None
+    for e, (s, stride) in enumerate(zip(states, strides)):
+        tail = s[:, q:]
+        if tail.shape[1] == 0:  # groups == 1: no bypass channels
+            tail = mixed.new_empty((mixed.shape[0], 0, *mixed.shape[2:]))
+        elif stride == 2:
+            tail = torch.nn.functional.max_pool2d(tail, 2, 2)
+        term = w[e] * tail.to(acc)
+        bypass = term if bypass is None else bypass + term
+    return channel_shuffle(torch.cat([mixed, bypass.to(mixed.dtype)], dim=1), groups)
+
+
 def exp_grad_step(
     param: torch.Tensor,
     grad: torch.Tensor,

@@ -53,6 +53,22 @@ requires_extension = pytest.mark.skipif(
 )
 
 
+def assert_same_across_threads(fn, counts=(1, 2)):
+    """`fn()` (a tuple of tensors) gives bitwise identical results at each intra-op thread
+    count: the kernels' reductions do not depend on how work is split."""
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(fn())
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b), (a - b).abs().max()
+
+
 def eps(dtype):
     """Machine epsilon of a floating dtype."""
     return torch.finfo(dtype).eps

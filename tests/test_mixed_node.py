@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import requires_extension
+from conftest import assert_same_across_threads, requires_extension
 
 ALL_KINDS = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "ones"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -178,15 +178,7 @@ def test_backward_is_deterministic_across_threads():
         out = gaea_ext.mixed_node([(x, o, ALL_KINDS) for x, o in zip(xs, outs)], w)
         return torch.autograd.grad(out, [w, *xs], g)
 
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = grads()
-        torch.set_num_threads(2)
-        b = grads()
-    finally:
-        torch.set_num_threads(n)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert_same_across_threads(grads)
 
 
 @requires_extension

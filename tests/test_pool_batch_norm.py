@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import requires_extension
+from conftest import assert_same_across_threads, requires_extension
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}
@@ -218,15 +218,7 @@ def test_bn_backward_is_deterministic_across_threads():
         return torch.autograd.grad(gaea_ext.mixed_op(x, outs, w, kinds, norms), [x, w, *norms], g) + \
             torch.autograd.grad(gaea_ext.pool_stats(x, "max_pool_3x3"), x, torch.ones(2, 8))
 
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = grads()
-        torch.set_num_threads(2)
-        b = grads()
-    finally:
-        torch.set_num_threads(n)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert_same_across_threads(grads)
 
 
 @requires_extension

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import acc_eps, assert_within, eps
+from conftest import acc_eps, assert_same_across_threads, assert_within, eps
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 # Sizes chosen to straddle vector widths (4, 8, 16, 32 lanes) without being multiples of them.
@@ -337,16 +337,7 @@ def test_thread_count_does_not_change_bits():
     xs = [torch.randn(N) for _ in range(3)]
     w = torch.rand(3)
     g = torch.randn(N)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        out1, gw1 = _fwd_and_weight_grad(xs, w, g)
-        torch.set_num_threads(2)
-        out2, gw2 = _fwd_and_weight_grad(xs, w, g)
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(out1, out2)
-    assert torch.equal(gw1, gw2), (gw1 - gw2)
+    assert_same_across_threads(lambda: _fwd_and_weight_grad(xs, w, g))
 
 
 @pytest.mark.cuda

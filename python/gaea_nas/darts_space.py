@@ -22,9 +22,11 @@ with the edge weights ``beta_j``. ``cat`` and the channel shuffle are fixed line
 
     node_i = shuffle(cat(sum_{j,k} beta_j w_jk op_k(x_j[:C/K]),  sum_j beta_j bypass_j))
 
-which is what this module computes: one ``weighted_sum`` over all (edge, op) pairs of the node on
-the ``C/K``-channel slices (via ``mix_node``), one ``weighted_sum`` of the node's bypass tensors
-with the edge weights, then one ``cat`` and one shuffle per node instead of one per edge. It is
+which is what this module computes: one fused mixing call over all (edge, op) pairs of the node
+on the ``C/K``-channel slices (via ``mix_node``), then one ``gaea_ext.partial_channel_node``
+call that sums the bypasses with the edge weights (pooling the stride-2 ones) and writes them
+and the mixed part straight into their shuffled positions (with ``mixing.USE_FUSED = False``:
+one ``weighted_sum`` of the bypass tensors, one ``cat`` and one shuffle per node). It is
 the same function (only the floating-point summation order differs), and it is tested against a
 per-edge PyTorch reference. ``bypass_j`` is the identity on stride-1 edges and
 ``MaxPool2d(2, 2)`` on the stride-2 edges of a reduction cell.
@@ -40,6 +42,7 @@ import gaea_ext
 
 from .arch_params import ArchParameters, arch_parameters, sample_op_weights, weight_parameters
 from .darts_ops import FactorizedReduce, ReLUConvBN, darts_op_names, search_op
+from . import mixing
 from .mixing import mix_node
 
 __all__ = [
@@ -124,13 +127,16 @@ class DartsSearchCell(nn.Module):
     def _node_partial(self, states, lo, hi, w, ew, sampled, hw):
         q = self.C_op
         mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw)
+        bw = torch.ones(hi - lo, dtype=w.dtype, device=w.device) if ew is None else ew[lo:hi]
+        if mixing.USE_FUSED:  # bypass sum, 2x2 pools, cat and shuffle in one pass
+            ins = [s if s.dtype == mixed.dtype else s.to(mixed.dtype) for s in states]
+            return gaea_ext.partial_channel_node(mixed, ins, bw, self.strides[lo:hi], self.k)
         tails = []
         for s, stride in zip(states, self.strides[lo:hi]):
             t = s[:, q:]
             tails.append(self.bypass_pool(t) if stride == 2 else t)
         if any(t.dtype != mixed.dtype for t in tails):
             tails = [t.to(mixed.dtype) for t in tails]
-        bw = torch.ones(hi - lo, dtype=w.dtype, device=w.device) if ew is None else ew[lo:hi]
         bypass = gaea_ext.weighted_sum(tails, bw)
         return channel_shuffle(torch.cat([mixed, bypass.to(mixed.dtype)], dim=1), self.k)
 

@@ -1,0 +1,286 @@
+// CUDA kernels of gaea_ext::partial_channel_node and its backward (see
+// csrc/cpu/partial_channel_cpu.cpp for the layout maths).
+//
+// Forward: one thread per output element reads the mixed element or the weighted bypass
+// (the 2x2 max pool recomputed from the state). Backward: one thread per state element
+// gathers its gradient (each element belongs to at most one 2x2 window: no atomics), one
+// thread per mixed element copies its gradient, and the edge-weight gradient is reduced per
+// block in a fixed tree and over blocks in order: deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../gaea_ext.h"
+#include "pool_windows.cuh"
+
+namespace gaea_ext {
+namespace {
+
+using namespace pool_windows;
+
+constexpr int kThreads = 256;
+constexpr int kMaxStates = 16;
+constexpr int64_t kMaxBlocks = 1024;
+
+template <typename scalar_t>
+struct States {
+  const scalar_t* x[kMaxStates];
+  int H[kMaxStates], W[kMaxStates], stride[kMaxStates];
+  int E;
+};
+
+// First maximum of the 2x2 stride-2 window (h, w) of a plane (PyTorch's order, NaN wins).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ int argmax2x2(const scalar_t* x, int h, int w, int W) {
+  int best = 2 * h * W + 2 * w;
+  acc_t m = static_cast<acc_t>(x[best]);
+  for (int dh = 0; dh < 2; ++dh) {
+    for (int dw = 0; dw < 2; ++dw) {
+      const int i = (2 * h + dh) * W + 2 * w + dw;
+      const acc_t v = static_cast<acc_t>(x[i]);
+      if (v > m || v != v) {
+        m = v;
+        best = i;
+      }
+    }
+  }
+  return best;
+}
+
+// Value of state e's tail at (n, state channel sc, h, w) of the Ho x Wo grid.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t tail_value(const States<scalar_t>& s, int e, int64_t n, int C, int sc, int h, int w,
+                                            int Wo) {
+  const int H = s.H[e], W = s.W[e];
+  const scalar_t* plane = s.x[e] + (n * C + sc) * static_cast<int64_t>(H) * W;
+  if (s.stride[e] == 1) return static_cast<acc_t>(plane[h * W + w]);
+  return static_cast<acc_t>(plane[argmax2x2<scalar_t, acc_t>(plane, h, w, W)]);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pc_forward_kernel(const scalar_t* __restrict mixed, States<scalar_t> s,
+                                                              const acc_t* __restrict w, scalar_t* __restrict out,
+                                                              int64_t numel, int C, int K, int q, int Ho, int Wo) {
+  const int64_t HWo = static_cast<int64_t>(Ho) * Wo;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = i / HWo, n = plane / C;
+    const int o = static_cast<int>(plane % C), g = o % K, j = o / K;
+    const int hw = static_cast<int>(i - plane * HWo), h = hw / Wo, c = hw - h * Wo;
+    if (g == 0) {
+      out[i] = mixed[(n * q + j) * HWo + hw];
+      continue;
+    }
+    const int sc = q + (g - 1) * q + j;
+    acc_t acc = 0;
+    for (int e = 0; e < s.E; ++e) acc += w[e] * tail_value<scalar_t, acc_t>(s, e, n, C, sc, h, c, Wo);
+    out[i] = static_cast<scalar_t>(acc);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) pc_grad_mixed_kernel(const scalar_t* __restrict g,
+                                                                 scalar_t* __restrict grad_mixed, int64_t numel,
+                                                                 int C, int K, int q, int64_t HWo) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = i / HWo, n = plane / q;
+    const int j = static_cast<int>(plane % q);
+    grad_mixed[i] = g[(n * C + static_cast<int64_t>(j) * K) * HWo + (i - plane * HWo)];
+  }
+}
+
+// grad of state e: 0 on the first q channels; weight * (bypass grad) on the tail, routed to
+// the first maximum of its 2x2 window for stride 2 (rows/columns past the last window: 0).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pc_grad_state_kernel(const scalar_t* __restrict g,
+                                                                 const scalar_t* __restrict x,
+                                                                 const acc_t* __restrict w, int e, int stride, scalar_t* __restrict grad_x,
+                                                                 int64_t numel, int C, int K, int q, int H, int W,
+                                                                 int Ho, int Wo) {
+  const int64_t HW = static_cast<int64_t>(H) * W, HWo = static_cast<int64_t>(Ho) * Wo;
+  const acc_t weight = w[e];
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = i / HW, n = plane / C;
+    const int sc = static_cast<int>(plane % C);
+    acc_t v = 0;
+    if (sc >= q) {
+      const int b = sc - q, o = (b % q) * K + b / q + 1;  // cat channel q + b -> output channel
+      const int p = static_cast<int>(i - plane * HW), h = p / W, c = p - h * W;
+      const scalar_t* gplane = g + (n * C + o) * HWo;
+      if (stride == 1) {
+        v = weight * static_cast<acc_t>(gplane[p]);
+      } else if (h / 2 < Ho && c / 2 < Wo && argmax2x2<scalar_t, acc_t>(x + plane * HW, h / 2, c / 2, W) == p) {
+        v = weight * static_cast<acc_t>(gplane[(h / 2) * Wo + c / 2]);
+      }
+    }
+    grad_x[i] = static_cast<scalar_t>(v);
+  }
+}
+
+// partials[block * E + e] = this block's share of <tail_e, bypass grad>, over the bypass
+// elements (n, b, h, w) of the output.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pc_grad_weights_kernel(const scalar_t* __restrict g, States<scalar_t> s,
+                                                                   acc_t* __restrict partials, int64_t numel, int C,
+                                                                   int K, int q, int Ho, int Wo) {
+  __shared__ acc_t red[kThreads];
+  acc_t dots[kMaxStates];
+  for (int e = 0; e < s.E; ++e) dots[e] = 0;
+  const int64_t HWo = static_cast<int64_t>(Ho) * Wo, bypass = C - q;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = i / HWo, n = plane / bypass;
+    const int b = static_cast<int>(plane % bypass), o = (b % q) * K + b / q + 1;
+    const int hw = static_cast<int>(i - plane * HWo), h = hw / Wo, c = hw - h * Wo;
+    const acc_t gi = static_cast<acc_t>(g[(n * C + o) * HWo + hw]);
+    for (int e = 0; e < s.E; ++e) dots[e] += tail_value<scalar_t, acc_t>(s, e, n, C, q + b, h, c, Wo) * gi;
+  }
+  for (int e = 0; e < s.E; ++e) {
+    const acc_t total = block_sum<kThreads>(dots[e], red);
+    if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(s.E) + e] = total;
+  }
+}
+
+template <typename acc_t>
+__global__ void pc_sum_partials_kernel(const acc_t* __restrict partials, int64_t blocks, int E,
+                                       acc_t* __restrict out) {
+  const int e = threadIdx.x;
+  if (e >= E) return;
+  acc_t s = 0;
+  for (int64_t b = 0; b < blocks; ++b) s += partials[b * E + e];
+  out[e] = s;
+}
+
+unsigned int grid_for(int64_t numel, int64_t cap) {
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((numel + kThreads - 1) / kThreads, cap)));
+}
+
+template <typename scalar_t>
+States<scalar_t> states_args(const std::vector<at::Tensor>& states, c10::IntArrayRef strides) {
+  States<scalar_t> s{};
+  s.E = static_cast<int>(states.size());
+  for (int e = 0; e < s.E; ++e) {
+    s.x[e] = states[e].const_data_ptr<scalar_t>();
+    s.H[e] = static_cast<int>(states[e].size(2));
+    s.W[e] = static_cast<int>(states[e].size(3));
+    s.stride[e] = static_cast<int>(strides[e]);
+  }
+  return s;
+}
+
+void check_cuda_limits(at::TensorList states) {
+  TORCH_CHECK(static_cast<int64_t>(states.size()) <= kMaxStates, "partial_channel_node (CUDA): at most ", kMaxStates,
+              " states per call, got ", states.size());
+  for (const auto& s : states)
+    TORCH_CHECK(s.size(1) < (int64_t{1} << 31) && s.size(2) * s.size(3) < (int64_t{1} << 31),
+                "partial_channel_node (CUDA): C and H * W must be < 2^31");
+}
+
+}  // namespace
+
+at::Tensor partial_channel_node_cuda(const at::Tensor& mixed_in, at::TensorList states_in, const at::Tensor& weights,
+                                     c10::IntArrayRef strides, int64_t groups) {
+  check_partial_channel_args(mixed_in, false, states_in, weights, strides, groups);
+  check_cuda_limits(states_in);
+  const c10::cuda::CUDAGuard guard(mixed_in.device());
+  const at::Tensor mixed = mixed_in.contiguous();
+  const auto states = contiguous_all(states_in);
+  const int64_t N = mixed.size(0), C = states[0].size(1), q = C / groups, Ho = mixed.size(2), Wo = mixed.size(3);
+  at::Tensor out = at::empty({N, C, Ho, Wo}, mixed.options());
+  const int64_t numel = out.numel();
+  if (numel == 0) return in_layout_of(out, mixed_in);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mixed.scalar_type(), "partial_channel_node_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor wt = weights.to(at::CppTypeToScalarType<acc_t>::value).contiguous();
+    pc_forward_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
+        mixed.const_data_ptr<scalar_t>(), states_args<scalar_t>(states, strides), wt.const_data_ptr<acc_t>(),
+        out.mutable_data_ptr<scalar_t>(), numel, static_cast<int>(C), static_cast<int>(groups), static_cast<int>(q),
+        static_cast<int>(Ho), static_cast<int>(Wo));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return in_layout_of(out, mixed_in);
+}
+
+PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_out_in, at::TensorList states_in,
+                                                       const at::Tensor& weights, c10::IntArrayRef strides,
+                                                       int64_t groups, bool mixed_need_grad,
+                                                       const c10::List<bool>& states_need_grad,
+                                                       bool weights_need_grad) {
+  check_partial_channel_args(grad_out_in, true, states_in, weights, strides, groups);
+  TORCH_CHECK(states_need_grad.size() == states_in.size(), "partial_channel_node_backward: 'states_need_grad' must "
+              "have one entry per state (", states_in.size(), "), got ", states_need_grad.size());
+  check_cuda_limits(states_in);
+  const c10::cuda::CUDAGuard guard(grad_out_in.device());
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const auto states = contiguous_all(states_in);
+  const int64_t N = grad_out.size(0), C = states[0].size(1), q = C / groups;
+  const int64_t Ho = grad_out.size(2), Wo = grad_out.size(3), E = static_cast<int64_t>(states.size());
+  at::Tensor grad_mixed = mixed_need_grad ? at::empty({N, q, Ho, Wo}, grad_out.options())
+                                          : at::empty({0}, grad_out.options());
+  std::vector<at::Tensor> grad_states;
+  at::Tensor grad_weights = weights_need_grad ? at::zeros({E}, weights.options()) : at::empty({0}, weights.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
+                                  "partial_channel_node_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor wt = weights.to(acc_type).contiguous();
+    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+    if (mixed_need_grad && grad_mixed.numel() > 0) {
+      pc_grad_mixed_kernel<scalar_t><<<grid_for(grad_mixed.numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
+          g, grad_mixed.mutable_data_ptr<scalar_t>(), grad_mixed.numel(), static_cast<int>(C),
+          static_cast<int>(groups), static_cast<int>(q), Ho * Wo);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      if (!states_need_grad[e]) continue;
+      at::Tensor gx = at::empty(states[e].sizes(), states[e].options());
+      if (gx.numel() > 0) {
+        pc_grad_state_kernel<scalar_t, acc_t><<<grid_for(gx.numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
+            g, states[e].const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), static_cast<int>(e),
+            static_cast<int>(strides[e]),
+            gx.mutable_data_ptr<scalar_t>(), gx.numel(), static_cast<int>(C), static_cast<int>(groups),
+            static_cast<int>(q), static_cast<int>(states[e].size(2)), static_cast<int>(states[e].size(3)),
+            static_cast<int>(Ho), static_cast<int>(Wo));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      grad_states.push_back(in_layout_of(gx, states_in[e]));
+    }
+    const int64_t bypass_numel = N * (C - q) * Ho * Wo;
+    if (weights_need_grad && bypass_numel > 0) {
+      const unsigned int blocks = grid_for(bypass_numel, kMaxBlocks);
+      const auto acc_opts = grad_out.options().dtype(acc_type);
+      at::Tensor partials = at::empty({static_cast<int64_t>(blocks) * E}, acc_opts);
+      pc_grad_weights_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+          g, states_args<scalar_t>(states, strides), partials.mutable_data_ptr<acc_t>(), bypass_numel,
+          static_cast<int>(C), static_cast<int>(groups), static_cast<int>(q), static_cast<int>(Ho),
+          static_cast<int>(Wo));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      at::Tensor gw = at::empty({E}, acc_opts);
+      pc_sum_partials_kernel<acc_t><<<1, kMaxStates, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks,
+                                                                  static_cast<int>(E), gw.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      grad_weights = gw.to(weights.scalar_type());
+    }
+  });
+  if (mixed_need_grad) grad_mixed = in_layout_of(grad_mixed, grad_out_in);
+  return {grad_mixed, grad_states, grad_weights};
+}
+
+TORCH_LIBRARY_IMPL(gaea_ext, CUDA, m) {
+  m.impl("partial_channel_node", &partial_channel_node_cuda);
+  m.impl("partial_channel_node_backward", &partial_channel_node_backward_cuda);
+}
+
+}  // namespace gaea_ext
