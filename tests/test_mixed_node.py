@@ -147,6 +147,28 @@ def test_max_pool_ties_route_like_pytorch(device):
     assert torch.equal(got, want)
 
 
+def _tied_plane(H, W, seed, nans):
+    """Values in {-1, 0, 1} (ties in almost every window), optionally with a few NaNs."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-1, 2, (2, 3, H, W), generator=gen).double()
+    if nans:
+        x.view(-1)[torch.randint(0, x.numel(), (nans,), generator=gen)] = float("nan")
+    return x, torch.randn(x.shape, generator=gen, dtype=torch.float64)
+
+
+@requires_extension
+@given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2), st.integers(0, 2**31 - 1))
+def test_max_pool_routing_with_ties_and_nans_matches_pytorch(H, W, nans, seed):
+    x, g = _tied_plane(H, W, seed, nans)
+    x.requires_grad_()
+    w = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    got_x, got_w = torch.autograd.grad(gaea_ext.mixed_op(x, [], w, ["max_pool_3x3"]), (x, w), g)
+    pooled = F.max_pool2d(x, 3, 1, 1)
+    want_x, = torch.autograd.grad(0.7 * pooled, x, g)
+    assert torch.equal(got_x, want_x)  # every window's grad lands on PyTorch's chosen cell
+    torch.testing.assert_close(got_w, (pooled * g).sum().view(1), equal_nan=True)
+
+
 @requires_extension
 def test_saves_only_inputs_and_outputs():
     saved = []

@@ -62,6 +62,18 @@ def test_pool_stats_gradcheck_and_opcheck(device, kind):
 
 
 @requires_extension
+@given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2**31 - 1))
+def test_pool_stats_max_backward_with_ties_matches_pytorch(H, W, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-1, 2, (2, 3, H, W), generator=gen).double().requires_grad_()  # ties everywhere
+    g = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    got, = torch.autograd.grad(gaea_ext.pool_stats(x, "max_pool_3x3"), x, g)
+    pooled = F.max_pool2d(x, 3, 1, 1)
+    want, = torch.autograd.grad(torch.stack([pooled.mean((0, 2, 3)), pooled.var((0, 2, 3), unbiased=False)]), x, g)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@requires_extension
 def test_pool_stats_layouts_and_large_offsets(device):
     base = torch.randn(2, 5, 6, 7, dtype=torch.float64, device=device) + 1e3  # mean far from 0: no cancellation
     for x in (base.contiguous(memory_format=torch.channels_last), base.transpose(2, 3), base[:, 1:4]):

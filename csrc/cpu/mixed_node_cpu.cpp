@@ -16,28 +16,17 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../gaea_ext.h"
 #include "pool_planes.h"
-#include "simd_clones.h"
+#include "vector_loops.h"
 
 namespace gaea_ext {
 namespace {
 
 using namespace pool_planes;
-
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES void axpy(acc_t* __restrict acc, const scalar_t* __restrict y, acc_t w, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += w * static_cast<acc_t>(y[i]);
-}
-
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES acc_t dot(const scalar_t* __restrict y, const acc_t* __restrict g, int64_t n) {
-  acc_t s = 0;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<acc_t>(y[i]) * g[i];
-  return s;
-}
 
 int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)); }
 
@@ -152,6 +141,7 @@ MixedNodeGrads mixed_node_backward_cpu(const at::Tensor& grad_out_in, at::Tensor
   at::Tensor grad_weights = weights_need_grad ? at::zeros({T}, weights.options()) : at::empty({0}, weights.options());
   at::Tensor grad_norm = norm_need_grad ? at::zeros(norm->sizes(), norm->options()) : weights.new_empty({0});
   const int64_t num_gx = static_cast<int64_t>(grad_xs.size());
+  TORCH_CHECK(HW <= std::numeric_limits<int32_t>::max(), "mixed_node_backward: planes of 2^31 cells or more are not supported");
   const bool need_sums = weights_need_grad || norm_need_grad;
 
   if (x0.numel() > 0) {
@@ -176,29 +166,29 @@ MixedNodeGrads mixed_node_backward_cpu(const at::Tensor& grad_out_in, at::Tensor
       std::vector<acc_t> partials(need_sums ? planes * P : 0, acc_t(0));
 
       at::parallel_for(0, planes, plane_grain(HW), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> g(HW), adj(HW), rows(HW), scaled(HW), gx(num_gx * HW);
+        std::vector<acc_t> g(HW), adj(HW), rows(HW), scaled(HW), pooled(HW), gx(num_gx * HW);
+        std::vector<int32_t> arg(HW), rows_arg(HW);
         for (int64_t p = begin; p < end; ++p) {
           const int64_t off = p * HW, c = p % C;
-          for (int64_t i = 0; i < HW; ++i) g[i] = static_cast<acc_t>(gp[off + i]);
+          load_chunk(g.data(), gp + off, HW);
           if (any_avg) {  // avg-pool adjoint, shared by every avg term of this plane
             for (int64_t i = 0; i < HW; ++i) scaled[i] = g[i] / cnt[i];
             box_sum_plane(scaled.data(), adj.data(), rows.data(), H, W);
           }
           std::fill(gx.begin(), gx.end(), acc_t(0));
           acc_t* part = need_sums ? partials.data() + p * P : nullptr;
-          if (part) {
-            acc_t sg = 0;
-            for (int64_t i = 0; i < HW; ++i) sg += g[i];
-            part[T] = sg;
-          }
+          if (part) part[T] = sum_chunk<acc_t>(g.data(), HW);
           for (int64_t t = 0; t < T; ++t) {
             const int64_t kind = kinds[t], src = sources[t];
             if (kind == kNone || kind == kOnes) continue;
             if (kind == kTensor) {
-              if (part) part[t] = dot(yp[src] + off, g.data(), HW);
-              if (gy_slot[src] >= 0) {
-                scalar_t* dst = gyp[gy_slot[src]] + off;
-                for (int64_t i = 0; i < HW; ++i) dst[i] = static_cast<scalar_t>(w[t] * g[i]);
+              scalar_t* dst = gy_slot[src] >= 0 ? gyp[gy_slot[src]] + off : nullptr;
+              if (part && dst) {
+                part[t] = scale_and_dot_chunk(dst, yp[src] + off, g.data(), w[t], HW);
+              } else if (part) {
+                part[t] = dot_chunk(yp[src] + off, g.data(), HW);
+              } else if (dst) {
+                scale_chunk(dst, g.data(), w[t], HW);
               }
               continue;
             }
@@ -206,21 +196,17 @@ MixedNodeGrads mixed_node_backward_cpu(const at::Tensor& grad_out_in, at::Tensor
             acc_t* gxs = gx_slot[src] >= 0 ? gx.data() + gx_slot[src] * HW : nullptr;
             const acc_t scale = bn_rank[t] >= 0 ? w[t] * nv.rstd(bn_rank[t], c) : w[t];
             if (kind == kSkip) {
-              if (part) part[t] = dot(x, g.data(), HW);
+              if (part) part[t] = dot_chunk(x, g.data(), HW);
               if (gxs) axpy(gxs, g.data(), scale, HW);
             } else if (is_avg_kind(kind)) {
-              if (part) part[t] = dot(x, adj.data(), HW);  // <avg_pool(x), g> = <x, adjoint(g)>
+              if (part) part[t] = dot_chunk(x, adj.data(), HW);  // <avg_pool(x), g> = <x, adjoint(g)>
               if (gxs) axpy(gxs, adj.data(), scale, HW);
             } else {  // max pools: the grad of each window goes to its first maximum
-              acc_t d = 0;
-              for (int64_t h = 0; h < H; ++h) {
-                for (int64_t q = h * W, e = q + W; q < e; ++q) {
-                  const int64_t a = window_argmax<scalar_t, acc_t>(x, h, q - h * W, H, W);
-                  d += static_cast<acc_t>(x[a]) * g[q];
-                  if (gxs) gxs[a] += scale * g[q];
-                }
+              max_pool_argmax_plane(x, pooled.data(), arg.data(), rows.data(), rows_arg.data(), H, W);
+              if (part) part[t] = dot_chunk(pooled.data(), g.data(), HW);
+              if (gxs) {
+                for (int64_t q = 0; q < HW; ++q) gxs[arg[q]] += scale * g[q];
               }
-              if (part) part[t] = d;
             }
           }
           for (int64_t s = 0; s < S; ++s) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "vector_loops.h"
 
 namespace gaea_ext {
 namespace {
@@ -138,6 +139,7 @@ PartialChannelGrads partial_channel_node_backward_cpu(const at::Tensor& grad_out
       for (auto& t : grad_states) gsp.push_back(t.mutable_data_ptr<scalar_t>());
       std::vector<acc_t> partials(weights_need_grad ? planes * E : 0, acc_t(0));
       at::parallel_for(0, planes, plane_grain(HWo), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> gbuf(HWo);
         for (int64_t p = begin; p < end; ++p) {
           const int64_t n = p / geo.C, o = p % geo.C, sc = geo.state_channel(o);
           const scalar_t* g = gp + p * HWo;
@@ -152,23 +154,22 @@ PartialChannelGrads partial_channel_node_backward_cpu(const at::Tensor& grad_out
             }
             continue;
           }
+          load_chunk(gbuf.data(), g, HWo);
           for (int64_t e = 0; e < E; ++e) {
             const int64_t H = states[e].size(2), W = states[e].size(3);
             const scalar_t* src = sp[e] + (n * geo.C + sc) * H * W;
             scalar_t* dst = slot[e] >= 0 ? gsp[slot[e]] + (n * geo.C + sc) * H * W : nullptr;
             acc_t d = 0;
             if (strides[e] == 1) {
-              for (int64_t i = 0; i < HWo; ++i) {
-                const acc_t gi = static_cast<acc_t>(g[i]);
-                d += static_cast<acc_t>(src[i]) * gi;
-                if (dst) dst[i] = static_cast<scalar_t>(w[e] * gi);
-              }
+              if (dst && weights_need_grad) d = scale_and_dot_chunk(dst, src, gbuf.data(), w[e], HWo);
+              else if (weights_need_grad) d = dot_chunk(src, gbuf.data(), HWo);
+              else if (dst) scale_chunk(dst, gbuf.data(), w[e], HWo);
             } else {
               if (dst) std::fill(dst, dst + H * W, scalar_t(0));
               for (int64_t h = 0; h < geo.Ho; ++h) {
                 for (int64_t c = 0; c < geo.Wo; ++c) {
                   const int64_t a = argmax2x2<scalar_t, acc_t>(src, h, c, W);
-                  const acc_t gi = static_cast<acc_t>(g[h * geo.Wo + c]);
+                  const acc_t gi = gbuf[h * geo.Wo + c];
                   d += static_cast<acc_t>(src[a]) * gi;
                   if (dst) dst[a] = static_cast<scalar_t>(w[e] * gi);  // windows do not overlap
                 }

@@ -17,12 +17,17 @@ void box_sum_plane(const in_t* x, acc_t* out, acc_t* rows, int64_t H, int64_t W)
   for (int64_t h = 0; h < H; ++h) {
     const in_t* r = x + h * W;
     acc_t* o = rows + h * W;
-    for (int64_t w = 0; w < W; ++w) {
+    auto edge = [&](int64_t w) {
       acc_t s = static_cast<acc_t>(r[w]);
       if (w > 0) s += static_cast<acc_t>(r[w - 1]);
       if (w + 1 < W) s += static_cast<acc_t>(r[w + 1]);
       o[w] = s;
-    }
+    };
+    edge(0);
+    // interior cells without bounds tests, so the loop vectorises
+    for (int64_t w = 1; w + 1 < W; ++w)
+      o[w] = static_cast<acc_t>(r[w - 1]) + static_cast<acc_t>(r[w]) + static_cast<acc_t>(r[w + 1]);
+    if (W > 1) edge(W - 1);
   }
   for (int64_t h = 0; h < H; ++h) {
     const acc_t* mid = rows + h * W;
@@ -50,42 +55,85 @@ void max_pool_plane(const scalar_t* x, acc_t* out, acc_t* rows, int64_t H, int64
   for (int64_t h = 0; h < H; ++h) {
     const scalar_t* r = x + h * W;
     acc_t* o = rows + h * W;
-    for (int64_t w = 0; w < W; ++w) {
+    auto edge = [&](int64_t w) {
       acc_t m = static_cast<acc_t>(r[w]);
       if (w > 0) m = max_nan(m, static_cast<acc_t>(r[w - 1]));
       if (w + 1 < W) m = max_nan(m, static_cast<acc_t>(r[w + 1]));
       o[w] = m;
-    }
+    };
+    edge(0);
+    for (int64_t w = 1; w + 1 < W; ++w)
+      o[w] = max_nan(max_nan(static_cast<acc_t>(r[w]), static_cast<acc_t>(r[w - 1])), static_cast<acc_t>(r[w + 1]));
+    if (W > 1) edge(W - 1);
   }
   for (int64_t h = 0; h < H; ++h) {
-    for (int64_t w = 0; w < W; ++w) {
-      acc_t m = rows[h * W + w];
-      if (h > 0) m = max_nan(m, rows[(h - 1) * W + w]);
-      if (h + 1 < H) m = max_nan(m, rows[(h + 1) * W + w]);
-      out[h * W + w] = m;
+    acc_t* o = out + h * W;
+    const acc_t* mid = rows + h * W;
+    for (int64_t w = 0; w < W; ++w) o[w] = mid[w];
+    if (h > 0) {
+      const acc_t* up = mid - W;
+      for (int64_t w = 0; w < W; ++w) o[w] = max_nan(o[w], up[w]);
+    }
+    if (h + 1 < H) {
+      const acc_t* down = mid + W;
+      for (int64_t w = 0; w < W; ++w) o[w] = max_nan(o[w], down[w]);
     }
   }
 }
 
-// Flat index of the first maximum of the 3x3 window at (h, w), scanning rows then columns
-// with `v > max || isnan(v)`, exactly as PyTorch's max_pool2d picks its index.
+// The 3x3 max of every window and the flat index of its first maximum under PyTorch's rule
+// (scan rows then columns, take `v > max || isnan(v)`), as a row pass then a column pass: the
+// rule composes, since the scan visits the window row by row. Branch-free selects so the
+// passes vectorise; `rows`/`rows_arg` are scratch of H*W. Indices are int32: planes must
+// have fewer than 2^31 cells (checked by the callers).
+template <typename acc_t>
+inline void take_if_greater(acc_t v, int32_t i, acc_t& m, int32_t& a) {
+  const bool take = v > m || v != v;
+  m = take ? v : m;
+  a = take ? i : a;
+}
+
 template <typename scalar_t, typename acc_t>
-inline int64_t window_argmax(const scalar_t* x, int64_t h, int64_t w, int64_t H, int64_t W) {
-  const int64_t h0 = h > 0 ? h - 1 : 0, h1 = h + 1 < H ? h + 1 : H - 1;
-  const int64_t w0 = w > 0 ? w - 1 : 0, w1 = w + 1 < W ? w + 1 : W - 1;
-  int64_t best = h0 * W + w0;
-  acc_t m = static_cast<acc_t>(x[best]);
-  for (int64_t ih = h0; ih <= h1; ++ih) {
-    for (int64_t iw = w0; iw <= w1; ++iw) {
-      const int64_t i = ih * W + iw;
-      const acc_t v = static_cast<acc_t>(x[i]);
-      if (v > m || std::isnan(v)) {
-        m = v;
-        best = i;
-      }
+void max_pool_argmax_plane(const scalar_t* x, acc_t* out, int32_t* arg, acc_t* rows, int32_t* rows_arg, int64_t H,
+                           int64_t W) {
+  for (int64_t h = 0; h < H; ++h) {
+    const scalar_t* r = x + h * W;
+    acc_t* o = rows + h * W;
+    int32_t* oa = rows_arg + h * W;
+    auto window_row = [&](int64_t w) {  // the edge cells (and every cell when W < 3)
+      const int64_t w0 = w > 0 ? w - 1 : 0, w1 = w + 1 < W ? w + 1 : W - 1;
+      acc_t m = static_cast<acc_t>(r[w0]);
+      int32_t a = static_cast<int32_t>(w0);
+      for (int64_t iw = w0 + 1; iw <= w1; ++iw) take_if_greater(static_cast<acc_t>(r[iw]), static_cast<int32_t>(iw), m, a);
+      o[w] = m;
+      oa[w] = a;
+    };
+    window_row(0);
+    if (W > 1) window_row(W - 1);
+    for (int64_t w = 1; w + 1 < W; ++w) {
+      acc_t m = static_cast<acc_t>(r[w - 1]);
+      int32_t a = static_cast<int32_t>(w - 1);
+      take_if_greater(static_cast<acc_t>(r[w]), static_cast<int32_t>(w), m, a);
+      take_if_greater(static_cast<acc_t>(r[w + 1]), static_cast<int32_t>(w + 1), m, a);
+      o[w] = m;
+      oa[w] = a;
     }
   }
-  return best;
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t h0 = h > 0 ? h - 1 : 0, h1 = h + 1 < H ? h + 1 : H - 1;
+    acc_t* m = out + h * W;
+    int32_t* a = arg + h * W;
+    for (int64_t w = 0; w < W; ++w) {
+      m[w] = rows[h0 * W + w];
+      a[w] = static_cast<int32_t>(h0 * W) + rows_arg[h0 * W + w];
+    }
+    for (int64_t ih = h0 + 1; ih <= h1; ++ih) {
+      const acc_t* rm = rows + ih * W;
+      const int32_t* ra = rows_arg + ih * W;
+      const int32_t base = static_cast<int32_t>(ih * W);
+      for (int64_t w = 0; w < W; ++w) take_if_greater(rm[w], base + ra[w], m[w], a[w]);
+    }
+  }
 }
 
 // Number of in-range cells of each 3x3 window (count_include_pad=False).

@@ -17,6 +17,7 @@
 
 #include "../gaea_ext.h"
 #include "pool_planes.h"
+#include "vector_loops.h"
 
 namespace gaea_ext {
 namespace {
@@ -47,16 +48,9 @@ at::Tensor pool_stats_cpu(const at::Tensor& x_in, int64_t kind) {
       std::vector<acc_t> pool(HW), rows(HW);
       for (int64_t p = begin; p < end; ++p) {
         pool_plane(avg, xp + p * HW, pool.data(), rows.data(), cnt.data(), H, W);
-        double s = 0.0;
-        for (int64_t i = 0; i < HW; ++i) s += pool[i];
-        const double m = s / static_cast<double>(HW);
-        double m2 = 0.0;
-        for (int64_t i = 0; i < HW; ++i) {
-          const double d = static_cast<double>(pool[i]) - m;
-          m2 += d * d;
-        }
+        const double m = sum_chunk<double>(pool.data(), HW) / static_cast<double>(HW);
         plane_mean[p] = m;
-        plane_m2[p] = m2;
+        plane_m2[p] = squared_deviation_chunk<double>(pool.data(), m, HW);
       }
     });
   });
@@ -86,6 +80,7 @@ at::Tensor pool_stats_backward_cpu(const at::Tensor& grad_stats_in, const at::Te
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) return in_layout_of(grad_x, x_in);
   const bool avg = is_avg_kind(kind);
+  TORCH_CHECK(HW <= std::numeric_limits<int32_t>::max(), "pool_stats_backward: planes of 2^31 cells or more are not supported");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_stats_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
@@ -98,19 +93,23 @@ at::Tensor pool_stats_backward_cpu(const at::Tensor& grad_stats_in, const at::Te
     const std::vector<acc_t> cnt = window_counts<acc_t>(H, W);
     at::parallel_for(0, planes, plane_grain(HW), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> pool(HW), rows(HW), gp(HW), gx(HW);
+      std::vector<int32_t> arg(avg ? 0 : HW), rows_arg(avg ? 0 : HW);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C, off = p * HW;
         const scalar_t* xplane = xp + off;
         const acc_t g_mean = gsp[c] * inv_m, g_var = 2 * gsp[C + c] * inv_m, mean = stp[c];
-        pool_plane(avg, xplane, pool.data(), rows.data(), cnt.data(), H, W);
+        if (avg) {
+          pool_plane(avg, xplane, pool.data(), rows.data(), cnt.data(), H, W);
+        } else {
+          max_pool_argmax_plane(xplane, pool.data(), arg.data(), rows.data(), rows_arg.data(), H, W);
+        }
         for (int64_t i = 0; i < HW; ++i) gp[i] = g_mean + g_var * (pool[i] - mean);
         if (avg) {
           for (int64_t i = 0; i < HW; ++i) gp[i] /= cnt[i];
           box_sum_plane(gp.data(), gx.data(), rows.data(), H, W);
         } else {
           std::fill(gx.begin(), gx.end(), acc_t(0));
-          for (int64_t h = 0; h < H; ++h)
-            for (int64_t w = 0; w < W; ++w) gx[window_argmax<scalar_t, acc_t>(xplane, h, w, H, W)] += gp[h * W + w];
+          for (int64_t i = 0; i < HW; ++i) gx[arg[i]] += gp[i];  // each window's grad to its first maximum
         }
         for (int64_t i = 0; i < HW; ++i) gxp[off + i] = static_cast<scalar_t>(gx[i]);
       }

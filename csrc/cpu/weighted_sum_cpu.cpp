@@ -16,13 +16,13 @@
 
 #include "../gaea_ext.h"
 #include "simd_clones.h"
+#include "vector_loops.h"
 
 namespace gaea_ext {
 namespace {
 
 // Chunks per parallel task: about 64K elements, so small tensors stay on one thread.
 constexpr int64_t kChunksPerTask = 32;
-constexpr int kDotLanes = 16;
 
 // Inputs mixed per pass: all G streams of a group are read in one loop, as an unrolled sum
 // held in vector registers, so each output element is written once per group.
@@ -80,52 +80,6 @@ void mix_chunk(scalar_t* out, acc_t* acc, const scalar_t* const* ys, const acc_t
     else if (last) mix_group_of<false, true>(group, dst, acc, ys + k0, w + k0, offset, n);
     else mix_group_of<false, false>(group, dst, acc, ys + k0, w + k0, offset, n);
   }
-}
-
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES void load_chunk(acc_t* __restrict acc, const scalar_t* __restrict in, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] = static_cast<acc_t>(in[i]);
-}
-
-// out[0:n] = w * g[0:n]
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES void scale_chunk(scalar_t* __restrict out, const acc_t* __restrict g, acc_t w, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(w * g[i]);
-}
-
-// <y[0:n], g[0:n]>, summed in kDotLanes lanes and then lane by lane, in a fixed order.
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES acc_t dot_chunk(const scalar_t* __restrict y, const acc_t* __restrict g, int64_t n) {
-  acc_t lanes[kDotLanes] = {};
-  const int64_t body = n - n % kDotLanes;
-  for (int64_t i = 0; i < body; i += kDotLanes) {
-    for (int l = 0; l < kDotLanes; ++l) lanes[l] += static_cast<acc_t>(y[i + l]) * g[i + l];
-  }
-  for (int64_t i = body; i < n; ++i) lanes[i - body] += static_cast<acc_t>(y[i]) * g[i];
-  acc_t total = 0;
-  for (int l = 0; l < kDotLanes; ++l) total += lanes[l];
-  return total;
-}
-
-// out[0:n] = w * g[0:n] and returns <y[0:n], g[0:n]> (as dot_chunk), in one pass.
-template <typename scalar_t, typename acc_t>
-GAEA_SIMD_CLONES acc_t scale_and_dot_chunk(scalar_t* __restrict out, const scalar_t* __restrict y,
-                                           const acc_t* __restrict g, acc_t w, int64_t n) {
-  acc_t lanes[kDotLanes] = {};
-  const int64_t body = n - n % kDotLanes;
-  for (int64_t i = 0; i < body; i += kDotLanes) {
-    for (int l = 0; l < kDotLanes; ++l) {
-      out[i + l] = static_cast<scalar_t>(w * g[i + l]);
-      lanes[l] += static_cast<acc_t>(y[i + l]) * g[i + l];
-    }
-  }
-  for (int64_t i = body; i < n; ++i) {
-    out[i] = static_cast<scalar_t>(w * g[i]);
-    lanes[i - body] += static_cast<acc_t>(y[i]) * g[i];
-  }
-  acc_t total = 0;
-  for (int l = 0; l < kDotLanes; ++l) total += lanes[l];
-  return total;
 }
 
 int64_t num_chunks(int64_t numel) { return (numel + kCpuChunk - 1) / kCpuChunk; }
