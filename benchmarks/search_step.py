@@ -32,6 +32,8 @@ for the backward during one training forward (``saved_tensors_hooks``; what caps
 and peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the iterations minus the
 memory held before them; on the CPU the growth of the process's peak resident set (``VmHWM``
 minus ``VmRSS`` before the first iteration), which also counts the allocator's caching.
+Also: images/s of the supernet's training forward + backward alone (``fwd+bwd``), and the
+warm-up time (the first iteration, which includes any cold ``torch.compile``).
 """
 from __future__ import annotations
 
@@ -290,9 +292,11 @@ def _run_variant(args) -> Dict[str, float]:
         base = torch.cuda.memory_allocated(dev)
     else:
         base = _proc_kib("VmRSS") * 1024
+    t = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync()
+    warmup_s = time.perf_counter() - t  # includes any cold torch.compile
     activations = saved_activation_bytes(train_loss)
     times = []
     for _ in range(args.iters):
@@ -300,14 +304,23 @@ def _run_variant(args) -> Dict[str, float]:
         step()
         sync()
         times.append(time.perf_counter() - t)
+    # the supernet's training forward + backward alone (no arch step, no optimiser step)
+    fwd_bwd_times = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        train_loss().backward()
+        sync()
+        fwd_bwd_times.append(time.perf_counter() - t)
+    model.zero_grad(set_to_none=True)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) - base
     else:
         peak = _proc_kib("VmHWM") * 1024 - base
-    times.sort()
-    median = times[len(times) // 2]
+    median = sorted(times)[len(times) // 2]
+    fwd_bwd = sorted(fwd_bwd_times)[len(fwd_bwd_times) // 2]
     return {"images_per_s": batch / median, "step_s": median, "peak_mem_mb": max(peak, 0) / 2**20,
-            "activation_mb": activations / 2**20}
+            "activation_mb": activations / 2**20, "fwd_bwd_images_per_s": batch / fwd_bwd,
+            "warmup_s": warmup_s}
 
 
 def _largest_batch(args) -> Dict[str, float]:
@@ -396,6 +409,7 @@ def main(argv: List[str] = None) -> int:
             row = {"variant": v, "threads": threads, **r}
             if base:
                 row["speedup_vs_baseline"] = r["images_per_s"] / base["images_per_s"]
+                row["fwd_bwd_speedup_vs_baseline"] = r["fwd_bwd_images_per_s"] / base["fwd_bwd_images_per_s"]
                 row["activation_vs_baseline"] = r["activation_mb"] / base["activation_mb"]
                 row["peak_vs_baseline"] = (r["peak_mem_mb"] / base["peak_mem_mb"]) if base["peak_mem_mb"] else None
             rows.append(row)
@@ -404,7 +418,10 @@ def main(argv: List[str] = None) -> int:
                   + (f" (x{row['speedup_vs_baseline']:.2f})" if base else "")
                   + f"  activations {r['activation_mb']:7.1f} MB"
                   + (f" (x{row['activation_vs_baseline']:.2f})" if base else "")
-                  + f"  peak {r['peak_mem_mb']:7.1f} MB" + (f" (x{peak_ratio:.2f})" if peak_ratio else ""))
+                  + f"  peak {r['peak_mem_mb']:7.1f} MB" + (f" (x{peak_ratio:.2f})" if peak_ratio else "")
+                  + f"  fwd+bwd {r['fwd_bwd_images_per_s']:6.1f} img/s"
+                  + (f" (x{row['fwd_bwd_speedup_vs_baseline']:.2f})" if base else "")
+                  + f"  warm-up {r['warmup_s']:.0f} s")
     if args.largest_batch and args.device.startswith("cuda"):
         largest = {v: _spawn(args, v, threads_list[0], largest=True)["largest_batch"]
                    for v in ("baseline", "fused")}
