@@ -23,6 +23,9 @@ PerParam = Union[float, Sequence[float]]
 
 NONFINITE_GRAD = 1  # bits of the flag returned by the op (csrc/gaea_ext.h)
 INVALID_PARAM = 2
+# The CUDA kernel's limit of segments per param (kMaxSegments in csrc/cuda/exp_grad_cuda.cu);
+# a param split into more takes the reference path on CUDA.
+_CUDA_MAX_SEGMENTS = 64
 
 
 def exp_grad_step_(
@@ -95,7 +98,8 @@ def exp_grad_step_multi_(
         if p.device != params[0].device:
             raise ValueError(f"exp_grad_step_: all 'params' must be on one device; params[0] is on {params[0].device}, params[{t}] on {p.device}")
 
-    if backend(params[0].device) == "reference":
+    kernels = backend(params[0].device)
+    if kernels == "reference" or (kernels == "cuda" and max(map(len, seg_lists)) > _CUDA_MAX_SEGMENTS):
         flag = _reference_step(params, grads, lrs, seg_lists, min_values, order, regs, adaptive)
     else:
         flat_segments = [length for lengths in seg_lists for length in lengths]

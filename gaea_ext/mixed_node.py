@@ -41,8 +41,8 @@ def mixed_terms(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], wei
     term order. Differentiable in all four."""
     xs, outputs, weights, kinds, sources = check_mixed_node(xs, outputs, weights, kinds, sources, KINDS)
     norm = check_norms(norms, kinds, BN_KINDS, xs[0])
-    dev = xs[0].device
-    if backend(dev) == "reference" or (dev.type == "cuda" and (len(kinds) > _CUDA_MAX_TERMS or len(xs) > _CUDA_MAX_XS)):
+    kernels = backend(xs[0].device)
+    if kernels == "reference" or (kernels == "cuda" and (len(kinds) > _CUDA_MAX_TERMS or len(xs) > _CUDA_MAX_XS)):
         return reference.mixed_node(xs, outputs, weights, kinds, sources, norm)
     return torch.ops.gaea_ext.mixed_node(xs, outputs, weights, [_CODE[k] for k in kinds], sources, norm)
 

@@ -33,8 +33,8 @@ def partial_channel_node(mixed: torch.Tensor, states: Sequence[torch.Tensor], we
     `mixed` is [N, q, Ho, Wo]; `states[e]` [N, C, H_e, W_e]; `weights` [E]. Differentiable
     in all three."""
     states, strides = check_partial_channel_node(mixed, states, weights, strides, groups)
-    dev = mixed.device
-    if backend(dev) == "reference" or (dev.type == "cuda" and len(states) > _CUDA_MAX_STATES):
+    kernels = backend(mixed.device)
+    if kernels == "reference" or (kernels == "cuda" and len(states) > _CUDA_MAX_STATES):
         return reference.partial_channel_node(mixed, states, weights, strides, groups)
     return torch.ops.gaea_ext.partial_channel_node(mixed, states, weights, strides, groups)
 

@@ -159,6 +159,18 @@ def test_segments_normalise_independently(device, order):
         torch.testing.assert_close(got, qs, rtol=1e-6, atol=1e-9)
 
 
+def test_more_segments_than_the_cuda_kernel_takes(device):
+    """70 segments in one row (the CUDA kernel takes at most 64 per param; above that the
+    wrapper takes the reference path): the same step everywhere."""
+    segments = [2, 3] * 35
+    p = random_simplex((3, sum(segments)), segments, device)
+    g = torch.randn(3, sum(segments), device=device)
+    want = eg_formula(p, g, 0.5, segments=segments)
+    gaea_ext.exp_grad_step_(p, g, 0.5, segments=segments)
+    torch.testing.assert_close(p.double(), want, **tol(torch.float32))
+    assert (segment_sums(p, segments) - 1).abs().max() <= 1e-6
+
+
 def test_adaptive_equals_lr_over_max_abs_grad(device):
     p = random_simplex((14, 8), device=device, dtype=torch.float64)
     g = torch.randn(14, 8, device=device, dtype=torch.float64) * 7

@@ -66,6 +66,14 @@ def test_is_the_per_edge_pc_darts_formulation(device):
 
 
 @requires_extension
+def test_beyond_the_cuda_state_limit(device):
+    """18 states (the CUDA kernel takes at most 16; above that the wrapper takes the
+    reference path): the same results everywhere."""
+    strides = [1, 2] * 9
+    _check(*_node(2, 2, 3, 3, 4, strides, torch.float64, device), strides, 3, 1e-10)
+
+
+@requires_extension
 @pytest.mark.parametrize("strides,extra", [([1], 0), ([2], 1), ([2, 1], 1), ([1, 1, 2, 2, 1], 0)])
 def test_odd_shapes_and_gradcheck(device, strides, extra):
     mixed, states, w = _node(1, 1, 3, 3, 2, strides, torch.float64, device, odd_extra=extra)

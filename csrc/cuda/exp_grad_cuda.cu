@@ -185,7 +185,7 @@ __device__ void step_tensor(const TensorBatch<scalar_t>& b, int t, double eta_d,
         const acc_t drive_reg = reg != acc_t(0) ? reg * (log_k + log_p + acc_t(1)) : acc_t(0);
         l = log_p - eta * (static_cast<acc_t>(grad[i]) + drive_reg);
       }
-      if (clamp_logits) l = l > log_min ? l : log_min;
+      if (clamp_logits) l = l < log_min ? log_min : l;  // std::max's rule: a NaN stays NaN (as the CPU kernel)
       return l;
     };
 
@@ -199,11 +199,10 @@ __device__ void step_tensor(const TensorBatch<scalar_t>& b, int t, double eta_d,
     for (int64_t i = x.begin; i < end; ++i) sum += dev_exp(logit(i) - m);
     // Divide by the sum rather than subtract log(sum): a rounded log-normaliser scales the
     // whole simplex by up to |m| ulps and breaks sum == 1 for large steps.
-    const acc_t inv_sum = acc_t(1) / sum;
     // Each element is read (by logit) before it is overwritten, by this thread only.
     for (int64_t i = x.begin; i < end; ++i) {
-      acc_t p = dev_exp(logit(i) - m) * inv_sum;
-      if (normalize_first) p = p > min_value ? p : min_value;
+      acc_t p = dev_exp(logit(i) - m) / sum;
+      if (normalize_first) p = p < min_value ? min_value : p;
       param[i] = static_cast<scalar_t>(p);
     }
   }

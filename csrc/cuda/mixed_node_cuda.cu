@@ -8,7 +8,8 @@
 // reduced per block in a fixed tree, then over blocks in block order by a second kernel,
 // with a grid that depends only on the tensor size: the result is deterministic. BN terms
 // scale by the channel's 1/std and shift by its mean; their gradients need per-channel sums,
-// taken per (n, c) plane by one block each and combined over n in order by a finish kernel.
+// taken per (n, c) plane by one block each, combined over n in order by one thread per
+// (term, channel), then over channels by one block per term in a fixed tree.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -79,9 +80,13 @@ __device__ __forceinline__ acc_t term_value(const NodeArgs<scalar_t>& a, int t, 
 
 // norm of BN rank b at channel c: [B, 2, C] -> mean at (b, 0, c), 1/std at (b, 1, c).
 template <typename acc_t>
-__device__ __forceinline__ acc_t norm_mean(const acc_t* norm, int b, int c, int C) { return norm[(2 * b) * C + c]; }
+__device__ __forceinline__ acc_t norm_mean(const acc_t* norm, int b, int c, int C) {
+  return norm[(2 * int64_t{b}) * C + c];
+}
 template <typename acc_t>
-__device__ __forceinline__ acc_t norm_rstd(const acc_t* norm, int b, int c, int C) { return norm[(2 * b + 1) * C + c]; }
+__device__ __forceinline__ acc_t norm_rstd(const acc_t* norm, int b, int c, int C) {
+  return norm[(2 * int64_t{b} + 1) * C + c];
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mixed_node_kernel(NodeArgs<scalar_t> a, const acc_t* __restrict w,
@@ -149,9 +154,9 @@ template <typename acc_t>
 __global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t blocks, int T, acc_t* __restrict out) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= T) return;
-  acc_t s = 0;
-  for (int64_t b = 0; b < blocks; ++b) s += partials[b * T + t];  // block order: deterministic
-  out[t] = s;
+  double s = 0;  // in double, as the CPU kernel combines its partial sums
+  for (int64_t b = 0; b < blocks; ++b) s += static_cast<double>(partials[b * T + t]);  // block order: deterministic
+  out[t] = static_cast<acc_t>(s);
 }
 
 // One block per (n, c) plane: sums[plane, b] = <raw pool of BN term b, g> over the plane and
@@ -179,32 +184,44 @@ __global__ void __launch_bounds__(kThreads) bn_plane_sums_kernel(NodeArgs<scalar
   }
 }
 
-// One thread per BN term: combine the planes of each channel in order, then
+// One thread per (BN term b, channel c): combine the channel's planes in order, then
 //   grad_norm[b, 0, c] = -w * rstd * Sg,  grad_norm[b, 1, c] = w * (Sgp - mean * Sg),
-//   grad_weights[t] = sum_c rstd * (Sgp - mean * Sg).
+//   per_channel[b, c] = rstd * (Sgp - mean * Sg)   (grad_weights[t] sums it over c).
 template <typename acc_t>
-__global__ void bn_finish_kernel(BnTerms bt, const acc_t* __restrict sums, const acc_t* __restrict w,
-                                 const acc_t* __restrict norm, int N, int C, acc_t* __restrict grad_w,
-                                 acc_t* __restrict grad_norm) {
-  const int b = threadIdx.x;
-  if (b >= bt.B) return;
-  const int t = bt.term[b];
-  acc_t gw = 0;
-  for (int c = 0; c < C; ++c) {
-    acc_t sgp = 0, sg = 0;
+__global__ void bn_channel_kernel(BnTerms bt, const acc_t* __restrict sums, const acc_t* __restrict w,
+                                  const acc_t* __restrict norm, int N, int C, acc_t* __restrict per_channel,
+                                  acc_t* __restrict grad_norm) {
+  const int64_t total = static_cast<int64_t>(bt.B) * C;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int b = static_cast<int>(i / C), c = static_cast<int>(i - static_cast<int64_t>(b) * C);
+    const int t = bt.term[b];
+    double sgp = 0, sg = 0;
     for (int n = 0; n < N; ++n) {
       const int64_t row = (static_cast<int64_t>(n) * C + c) * (bt.B + 1);
-      sgp += sums[row + b];
-      sg += sums[row + bt.B];
+      sgp += static_cast<double>(sums[row + b]);
+      sg += static_cast<double>(sums[row + bt.B]);
     }
-    const acc_t mean = norm_mean(norm, b, c, C), rstd = norm_rstd(norm, b, c, C), centred = sgp - mean * sg;
-    gw += rstd * centred;
+    const acc_t mean = norm_mean(norm, b, c, C), rstd = norm_rstd(norm, b, c, C);
+    const acc_t centred = static_cast<acc_t>(sgp) - mean * static_cast<acc_t>(sg);
+    per_channel[i] = rstd * centred;
     if (grad_norm != nullptr) {
-      grad_norm[(2 * b) * C + c] = -w[t] * rstd * sg;
-      grad_norm[(2 * b + 1) * C + c] = w[t] * centred;
+      grad_norm[(2 * int64_t{b}) * C + c] = -w[t] * rstd * static_cast<acc_t>(sg);
+      grad_norm[(2 * int64_t{b} + 1) * C + c] = w[t] * centred;
     }
   }
-  if (grad_w != nullptr) grad_w[t] = gw;
+}
+
+// One block per BN term: grad_w[term] = sum_c per_channel[b, c] in a fixed tree (deterministic).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) bn_weight_kernel(BnTerms bt, const acc_t* __restrict per_channel, int C,
+                                                             acc_t* __restrict grad_w) {
+  __shared__ double red[kThreads];
+  const int b = blockIdx.x;
+  double s = 0;
+  for (int c = threadIdx.x; c < C; c += kThreads) s += static_cast<double>(per_channel[static_cast<int64_t>(b) * C + c]);
+  const double total = block_sum<kThreads>(s, red);
+  if (threadIdx.x == 0) grad_w[bt.term[b]] = static_cast<acc_t>(total);
 }
 
 void check_cuda_limits(at::TensorList xs, c10::IntArrayRef kinds) {
@@ -213,7 +230,7 @@ void check_cuda_limits(at::TensorList xs, c10::IntArrayRef kinds) {
   TORCH_CHECK(static_cast<int64_t>(xs.size()) <= kMaxMixedSources, "mixed_node (CUDA): at most ", kMaxMixedSources,
               " xs per call, got ", xs.size());
   TORCH_CHECK(xs[0].size(2) * xs[0].size(3) < (int64_t{1} << 31), "mixed_node (CUDA): H * W must be < 2^31");
-  TORCH_CHECK(xs[0].size(1) < (int64_t{1} << 31), "mixed_node (CUDA): C must be < 2^31");
+  TORCH_CHECK(xs[0].size(0) * xs[0].size(1) < (int64_t{1} << 31), "mixed_node (CUDA): N * C must be < 2^31");
 }
 
 template <typename scalar_t>
@@ -346,11 +363,17 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
             a, bt, grad_out.const_data_ptr<scalar_t>(), sums.mutable_data_ptr<acc_t>(), H, W);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (norm_need_grad) gn = at::zeros(norm->sizes(), acc_opts);
-        bn_finish_kernel<acc_t><<<1, kMaxT, 0, stream>>>(
+        at::Tensor per_channel = at::empty({static_cast<int64_t>(bt.B) * C}, acc_opts);
+        bn_channel_kernel<acc_t><<<grid_for(static_cast<int64_t>(bt.B) * C, int64_t{1} << 20), kThreads, 0, stream>>>(
             bt, sums.const_data_ptr<acc_t>(), wt.const_data_ptr<acc_t>(), nt.const_data_ptr<acc_t>(),
-            static_cast<int>(N), C, weights_need_grad ? gw.mutable_data_ptr<acc_t>() : nullptr,
+            static_cast<int>(N), C, per_channel.mutable_data_ptr<acc_t>(),
             norm_need_grad ? gn.mutable_data_ptr<acc_t>() : nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (weights_need_grad) {
+          bn_weight_kernel<acc_t><<<static_cast<unsigned int>(bt.B), kThreads, 0, stream>>>(
+              bt, per_channel.const_data_ptr<acc_t>(), C, gw.mutable_data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
       }
       if (weights_need_grad) grad_weights = gw.to(weights.scalar_type());
       if (norm_need_grad) grad_norm = gn.to(norm->scalar_type());

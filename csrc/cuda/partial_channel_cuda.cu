@@ -156,9 +156,9 @@ __global__ void pc_sum_partials_kernel(const acc_t* __restrict partials, int64_t
                                        acc_t* __restrict out) {
   const int e = threadIdx.x;
   if (e >= E) return;
-  acc_t s = 0;
-  for (int64_t b = 0; b < blocks; ++b) s += partials[b * E + e];
-  out[e] = s;
+  double s = 0;  // in double, as the CPU kernel combines its partial sums
+  for (int64_t b = 0; b < blocks; ++b) s += static_cast<double>(partials[b * E + e]);  // block order
+  out[e] = static_cast<acc_t>(s);
 }
 
 unsigned int grid_for(int64_t numel, int64_t cap) {

@@ -35,25 +35,31 @@ __device__ __forceinline__ acc_t pool_at(bool avg, const scalar_t* plane, int h,
   return max3<scalar_t, acc_t>(plane, h, w, H, W, &index);
 }
 
+// The pool values in acc_t (as the CPU kernel), their sums in double (as the CPU kernel: a
+// float sum of a large plane with a mean far from 0 loses the variance's digits).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) plane_moments_kernel(const scalar_t* __restrict x, bool avg, int H, int W,
                                                                  double* __restrict plane_mean,
                                                                  double* __restrict plane_m2) {
-  __shared__ acc_t red[kThreads];
-  const int HW = H * W;
-  const scalar_t* plane = x + static_cast<int64_t>(blockIdx.x) * HW;
-  acc_t s = 0;
-  for (int i = threadIdx.x; i < HW; i += kThreads) s += pool_at<scalar_t, acc_t>(avg, plane, i / W, i % W, H, W);
-  const acc_t mean = block_sum<kThreads>(s, red) / static_cast<acc_t>(HW);
-  acc_t m2 = 0;
-  for (int i = threadIdx.x; i < HW; i += kThreads) {
-    const acc_t d = pool_at<scalar_t, acc_t>(avg, plane, i / W, i % W, H, W) - mean;
+  __shared__ double red[kThreads];
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  const scalar_t* plane = x + blockIdx.x * HW;
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
+    const int h = static_cast<int>(i / W), w = static_cast<int>(i - static_cast<int64_t>(h) * W);
+    s += static_cast<double>(pool_at<scalar_t, acc_t>(avg, plane, h, w, H, W));
+  }
+  const double mean = block_sum<kThreads>(s, red) / static_cast<double>(HW);
+  double m2 = 0;
+  for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
+    const int h = static_cast<int>(i / W), w = static_cast<int>(i - static_cast<int64_t>(h) * W);
+    const double d = static_cast<double>(pool_at<scalar_t, acc_t>(avg, plane, h, w, H, W)) - mean;
     m2 += d * d;
   }
-  const acc_t total_m2 = block_sum<kThreads>(m2, red);
+  const double total_m2 = block_sum<kThreads>(m2, red);
   if (threadIdx.x == 0) {
-    plane_mean[blockIdx.x] = static_cast<double>(mean);
-    plane_m2[blockIdx.x] = static_cast<double>(total_m2);
+    plane_mean[blockIdx.x] = mean;
+    plane_m2[blockIdx.x] = total_m2;
   }
 }
 
