@@ -1,6 +1,6 @@
 # gaea-ext developer tasks. On a fresh machine `make search` and `make test` do all the set-up.
 #   make search  venv + build + a ~5-minute GAEA search on NAS-Bench-201 / CIFAR-10 (CPU)
-#   make test    venv + build + tests (unit, benchmark smoke, profiler smoke)
+#   make test    venv + build + tests (unit, CUDA kernels under CPU emulation, benchmark smoke, profiler smoke)
 #   make bench   kernel profiler table            make perf    benchmark suites with the targets
 #   make build   (re)build the kernels in place  make cmake-test   CMake build + ctest
 PYTHON ?= python3
@@ -25,7 +25,7 @@ SEARCH_OUT ?= runs/make-search-$(shell date +%Y%m%d-%H%M%S)
 SEARCH_ARGS ?= --space nb201 --method gaea --objective erm --channels 8 --cells 1 --train-images 10000 \
   --epochs 5 --batch-size 64 --seed 0
 
-.PHONY: all venv build search test test-fast bench perf bench-smoke cmake-test clean
+.PHONY: all venv build search test test-fast test-cuda-emulation bench perf bench-smoke cmake-test clean
 
 all: build
 
@@ -52,8 +52,19 @@ search: build
 
 test: build
 	$(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory test-cuda-emulation
 	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu and not compile"
 	$(PY) -m gaea_ext.bench --quick --device cpu
+
+# The CUDA kernels compiled for the host and run on the CPU (tests/cuda_emulation/): the op
+# tests' CPU cases (and the supernets' on the fused ops) then run the CUDA code, so it is
+# tested on machines without a GPU.
+# (Thread-count and determinism cases say nothing about the emulation; compile cases are slow.)
+EMULATED_TESTS := tests/test_mixed_node.py tests/test_pool_batch_norm.py tests/test_partial_channel.py \
+  tests/test_weighted_sum.py tests/test_exp_grad.py tests/test_optim.py \
+  tests/nas/test_nb201_space.py tests/nas/test_darts_space.py
+test-cuda-emulation: build
+	GAEA_CUDA_EMULATION=1 $(PY) -m pytest $(EMULATED_TESTS) -q -k "not compile and not deterministic and not threads"
 
 test-fast: build
 	$(PY) -m pytest tests -q -x

@@ -40,11 +40,19 @@ _HAS_CPU_KERNELS = _has_kernel("CPU")
 _HAS_CUDA_KERNELS = _has_kernel("CUDA")
 
 
+# Set by the CUDA emulation of the tests (tests/cuda_emulation, GAEA_CUDA_EMULATION=1): the
+# CUDA kernels, compiled for the host, serve CPU tensors, and the wrappers route CPU calls as
+# they route CUDA ones (e.g. to the reference above the CUDA kernels' size limits).
+CPU_SERVED_BY_CUDA_EMULATION = False
+
+
 def backend(device) -> str:
     """Which implementation serves `device`: "cuda", "cpu" or "reference" (pure PyTorch)."""
     device = torch.device(device)
     if FORCED_REFERENCE:
         return "reference"
+    if device.type == "cpu" and CPU_SERVED_BY_CUDA_EMULATION:
+        return "cuda"
     if device.type == "cuda" and _HAS_CUDA_KERNELS:
         return "cuda"
     if device.type == "cpu" and _HAS_CPU_KERNELS:

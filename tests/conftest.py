@@ -107,3 +107,11 @@ def _one_thread_for_nas_tests(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# GAEA_CUDA_EMULATION=1: the gaea_ext ops run their CUDA kernels, emulated on the CPU
+# (tests/cuda_emulation), for CPU tensors, so the CPU cases of the op tests check the CUDA code.
+if os.environ.get("GAEA_CUDA_EMULATION") == "1":
+    from cuda_emulation.build import route_cpu_kernels_to_emulation
+
+    _EMULATION = route_cpu_kernels_to_emulation()

@@ -1,0 +1,145 @@
+"""Build the CUDA kernels of csrc/cuda/ for the CPU emulation (see include/cuda_emulation.h).
+
+Each `.cu` file is translated to C++ by rewriting its launches `kernel<<<grid, block, smem,
+stream>>>(args)` as `gaea_emu::launch(gaea_emu::LaunchConfig(grid, block, smem, stream),
+kernel, args)`, and its `.is_cuda()` device checks as `.is_cpu()` (the emulated device's
+tensors live in host memory); nothing else changes. The translations, runtime.cpp and csrc/checks.cpp are
+compiled by the host compiler (torch.utils.cpp_extension, ninja) with the emulation headers
+ahead of torch's, and the library registers the kernels' entry points as
+`torch.ops.gaea_ext_cuda_emulated.<op>`, taking CPU tensors.
+
+    python tests/cuda_emulation/build.py      # build (or reuse) and print the library path
+"""
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+# The package's kernels, and the emulation's own self-test kernels.
+CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu")) + [HERE / "selftest_kernels.cu"]
+NAMESPACE = "gaea_ext_cuda_emulated"
+
+
+def _kernel_start(text: str, end: int) -> int:
+    """Start of the kernel expression (`name`, `ns::name`, `name<T, 4>`) ending at `end`."""
+    i = end
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    if text[i - 1] == ">":  # template arguments: match the brackets backwards
+        depth = 0
+        while i > 0:
+            i -= 1
+            depth += {">": 1, "<": -1}.get(text[i], 0)
+            if depth == 0:
+                break
+    while i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_:"):
+        i -= 1
+    return i
+
+
+def translate(text: str) -> str:
+    """The `.cu` source with every `<<<...>>>(` launch rewritten as a gaea_emu::launch call."""
+    out, pos = [], 0
+    for m in re.finditer(r"<<<(.*?)>>>\s*\(", text, flags=re.S):
+        start = _kernel_start(text, m.start())
+        kernel = text[start:m.start()].strip()
+        if not kernel:
+            raise ValueError(f"no kernel name before the launch at offset {m.start()}")
+        rest = text[m.end():]
+        sep = "" if rest.lstrip().startswith(")") else ", "
+        out.append(text[pos:start])
+        newlines = "\n" * text.count("\n", start, m.end())  # keep the .cu line numbers
+        out.append(f"::gaea_emu::launch(::gaea_emu::LaunchConfig({' '.join(m.group(1).split())}), {kernel}{sep}{newlines}")
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out).replace(".is_cuda()", ".is_cpu()")
+
+
+def build(verbose: bool = False) -> str:
+    """Translate, compile and load the emulated kernels; returns the library's path. The ops
+    are then `torch.ops.gaea_ext_cuda_emulated.*`. Rebuilds only what changed."""
+    import torch
+    from torch.utils import cpp_extension
+
+    build_dir = Path(os.environ.get("GAEA_CUDA_EMULATION_BUILD", ROOT / "build" / "cuda-emulation"))
+    gen_dir = build_dir / "translated"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    sources = [str(HERE / "runtime.cpp"), str(ROOT / "csrc" / "checks.cpp")]
+    for cu in CUDA_SOURCES:
+        target = gen_dir / (cu.stem + ".cpp")
+        text = f'#line 1 "{cu}"\n' + translate(cu.read_text())
+        if not target.exists() or target.read_text() != text:  # keep mtimes for ninja
+            target.write_text(text)
+        sources.append(str(target))
+    include = HERE / "include"
+    flags = ["-O0", "-fvisibility=hidden", "-include", str(include / "cuda_emulation.h"),
+             "-Wno-unused-function", "-Wno-unused-variable"]
+    path = cpp_extension.load(
+        name="gaea_ext_cuda_emulated", sources=sources, extra_cflags=flags,
+        extra_include_paths=[str(include), str(ROOT / "csrc" / "cuda")], build_directory=str(build_dir),
+        is_python_module=False, verbose=verbose)
+    return path if isinstance(path, str) else str(build_dir / "gaea_ext_cuda_emulated.so")
+
+
+def ops():
+    """`torch.ops.gaea_ext_cuda_emulated`, building and loading the library first if needed."""
+    import torch
+
+    torch.ops.load_library(build())
+    return getattr(torch.ops, NAMESPACE)
+
+
+def _with_defaults(emulated_op, real_op):
+    """`emulated_op` (schema inferred from C++, no defaults) called the way `real_op`'s CPU
+    kernel is: keyword and omitted arguments filled from the real schema."""
+    arguments = real_op.default._schema.arguments
+
+    def kernel(*args, **kwargs):
+        rest = [kwargs[a.name] if a.name in kwargs else a.default_value for a in arguments[len(args):]]
+        return emulated_op(*args, *rest)
+
+    return kernel
+
+
+@contextlib.contextmanager
+def cpu_served_by_cuda_emulation():
+    """Within the block, the gaea_ext ops run their emulated CUDA kernels for CPU tensors."""
+    import gaea_ext._backend
+
+    library = route_cpu_kernels_to_emulation()
+    try:
+        yield
+    finally:
+        library._destroy()  # the CPU kernels serve again
+        gaea_ext._backend.CPU_SERVED_BY_CUDA_EMULATION = False
+
+
+def route_cpu_kernels_to_emulation():
+    """Make every gaea_ext op run its emulated CUDA kernel for CPU tensors (so the unit tests,
+    written against the references, exercise the CUDA code). Returns the torch.library.Library
+    holding the overrides: they last as long as it lives."""
+    import warnings
+
+    import torch
+
+    import gaea_ext._backend
+
+    emulated = ops()
+    gaea_ext._backend.CPU_SERVED_BY_CUDA_EMULATION = True  # route CPU calls as CUDA ones
+    library = torch.library.Library("gaea_ext", "IMPL")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid.*")
+        names = {name for ns, _, name in (q.partition("::") for q in torch._C._dispatch_get_all_op_names())
+                 if ns == "gaea_ext"}
+        for qualified in torch._C._dispatch_get_all_op_names():
+            ns, _, name = qualified.partition("::")
+            if ns == NAMESPACE and name in names:  # not the emulation's own ops (selftest, schedule)
+                library.impl(name, _with_defaults(getattr(emulated, name), getattr(torch.ops.gaea_ext, name)), "CPU")
+    return library
+
+
+if __name__ == "__main__":
+    print(build(verbose="-v" in sys.argv))
