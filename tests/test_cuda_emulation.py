@@ -1,7 +1,10 @@
 """The CUDA emulation (tests/cuda_emulation/) itself: the translation of launches, what its
 scheduler computes and what it refuses, and that the package's CUDA kernels give the same
 bits whichever order blocks, and threads between barriers, run in."""
+import contextlib
 import os
+import runpy
+import sys
 
 import pytest
 import torch
@@ -124,3 +127,15 @@ def test_emulated_kernels_agree_with_the_cpu_kernels(emu):
     assert gaea_ext.backend("cpu") == "cpu"  # the routing is undone on leaving the block
     for i, (a, b) in enumerate(zip(cpu, emulated)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"result {i}: {m}")
+
+
+@requires_extension
+@pytest.mark.parametrize("emulated", [False, True], ids=["cpu_kernels", "emulated_cuda_kernels"])
+def test_the_gpu_sessions_kernel_script_passes(emu, monkeypatch, emulated):
+    """benchmarks/cuda_kernels_once.py (compute-sanitizer's workload in gpu_check.sh: every
+    kernel once, checked against the reference) passes on the CPU kernels and on the
+    emulated CUDA kernels."""
+    monkeypatch.setattr(sys, "argv", ["cuda_kernels_once.py", "cpu"])
+    script = runpy.run_path(str(emulation.ROOT / "benchmarks" / "cuda_kernels_once.py"), run_name="script")
+    with emulation.cpu_served_by_cuda_emulation() if emulated else contextlib.nullcontext():
+        assert script["main"]() == 0
