@@ -25,7 +25,7 @@ SEARCH_OUT ?= runs/make-search-$(shell date +%Y%m%d-%H%M%S)
 SEARCH_ARGS ?= --space nb201 --method gaea --objective erm --channels 8 --cells 1 --train-images 10000 \
   --epochs 5 --batch-size 64 --seed 0
 
-.PHONY: all venv build search test test-fast test-cuda-emulation bench perf bench-smoke cmake-test clean
+.PHONY: all venv build search test test-fast test-cuda-emulation test-cuda-emulation-asan bench perf bench-smoke cmake-test clean
 
 all: build
 
@@ -65,6 +65,16 @@ EMULATED_TESTS := tests/test_mixed_node.py tests/test_pool_batch_norm.py tests/t
   tests/nas/test_nb201_space.py tests/nas/test_darts_space.py
 test-cuda-emulation: build
 	GAEA_CUDA_EMULATION=1 $(PY) -m pytest $(EMULATED_TESTS) -q -k "not compile and not deterministic and not threads"
+
+# The same with the emulated kernels built with AddressSanitizer: an out-of-bounds access of
+# a CUDA kernel into a tensor fails (compute-sanitizer memcheck's job on a GPU). About 3x slower.
+# (Not test_optim.py nor opcheck: they import triton, whose C++ exceptions ASan cannot intercept.)
+ASAN_LIB = $$(gcc -print-file-name=libasan.so)
+test-cuda-emulation-asan: build
+	GAEA_CUDA_EMULATION_ASAN=1 GAEA_CUDA_EMULATION=1 LD_PRELOAD=$(ASAN_LIB) \
+	  ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1 \
+	  $(PY) -m pytest $(filter-out tests/test_optim.py,$(filter tests/test_%,$(EMULATED_TESTS))) -q -p no:cacheprovider --capture=sys \
+	  -k "not compile and not deterministic and not threads and not opcheck"
 
 test-fast: build
 	$(PY) -m pytest tests -q -x

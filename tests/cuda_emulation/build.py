@@ -9,6 +9,10 @@ ahead of torch's, and the library registers the kernels' entry points as
 `torch.ops.gaea_ext_cuda_emulated.<op>`, taking CPU tensors.
 
     python tests/cuda_emulation/build.py      # build (or reuse) and print the library path
+
+GAEA_CUDA_EMULATION_ASAN=1 builds it with AddressSanitizer (in build/cuda-emulation-asan/):
+run with the ASan runtime preloaded (`make test-cuda-emulation-asan`), an out-of-bounds read
+or write of a kernel into a tensor fails the test, as compute-sanitizer memcheck would.
 """
 import contextlib
 import os
@@ -64,7 +68,9 @@ def build(verbose: bool = False) -> str:
     import torch
     from torch.utils import cpp_extension
 
-    build_dir = Path(os.environ.get("GAEA_CUDA_EMULATION_BUILD", ROOT / "build" / "cuda-emulation"))
+    asan = os.environ.get("GAEA_CUDA_EMULATION_ASAN") == "1"
+    default_dir = ROOT / "build" / ("cuda-emulation-asan" if asan else "cuda-emulation")
+    build_dir = Path(os.environ.get("GAEA_CUDA_EMULATION_BUILD", default_dir))
     gen_dir = build_dir / "translated"
     gen_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(HERE / "runtime.cpp"), str(ROOT / "csrc" / "checks.cpp")]
@@ -77,10 +83,12 @@ def build(verbose: bool = False) -> str:
     include = HERE / "include"
     flags = ["-O0", "-fvisibility=hidden", "-include", str(include / "cuda_emulation.h"),
              "-Wno-unused-function", "-Wno-unused-variable"]
+    if asan:
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
     path = cpp_extension.load(
         name="gaea_ext_cuda_emulated", sources=sources, extra_cflags=flags,
         extra_include_paths=[str(include), str(ROOT / "csrc" / "cuda")], build_directory=str(build_dir),
-        is_python_module=False, verbose=verbose)
+        extra_ldflags=["-fsanitize=address"] if asan else [], is_python_module=False, verbose=verbose)
     return path if isinstance(path, str) else str(build_dir / "gaea_ext_cuda_emulated.so")
 
 
