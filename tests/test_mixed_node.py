@@ -85,6 +85,15 @@ def test_beyond_the_cuda_limits(device):
 
 
 @requires_extension
+@pytest.mark.parametrize("edges", [3, 4, 10])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_gradients_of_many_terms(device, dtype, edges):
+    """5 weight-gradient terms per edge (all but `none`): 15, 20 and 50 of them, across the
+    CUDA backward's rows of blocks (16 float or 8 double dot products each)."""
+    _check(*_node((2, 3, 5, 6), dtype, device, edges=edges), ALL_KINDS, TOL[dtype])
+
+
+@requires_extension
 def test_channels_last_and_non_contiguous(device):
     xs, outs, w = _node((2, 4, 6, 5), torch.float32, device, layout=torch.channels_last)
     out = _check(xs, outs, w, ALL_KINDS, 2e-5)

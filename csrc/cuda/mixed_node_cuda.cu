@@ -6,7 +6,9 @@
 // the windows q that contain p, grad_out[q] / count(q) (avg) or grad_out[q] when p is q's
 // first maximum (max, PyTorch's rule), so there are no atomics. The weight gradient is
 // reduced per block in a fixed tree, then over blocks in block order by a second kernel,
-// with a grid that depends only on the tensor size: the result is deterministic. BN terms
+// with a grid that depends only on the tensor size: the result is deterministic. Its dot
+// products stay in registers: each row of blocks (blockIdx.y) takes kDotChunk of them, and
+// row 0 also writes grad_x and grad_outputs. BN terms
 // scale by the channel's 1/std and shift by its mean; their gradients need per-channel sums,
 // taken per (n, c) plane by one block each, combined over n in order by one thread per
 // (term, channel), then over channels by one block per term in a fixed tree.
@@ -35,6 +37,11 @@ constexpr int kMaxT = static_cast<int>(kMaxMixedTerms);
 constexpr int kMaxS = static_cast<int>(kMaxMixedSources);
 // Fixed grid cap of the backward: its partial sums depend only on the tensor size.
 constexpr int64_t kBwdMaxBlocks = 1024;
+// Weight-gradient dot products per thread in one backward block: a fully unrolled register
+// array (a runtime-indexed one lives in local memory), 64 bytes of registers. NB201 nodes
+// need at most 12, DARTS nodes 25 (two rows of float blocks).
+template <typename acc_t>
+constexpr int kDotChunk = static_cast<int>(64 / sizeof(acc_t));
 
 template <typename scalar_t>
 struct NodeArgs {
@@ -56,6 +63,13 @@ struct GradArgs {
 struct BnTerms {
   int term[kMaxT];
   int B;
+};
+
+// Term index of each term whose weight gradient the backward kernel reduces: not kNone (0)
+// and not a BN term (reduced per channel instead).
+struct DotTerms {
+  int term[kMaxT];
+  int D;
 };
 
 // Raw value of term t at element i (plane offset `off`, position (h, w)): a BN term's pool
@@ -111,52 +125,61 @@ __global__ void __launch_bounds__(kThreads) mixed_node_kernel(NodeArgs<scalar_t>
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mixed_node_backward_kernel(
-    NodeArgs<scalar_t> a, GradArgs<scalar_t> ga, const acc_t* __restrict w, const acc_t* __restrict norm,
-    const scalar_t* __restrict g, int num_xs, bool need_w, acc_t* __restrict partials, int64_t numel, int C, int H,
-    int W) {
+    NodeArgs<scalar_t> a, GradArgs<scalar_t> ga, DotTerms dt, const acc_t* __restrict w, const acc_t* __restrict norm,
+    const scalar_t* __restrict g, int num_xs, acc_t* __restrict partials, int64_t numel, int C, int H, int W) {
   __shared__ acc_t red[kThreads];
-  acc_t dots[kMaxT];
-  for (int t = 0; t < a.T; ++t) dots[t] = 0;
+  const bool grads = blockIdx.y == 0;  // uniform over the block
+  constexpr int kChunk = kDotChunk<acc_t>;
+  const int d0 = blockIdx.y * kChunk, nd = min(kChunk, dt.D - d0);
+  acc_t dots[kChunk];
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) dots[j] = 0;
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t plane = i / HW, off = plane * HW;
-    const int ch = static_cast<int>(plane % C);
     const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
     const acc_t gi = static_cast<acc_t>(g[i]);
-    for (int s = 0; s < num_xs; ++s) {
-      if (ga.gx[s] == nullptr) continue;
-      acc_t v = 0;
-      for (int t = 0; t < a.T; ++t) {
-        const int kind = a.kinds[t];
-        if (a.src[t] != s || kind == kNone || kind == kTensor || kind == kOnes) continue;
-        const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
-        const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
-        v += scale * adj;
+    if (grads) {
+      const int ch = static_cast<int>(plane % C);
+      for (int s = 0; s < num_xs; ++s) {
+        if (ga.gx[s] == nullptr) continue;
+        acc_t v = 0;
+        for (int t = 0; t < a.T; ++t) {
+          const int kind = a.kinds[t];
+          if (a.src[t] != s || kind == kNone || kind == kTensor || kind == kOnes) continue;
+          const acc_t adj =
+              kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
+          const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
+          v += scale * adj;
+        }
+        ga.gx[s][i] = static_cast<scalar_t>(v);
       }
-      ga.gx[s][i] = static_cast<scalar_t>(v);
+      for (int t = 0; t < a.T; ++t)
+        if (a.kinds[t] == kTensor && ga.gy[t] != nullptr) ga.gy[t][i] = static_cast<scalar_t>(w[t] * gi);
     }
-    for (int t = 0; t < a.T; ++t) {
-      if (a.kinds[t] == kTensor && ga.gy[t] != nullptr) ga.gy[t][i] = static_cast<scalar_t>(w[t] * gi);
-      // BN terms reduce per channel in bn_plane_sums_kernel instead.
-      if (need_w && a.kinds[t] != kNone && a.bn[t] < 0)
-        dots[t] += term_value<scalar_t, acc_t>(a, t, i, off, h, c, H, W) * gi;
-    }
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j)
+      if (j < nd) dots[j] += term_value<scalar_t, acc_t>(a, dt.term[d0 + j], i, off, h, c, H, W) * gi;
   }
-  if (!need_w) return;
-  for (int t = 0; t < a.T; ++t) {  // fixed-shape tree: deterministic
-    const acc_t total = block_sum<kThreads>(dots[t], red);
-    if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(a.T) + t] = total;
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) {  // nd is uniform over the block; fixed-shape tree: deterministic
+    if (j < nd) {
+      const acc_t total = block_sum<kThreads>(dots[j], red);
+      if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(dt.D) + d0 + j] = total;
+    }
   }
 }
 
+// grad_w[dt.term[d]] = sum over blocks of partials[., d], in block order (deterministic).
 template <typename acc_t>
-__global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t blocks, int T, acc_t* __restrict out) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= T) return;
+__global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t blocks, DotTerms dt,
+                                    acc_t* __restrict grad_w) {
+  const int d = blockIdx.x * blockDim.x + threadIdx.x;
+  if (d >= dt.D) return;
   double s = 0;  // in double, as the CPU kernel combines its partial sums
-  for (int64_t b = 0; b < blocks; ++b) s += static_cast<double>(partials[b * T + t]);  // block order: deterministic
-  out[t] = static_cast<acc_t>(s);
+  for (int64_t b = 0; b < blocks; ++b) s += static_cast<double>(partials[b * dt.D + d]);
+  grad_w[dt.term[d]] = static_cast<acc_t>(s);
 }
 
 // One block per (n, c) plane: sums[plane, b] = <raw pool of BN term b, g> over the plane and
@@ -256,6 +279,14 @@ BnTerms bn_terms(const std::vector<int64_t>& bn_rank) {
   return bt;
 }
 
+DotTerms dot_terms(c10::IntArrayRef kinds, const std::vector<int64_t>& bn_rank) {
+  DotTerms dt{};
+  dt.D = 0;
+  for (size_t t = 0; t < kinds.size(); ++t)
+    if (kinds[t] != kNone && bn_rank[t] < 0) dt.term[dt.D++] = static_cast<int>(t);
+  return dt;
+}
+
 // The norm in the accumulation type (an undefined tensor when there are no BN terms).
 at::Tensor norm_as(const std::optional<at::Tensor>& norm, at::ScalarType acc) {
   if (!norm.has_value() || !norm->defined() || norm->numel() == 0) return at::Tensor();
@@ -342,17 +373,20 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
         ga.gy[t] = kinds[t] == kTensor && gy_by_output[sources[t]].defined()
                        ? gy_by_output[sources[t]].mutable_data_ptr<scalar_t>()
                        : nullptr;
+      DotTerms dt = dot_terms(kinds, bn_rank);
+      if (!weights_need_grad) dt.D = 0;
       const unsigned int blocks = grid_for(numel, kBwdMaxBlocks);
+      const unsigned int rows = static_cast<unsigned int>(std::max(1, (dt.D + kDotChunk<acc_t> - 1) / kDotChunk<acc_t>));
       const auto acc_opts = x0.options().dtype(acc_type);
-      at::Tensor partials = at::empty({weights_need_grad ? static_cast<int64_t>(blocks) * T : 1}, acc_opts);
-      mixed_node_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-          a, ga, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
-          static_cast<int>(S), weights_need_grad, partials.mutable_data_ptr<acc_t>(), numel, C, H, W);
+      at::Tensor partials = at::empty({std::max<int64_t>(1, static_cast<int64_t>(blocks) * dt.D)}, acc_opts);
+      mixed_node_backward_kernel<scalar_t, acc_t><<<dim3(blocks, rows), kThreads, 0, stream>>>(
+          a, ga, dt, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
+          static_cast<int>(S), partials.mutable_data_ptr<acc_t>(), numel, C, H, W);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       at::Tensor gw = at::zeros({T}, acc_opts);
-      if (weights_need_grad) {
-        sum_partials_kernel<acc_t><<<1, kMaxT, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks,
-                                                           static_cast<int>(T), gw.mutable_data_ptr<acc_t>());
+      if (dt.D > 0) {
+        sum_partials_kernel<acc_t><<<1, kMaxT, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks, dt,
+                                                           gw.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       at::Tensor gn;

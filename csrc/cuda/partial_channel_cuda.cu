@@ -130,12 +130,13 @@ __global__ void __launch_bounds__(kThreads) pc_grad_state_kernel(const scalar_t*
 // partials[block * E + e] = this block's share of <tail_e, bypass grad>, over the bypass
 // elements (n, b, h, w) of the output.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) pc_grad_weights_kernel(const scalar_t* __restrict g, States<scalar_t> s,
+__global__ void __launch_bounds__(kThreads, 4) pc_grad_weights_kernel(const scalar_t* __restrict g, States<scalar_t> s,
                                                                    acc_t* __restrict partials, int64_t numel, int C,
                                                                    int K, int q, int Ho, int Wo) {
   __shared__ acc_t red[kThreads];
-  acc_t dots[kMaxStates];
-  for (int e = 0; e < s.E; ++e) dots[e] = 0;
+  acc_t dots[kMaxStates];  // fully unrolled below, so in registers, not local memory
+#pragma unroll
+  for (int e = 0; e < kMaxStates; ++e) dots[e] = 0;
   const int64_t HWo = static_cast<int64_t>(Ho) * Wo, bypass = C - q;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -143,11 +144,16 @@ __global__ void __launch_bounds__(kThreads) pc_grad_weights_kernel(const scalar_
     const int b = static_cast<int>(plane % bypass), o = (b % q) * K + b / q + 1;
     const int hw = static_cast<int>(i - plane * HWo), h = hw / Wo, c = hw - h * Wo;
     const acc_t gi = static_cast<acc_t>(g[(n * C + o) * HWo + hw]);
-    for (int e = 0; e < s.E; ++e) dots[e] += tail_value<scalar_t, acc_t>(s, e, n, C, q + b, h, c, Wo) * gi;
+#pragma unroll
+    for (int e = 0; e < kMaxStates; ++e)
+      if (e < s.E) dots[e] += tail_value<scalar_t, acc_t>(s, e, n, C, q + b, h, c, Wo) * gi;
   }
-  for (int e = 0; e < s.E; ++e) {
-    const acc_t total = block_sum<kThreads>(dots[e], red);
-    if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(s.E) + e] = total;
+#pragma unroll
+  for (int e = 0; e < kMaxStates; ++e) {  // s.E is uniform over the block
+    if (e < s.E) {
+      const acc_t total = block_sum<kThreads>(dots[e], red);
+      if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(s.E) + e] = total;
+    }
   }
 }
 
