@@ -129,6 +129,38 @@ def test_emulated_kernels_agree_with_the_cpu_kernels(emu):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"result {i}: {m}")
 
 
+def _pool_window_grads(x):
+    """Gradients through the 3x3 pool windows: the max-pool routing (mixed_op) and the pool
+    statistics' backward (max and avg), all from `x`."""
+    gen = torch.Generator().manual_seed(1)
+    x = x.clone().requires_grad_()
+    y = gaea_ext.mixed_op(x, [], torch.tensor([0.7], dtype=x.dtype), ["max_pool_3x3"])
+    grads = list(torch.autograd.grad(y, x, torch.randn(y.shape, generator=gen, dtype=x.dtype)))
+    for kind in ("max_pool_3x3", "avg_pool_3x3"):
+        s = gaea_ext.pool_stats(x, kind)
+        grads += torch.autograd.grad(s, x, torch.randn(s.shape, generator=gen, dtype=s.dtype))
+    return grads
+
+
+@requires_extension
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (1, 2, 1, 6), (2, 1, 2, 2), (2, 3, 5, 7), (1, 2, 9, 4)])
+def test_pool_windows_agree_with_the_cpu_kernels_on_ties_and_nans(emu, shape):
+    """The CUDA backward reads each 5x5 neighbourhood once and decides the max routing of its
+    nine windows from one bit per cell; on values with many ties and some NaNs it must route
+    exactly as the CPU kernels (PyTorch's first-maximum rule, NaN wins)."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    for trial in range(4):
+        x = torch.randint(-1, 3, shape, generator=gen).double()
+        if trial % 2:
+            x[torch.rand(shape, generator=gen) < 0.15] = float("nan")
+        cpu = _pool_window_grads(x)
+        with emulation.cpu_served_by_cuda_emulation():
+            emulated = _pool_window_grads(x)
+        for name, a, b in zip(["max routing", "max stats", "avg stats"], cpu, emulated):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-12, equal_nan=True,
+                                       msg=lambda m: f"{name}, trial {trial}: {m}")
+
+
 @requires_extension
 @pytest.mark.parametrize("emulated", [False, True], ids=["cpu_kernels", "emulated_cuda_kernels"])
 def test_the_gpu_sessions_kernel_script_passes(emu, monkeypatch, emulated):

@@ -59,7 +59,7 @@ def _built_kernels():
 def test_built_kernels_keep_no_arrays_in_local_memory():
     rows = _built_kernels()
     names = {kernel_resources.short_name(r.name).split("<")[0] for r in rows}
-    for kernel in ("weighted_sum_kernel", "mixed_node_backward_kernel", "pc_grad_weights_kernel",
+    for kernel in ("weighted_sum_kernel", "input_grads_kernel", "weight_dots_kernel", "pc_grad_weights_kernel",
                    "exp_grad_fused_kernel", "pool_stats_backward_kernel"):
         assert kernel in names, f"{kernel} is missing from the build: {sorted(names)}"
     bad = kernel_resources.stack_violations(rows)

@@ -7,8 +7,8 @@
 // first maximum (max, PyTorch's rule), so there are no atomics. The weight gradient is
 // reduced per block in a fixed tree, then over blocks in block order by a second kernel,
 // with a grid that depends only on the tensor size: the result is deterministic. Its dot
-// products stay in registers: each row of blocks (blockIdx.y) takes kDotChunk of them, and
-// row 0 also writes grad_x and grad_outputs. BN terms
+// products stay in registers: each row of blocks (blockIdx.y) takes kDotChunk of them. The
+// input gradients are a kernel of their own, so the two do not share a register budget. BN terms
 // scale by the channel's 1/std and shift by its mean; their gradients need per-channel sums,
 // taken per (n, c) plane by one block each, combined over n in order by one thread per
 // (term, channel), then over channels by one block per term in a fixed tree.
@@ -123,47 +123,63 @@ __global__ void __launch_bounds__(kThreads) mixed_node_kernel(NodeArgs<scalar_t>
   }
 }
 
+// grad_x of every source and grad of every tensor term's output, at every element.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) mixed_node_backward_kernel(
-    NodeArgs<scalar_t> a, GradArgs<scalar_t> ga, DotTerms dt, const acc_t* __restrict w, const acc_t* __restrict norm,
-    const scalar_t* __restrict g, int num_xs, acc_t* __restrict partials, int64_t numel, int C, int H, int W) {
+__global__ void __launch_bounds__(kThreads) input_grads_kernel(NodeArgs<scalar_t> a, GradArgs<scalar_t> ga,
+                                                               const acc_t* __restrict w, const acc_t* __restrict norm,
+                                                               const scalar_t* __restrict g, int num_xs,
+                                                               int64_t numel, int C, int H, int W) {
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = i / HW, off = plane * HW;
+    const int ch = static_cast<int>(plane % C);
+    const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    for (int s = 0; s < num_xs; ++s) {
+      if (ga.gx[s] == nullptr) continue;
+      acc_t v = 0;
+      for (int t = 0; t < a.T; ++t) {
+        const int kind = a.kinds[t];
+        if (a.src[t] != s || kind == kNone || kind == kTensor || kind == kOnes) continue;
+        const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
+        const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
+        v += scale * adj;
+      }
+      ga.gx[s][i] = static_cast<scalar_t>(v);
+    }
+    for (int t = 0; t < a.T; ++t)
+      if (a.kinds[t] == kTensor && ga.gy[t] != nullptr) ga.gy[t][i] = static_cast<scalar_t>(w[t] * gi);
+  }
+}
+
+// partials[blockIdx.x, d] = this block's share of <term dt.term[d], g>: each row of blocks
+// (blockIdx.y) takes the kDotChunk dot terms from d0 = blockIdx.y * kDotChunk, reduced in a
+// fixed tree: deterministic.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) weight_dots_kernel(NodeArgs<scalar_t> a, DotTerms dt,
+                                                               const scalar_t* __restrict g,
+                                                               acc_t* __restrict partials, int64_t numel, int H,
+                                                               int W) {
   __shared__ acc_t red[kThreads];
-  const bool grads = blockIdx.y == 0;  // uniform over the block
   constexpr int kChunk = kDotChunk<acc_t>;
-  const int d0 = blockIdx.y * kChunk, nd = min(kChunk, dt.D - d0);
+  const int d0 = static_cast<int>(blockIdx.y) * kChunk;
+  const int nd = min(kChunk, dt.D - d0);  // uniform over the block
   acc_t dots[kChunk];
 #pragma unroll
   for (int j = 0; j < kChunk; ++j) dots[j] = 0;
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HW, off = plane * HW;
+    const int64_t off = i / HW * HW;
     const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
     const acc_t gi = static_cast<acc_t>(g[i]);
-    if (grads) {
-      const int ch = static_cast<int>(plane % C);
-      for (int s = 0; s < num_xs; ++s) {
-        if (ga.gx[s] == nullptr) continue;
-        acc_t v = 0;
-        for (int t = 0; t < a.T; ++t) {
-          const int kind = a.kinds[t];
-          if (a.src[t] != s || kind == kNone || kind == kTensor || kind == kOnes) continue;
-          const acc_t adj =
-              kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
-          const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
-          v += scale * adj;
-        }
-        ga.gx[s][i] = static_cast<scalar_t>(v);
-      }
-      for (int t = 0; t < a.T; ++t)
-        if (a.kinds[t] == kTensor && ga.gy[t] != nullptr) ga.gy[t][i] = static_cast<scalar_t>(w[t] * gi);
-    }
 #pragma unroll
     for (int j = 0; j < kChunk; ++j)
       if (j < nd) dots[j] += term_value<scalar_t, acc_t>(a, dt.term[d0 + j], i, off, h, c, H, W) * gi;
   }
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) {  // nd is uniform over the block; fixed-shape tree: deterministic
+  for (int j = 0; j < kChunk; ++j) {
     if (j < nd) {
       const acc_t total = block_sum<kThreads>(dots[j], red);
       if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(dt.D) + d0 + j] = total;
@@ -376,13 +392,20 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
       DotTerms dt = dot_terms(kinds, bn_rank);
       if (!weights_need_grad) dt.D = 0;
       const unsigned int blocks = grid_for(numel, kBwdMaxBlocks);
-      const unsigned int rows = static_cast<unsigned int>(std::max(1, (dt.D + kDotChunk<acc_t> - 1) / kDotChunk<acc_t>));
       const auto acc_opts = x0.options().dtype(acc_type);
+      if (!grad_xs.empty() || !grad_ys.empty()) {
+        input_grads_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
+            a, ga, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
+            static_cast<int>(S), numel, C, H, W);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
       at::Tensor partials = at::empty({std::max<int64_t>(1, static_cast<int64_t>(blocks) * dt.D)}, acc_opts);
-      mixed_node_backward_kernel<scalar_t, acc_t><<<dim3(blocks, rows), kThreads, 0, stream>>>(
-          a, ga, dt, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
-          static_cast<int>(S), partials.mutable_data_ptr<acc_t>(), numel, C, H, W);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (dt.D > 0) {
+        const unsigned int rows = static_cast<unsigned int>((dt.D + kDotChunk<acc_t> - 1) / kDotChunk<acc_t>);
+        weight_dots_kernel<scalar_t, acc_t><<<dim3(blocks, rows), kThreads, 0, stream>>>(
+            a, dt, grad_out.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), numel, H, W);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
       at::Tensor gw = at::zeros({T}, acc_opts);
       if (dt.D > 0) {
         sum_partials_kernel<acc_t><<<1, kMaxT, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks, dt,

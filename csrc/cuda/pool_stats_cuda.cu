@@ -93,18 +93,22 @@ __global__ void __launch_bounds__(kThreads) pool_stats_backward_kernel(
     const scalar_t* plane = x + off;
     const acc_t g_mean = grad_stats[c] * inv_m, g_var = 2 * grad_stats[C + c] * inv_m, mean = stats[c];
     acc_t s = 0;
-    for (int qh = max(h - 1, 0); qh <= min(h + 1, H - 1); ++qh) {
-      for (int qw = max(w - 1, 0); qw <= min(w + 1, W - 1); ++qw) {
-        if (avg) {
-          const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
-          const acc_t v = avg3<scalar_t, acc_t>(plane, qh, qw, H, W);
-          s += (g_mean + g_var * (v - mean)) / static_cast<acc_t>(cnt);
-        } else {
-          int index;
-          const acc_t v = max3<scalar_t, acc_t>(plane, qh, qw, H, W, &index);
-          if (index == p) s += g_mean + g_var * (v - mean);
-        }
+    if (avg) {
+      acc_t v[9];
+      window_averages<scalar_t, acc_t>(plane, h, w, H, W, v);
+#pragma unroll
+      for (int k = 0; k < 9; ++k) {
+        if (!window_in_plane(k, h, w, H, W)) continue;
+        const int qh = h + k / 3 - 1, qw = w + k % 3 - 1;
+        const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
+        s += (g_mean + g_var * (v[k] - mean)) / static_cast<acc_t>(cnt);
       }
+    } else {  // a window routing to (h, w) has x(h, w) as its max
+      const unsigned routed = max_windows_routing_to<scalar_t, acc_t>(plane, h, w, H, W);
+      const acc_t v = static_cast<acc_t>(plane[p]);
+#pragma unroll
+      for (int k = 0; k < 9; ++k)
+        if (routed >> k & 1u) s += g_mean + g_var * (v - mean);
     }
     grad_x[i] = static_cast<scalar_t>(s);
   }

@@ -1,7 +1,7 @@
 // 3x3, stride 1, padding 1 pool windows of one plane, in registers, shared by the CUDA
 // kernels of mixed_node and pool_stats: the average without padded cells, the first maximum
-// in PyTorch's scan order, and the gather form of the pools' adjoint (no atomics), plus a
-// fixed-shape block reduction (deterministic).
+// in PyTorch's scan order, and the gather form of the pools' adjoint (no atomics) from the
+// 5x5 neighbourhood, plus a fixed-shape block reduction (deterministic).
 #pragma once
 
 #include "../gaea_ext.h"
@@ -42,26 +42,109 @@ __device__ __forceinline__ acc_t max3(const scalar_t* plane, int h, int w, int H
   return m;
 }
 
+// The 3x3 windows around (h, w) are the windows centred at (h + dy, w + dx), dy, dx in -1..1,
+// numbered k = (dy + 1) * 3 + (dx + 1) (qh, then qw ascending); all of them lie inside the 5x5
+// neighbourhood of (h, w), whose cell (h + a - 2, w + b - 2) is bit a * 5 + b below. The
+// helpers read those 25 cells once each instead of 9 cells per window (81 loads); their loops
+// unroll fully, so the masks and sums are compile-time indexed registers.
+__host__ __device__ constexpr unsigned window_cells(int dy, int dx) {
+  unsigned bits = 0;
+  for (int ky = -1; ky <= 1; ++ky)
+    for (int kx = -1; kx <= 1; ++kx) bits |= 1u << ((dy + ky + 2) * 5 + (dx + kx + 2));
+  return bits;
+}
+
+__device__ __forceinline__ bool window_in_plane(int k, int h, int w, int H, int W) {
+  const int qh = h + k / 3 - 1, qw = w + k % 3 - 1;
+  return qh >= 0 && qh < H && qw >= 0 && qw < W;
+}
+
+// Bit k set: window k's first maximum under PyTorch's rule (max3's: scan rows then columns,
+// take `v > m || isnan(v)`) is (h, w), so its max-pool gradient goes to (h, w). That holds iff
+// every other cell r of the window allows it: a cell scanned before (h, w) must be smaller
+// (any value if x(h, w) is NaN), a cell scanned after must not be larger nor NaN (not NaN if
+// x(h, w) is NaN). "Before" is the same in every window, so each cell gets one bit.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ unsigned max_windows_routing_to(const scalar_t* plane, int h, int w, int H, int W) {
+  const acc_t xp = static_cast<acc_t>(plane[h * W + w]);
+  const bool nan_p = is_nan(xp);
+  unsigned rows = 0, cols = 0;  // bit a: row h + a - 2 (column w + a - 2) lies inside the plane
+#pragma unroll
+  for (int a = 0; a < 5; ++a) {
+    rows |= static_cast<unsigned>(h + a - 2 >= 0 && h + a - 2 < H) << a;
+    cols |= static_cast<unsigned>(w + a - 2 >= 0 && w + a - 2 < W) << a;
+  }
+  unsigned allows = 1u << (2 * 5 + 2);  // (h, w) itself
+#pragma unroll 1  // a row of 5 loads at a time: 25 loads in flight would take 25 registers
+  for (int a = 0; a < 5; ++a) {
+    const scalar_t* row = plane + (h + a - 2) * W + (w - 2);
+#pragma unroll
+    for (int b = 0; b < 5; ++b) {
+      if (a == 2 && b == 2) continue;
+      bool ok = true;  // cells outside the plane are in no window
+      if ((rows >> a & cols >> b) & 1u) {
+        const acc_t v = static_cast<acc_t>(row[b]);
+        const bool before = a < 2 || (a == 2 && b < 2);
+        ok = nan_p ? (before || !is_nan(v)) : (before ? v < xp : v <= xp);
+      }
+      allows |= static_cast<unsigned>(ok) << (a * 5 + b);
+    }
+  }
+  unsigned routed = 0;
+#pragma unroll 1
+  for (int k = 0; k < 9; ++k) {
+    const unsigned cells = window_cells(-1, -1) << (k / 3 * 5 + k % 3);
+    const bool in_plane = (rows >> (k / 3 + 1) & cols >> (k % 3 + 1)) & 1u;
+    if (in_plane && (allows & cells) == cells) routed |= 1u << k;
+  }
+  return routed;
+}
+
+// avg[k]: the average (without padded cells) of window k, for every window k in the plane,
+// with avg3's sum order (rows, then columns), so the same bits as avg3.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void window_averages(const scalar_t* plane, int h, int w, int H, int W, acc_t (&avg)[9]) {
+#pragma unroll
+  for (int k = 0; k < 9; ++k) avg[k] = 0;
+#pragma unroll
+  for (int a = 0; a < 5; ++a) {
+#pragma unroll
+    for (int b = 0; b < 5; ++b) {
+      const int r = h + a - 2, c = w + b - 2;
+      if (r < 0 || r >= H || c < 0 || c >= W) continue;
+      const acc_t v = static_cast<acc_t>(plane[r * W + c]);
+#pragma unroll
+      for (int k = 0; k < 9; ++k)
+        if (window_cells(k / 3 - 1, k % 3 - 1) >> (a * 5 + b) & 1u) avg[k] += v;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 9; ++k) {
+    const int qh = h + k / 3 - 1, qw = w + k % 3 - 1;
+    const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
+    avg[k] /= static_cast<acc_t>(cnt);
+  }
+}
+
 // grad_x of source s at (h, w) from its avg terms' adjoint and max terms' routing.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t pool_adjoint(const scalar_t* __restrict g, const scalar_t* x, int kind, int h, int w,
                                               int H, int W) {
   const int h0 = max(h - 1, 0), h1 = min(h + 1, H - 1), w0 = max(w - 1, 0), w1 = min(w + 1, W - 1);
-  const int p = h * W + w;
   acc_t s = 0;
-  for (int qh = h0; qh <= h1; ++qh) {
-    for (int qw = w0; qw <= w1; ++qw) {
-      const acc_t gq = static_cast<acc_t>(g[qh * W + qw]);
-      if (is_avg_kind(kind)) {
+  if (is_avg_kind(kind)) {
+    for (int qh = h0; qh <= h1; ++qh) {
+      for (int qw = w0; qw <= w1; ++qw) {
         const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
-        s += gq / static_cast<acc_t>(cnt);
-      } else {
-        int index;
-        max3<scalar_t, acc_t>(x, qh, qw, H, W, &index);
-        if (index == p) s += gq;
+        s += static_cast<acc_t>(g[qh * W + qw]) / static_cast<acc_t>(cnt);
       }
     }
+    return s;
   }
+  const unsigned routed = max_windows_routing_to<scalar_t, acc_t>(x, h, w, H, W);
+#pragma unroll
+  for (int k = 0; k < 9; ++k)
+    if (routed >> k & 1u) s += static_cast<acc_t>(g[(h + k / 3 - 1) * W + (w + k % 3 - 1)]);
   return s;
 }
 
