@@ -126,6 +126,16 @@ def test_bn_kinds_match_reference(device, dtype):
 
 
 @requires_extension
+@pytest.mark.parametrize("pairs", [4, 8, 10])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_bn_terms(device, dtype, pairs):
+    """8, 16 and 20 BN terms plus sum(g): across the CUDA backward's chunks of per-plane sums
+    (16 float or 8 double columns per pass)."""
+    kinds = ["avg_pool_3x3_bn", "max_pool_3x3_bn"] * pairs + ["tensor"]
+    _check_bn(*_bn_node((2, 3, 5, 4), dtype, device, kinds), kinds, TOL[dtype])
+
+
+@requires_extension
 def test_bn_kinds_gradcheck(device):
     kinds = ["max_pool_3x3_bn", "avg_pool_3x3_bn", "tensor", "ones"]
     x, outs, w, norms = _bn_node((2, 2, 4, 5), torch.float64, device, kinds)

@@ -8,10 +8,11 @@
 // reduced per block in a fixed tree, then over blocks in block order by a second kernel,
 // with a grid that depends only on the tensor size: the result is deterministic. Its dot
 // products stay in registers: each row of blocks (blockIdx.y) takes kDotChunk of them. The
-// input gradients are a kernel of their own, so the two do not share a register budget. BN terms
-// scale by the channel's 1/std and shift by its mean; their gradients need per-channel sums,
-// taken per (n, c) plane by one block each, combined over n in order by one thread per
-// (term, channel), then over channels by one block per term in a fixed tree.
+// input gradients are a kernel of their own, so the two do not share a register budget.
+// BN terms scale by the channel's 1/std and shift by its mean; their gradients need
+// per-channel sums, taken per (n, c) plane by one block each in one pass (per chunk of
+// terms), combined over n in order by one thread per (term, channel), then over channels by
+// one block per term in a fixed tree.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -198,28 +199,38 @@ __global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t bl
   grad_w[dt.term[d]] = static_cast<acc_t>(s);
 }
 
-// One block per (n, c) plane: sums[plane, b] = <raw pool of BN term b, g> over the plane and
-// sums[plane, B] = sum(g) over the plane.
+// One block per (n, c) plane and chunk of columns: sums[plane, b] = <raw pool of BN term b, g>
+// over the plane and sums[plane, B] = sum(g) over the plane. Row blockIdx.y of the grid takes
+// the kDotChunk columns from blockIdx.y * kDotChunk in one pass over the plane, their sums in
+// registers; each column is reduced in a fixed tree (deterministic).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bn_plane_sums_kernel(NodeArgs<scalar_t> a, BnTerms bt,
                                                                  const scalar_t* __restrict g,
                                                                  acc_t* __restrict sums, int H, int W) {
   __shared__ acc_t red[kThreads];
+  constexpr int kChunk = kDotChunk<acc_t>;
+  const int j0 = static_cast<int>(blockIdx.y) * kChunk, nj = min(kChunk, bt.B + 1 - j0);  // uniform
   const int64_t HW = static_cast<int64_t>(H) * W, off = blockIdx.x * HW;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (bt.B + 1);
-  for (int b = 0; b <= bt.B; ++b) {
-    acc_t s = 0;
-    for (int64_t hw = threadIdx.x; hw < HW; hw += kThreads) {
-      const acc_t gi = static_cast<acc_t>(g[off + hw]);
-      if (b == bt.B) {
-        s += gi;
-      } else {
-        const int h = static_cast<int>(hw / W), c = static_cast<int>(hw - h * W);
-        s += term_value<scalar_t, acc_t>(a, bt.term[b], off + hw, off, h, c, H, W) * gi;
-      }
+  acc_t s[kChunk];
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) s[j] = 0;
+  for (int64_t hw = threadIdx.x; hw < HW; hw += kThreads) {
+    const acc_t gi = static_cast<acc_t>(g[off + hw]);
+    const int h = static_cast<int>(hw / W), c = static_cast<int>(hw - h * W);
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      if (j >= nj) continue;
+      const int b = j0 + j;
+      s[j] += b == bt.B ? gi : term_value<scalar_t, acc_t>(a, bt.term[b], off + hw, off, h, c, H, W) * gi;
     }
-    const acc_t total = block_sum<kThreads>(s, red);
-    if (threadIdx.x == 0) sums[row + b] = total;
+  }
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (bt.B + 1) + j0;
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) {
+    if (j < nj) {
+      const acc_t total = block_sum<kThreads>(s[j], red);
+      if (threadIdx.x == 0) sums[row + j] = total;
+    }
   }
 }
 
@@ -416,8 +427,10 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
       if (bt.B > 0 && (weights_need_grad || norm_need_grad)) {
         const int64_t planes = N * C;
         at::Tensor sums = at::empty({planes * (bt.B + 1)}, acc_opts);
-        bn_plane_sums_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(planes), kThreads, 0, stream>>>(
-            a, bt, grad_out.const_data_ptr<scalar_t>(), sums.mutable_data_ptr<acc_t>(), H, W);
+        const unsigned int columns = static_cast<unsigned int>((bt.B + kDotChunk<acc_t>) / kDotChunk<acc_t>);
+        bn_plane_sums_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned int>(planes), columns), kThreads, 0,
+                                                stream>>>(a, bt, grad_out.const_data_ptr<scalar_t>(),
+                                                          sums.mutable_data_ptr<acc_t>(), H, W);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (norm_need_grad) gn = at::zeros(norm->sizes(), acc_opts);
         at::Tensor per_channel = at::empty({static_cast<int64_t>(bt.B) * C}, acc_opts);
