@@ -25,7 +25,7 @@ SEARCH_OUT ?= runs/make-search-$(shell date +%Y%m%d-%H%M%S)
 SEARCH_ARGS ?= --space nb201 --method gaea --objective erm --channels 8 --cells 1 --train-images 10000 \
   --epochs 5 --batch-size 64 --seed 0
 
-.PHONY: all venv build search test test-fast test-cuda-emulation test-cuda-emulation-asan bench perf bench-smoke cmake-test clean
+.PHONY: all venv build search test test-fast test-cuda-emulation test-cuda-emulation-asan kernel-resources bench perf bench-smoke cmake-test clean
 
 all: build
 
@@ -68,6 +68,10 @@ EMULATED_TESTS := tests/test_mixed_node.py tests/test_pool_batch_norm.py tests/t
 test-cuda-emulation: build
 	GAEA_CUDA_EMULATION=1 $(PY) -m pytest $(EMULATED_TESTS) -q -k "not compile and not deterministic and not threads \
 	  and not (shapes_and_grads and softmax) and not exclude_none and (not stays_valid or darts)"
+
+# Registers, stack and shared memory of every compiled CUDA kernel (cuobjdump; no GPU needed).
+kernel-resources: build
+	$(PY) benchmarks/kernel_resources.py --check
 
 # The same with the emulated kernels built with AddressSanitizer: an out-of-bounds access of
 # a CUDA kernel into a tensor fails (compute-sanitizer memcheck's job on a GPU). About 3x slower.

@@ -8,6 +8,7 @@
 #   nvidia-smi        device, driver, clocks
 #   build             setup.py build_ext --inplace with this machine's torch (no downloads)
 #   build_info        gaea_ext.build_info(); fails unless the CUDA kernels serve cuda
+#   kernel_resources  registers / stack of every kernel as built here (cuobjdump)
 #   tests_cuda        pytest tests -m cuda                      (junit xml)
 #   memcheck          compute-sanitizer memcheck  on benchmarks/cuda_kernels_once.py
 #   racecheck         compute-sanitizer racecheck on the same script
@@ -105,6 +106,7 @@ echo "gpu_check: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/n
 step nvidia-smi 20 bash -c 'nvidia-smi && nvidia-smi -q -d CLOCK'
 step build 200 build
 step build_info 60 build_info
+step kernel_resources 20 "$PY" benchmarks/kernel_resources.py --check
 step tests_cuda 90 "$PY" -m pytest tests -m cuda -q -p no:cacheprovider --junitxml="$OUT/junit_tests_cuda.xml"
 step memcheck 90 sanitize memcheck
 step racecheck 90 sanitize racecheck
