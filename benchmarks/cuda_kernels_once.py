@@ -82,11 +82,13 @@ def mixed_node_once(dtype, channels_last=False, edges=3):
     check_reduction_close(name + " bwd weights", grads[-1], ref_grads[-1], weights_tol, out.numel())
 
 
-def darts_node_once(dtype, channels_last=False):
-    """mixed_op with the DARTS search pools (pool + BatchNorm without affine) and a GDAS
-    "ones" term, with the norms from pool_stats, forward and backward against the reference."""
+def darts_node_once(dtype, channels_last=False, pairs=1):
+    """mixed_op with the DARTS search pools (pool + BatchNorm without affine, `pairs` of them)
+    and a GDAS "ones" term, with the norms from pool_stats, forward and backward against the
+    reference."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    kinds = ["avg_pool_3x3_bn", "tensor", "max_pool_3x3_bn", "skip", "ones"]
+    kinds = ["avg_pool_3x3_bn", "tensor", "max_pool_3x3_bn", "skip", "ones"] + ["avg_pool_3x3_bn", "max_pool_3x3_bn"] * (
+        pairs - 1)
     x = torch.randn(SHAPE, device=DEVICE, dtype=dtype).to(memory_format=fmt).requires_grad_()
     y = torch.randn(SHAPE, device=DEVICE, dtype=dtype).to(memory_format=fmt).requires_grad_()
     w = torch.rand(len(kinds), device=DEVICE, requires_grad=True)
@@ -99,14 +101,15 @@ def darts_node_once(dtype, channels_last=False):
         got, = torch.autograd.grad(stats, x, g)
         want, = torch.autograd.grad(ref_stats, x, g)
         check_close(f"pool_stats {kind} {dtype} bwd", got, want, dtype)
-        norms.append(torch.stack([stats[0], torch.rsqrt(stats[1] + 1e-5)]).detach().requires_grad_())
+        norms.append(torch.stack([stats[0], torch.rsqrt(stats[1] + 1e-5)]).detach())
+    norms = [n.clone().requires_grad_() for _ in range(pairs) for n in norms]
     out = gaea_ext.mixed_op(x, [y], w, kinds, norms)
-    ref = reference.mixed_node([x], [y], w, kinds, [0, 0, 0, 0, 0], torch.stack(norms))
+    ref = reference.mixed_node([x], [y], w, kinds, [0] * len(kinds), torch.stack(norms))
     grad_out = torch.randn_like(out)
     leaves = [x, y, w, *norms]
     grads = torch.autograd.grad(out, leaves, grad_out)
     ref_grads = torch.autograd.grad(ref, leaves, grad_out)
-    name = f"mixed_node BN kinds {dtype} {'channels_last' if channels_last else 'contiguous'}"
+    name = f"mixed_node {2 * pairs} BN kinds {dtype} {'channels_last' if channels_last else 'contiguous'}"
     check_close(name + " fwd", out, ref, dtype)
     check_close(name + " bwd x", grads[0], ref_grads[0], dtype)
     check_close(name + " bwd output", grads[1], ref_grads[1], dtype)
@@ -199,9 +202,11 @@ def main() -> int:
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         mixed_node_once(dtype)
     mixed_node_once(torch.float32, channels_last=True)
+    mixed_node_once(torch.float32, edges=5)  # 25 weight-gradient terms: two rows of blocks
     for dtype in (torch.float32, torch.float64):  # half types: tests/test_pool_batch_norm.py (looser tolerances)
         darts_node_once(dtype)
     darts_node_once(torch.float32, channels_last=True)
+    darts_node_once(torch.float32, pairs=9)  # 18 BN terms: two chunks of per-plane sums
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         partial_channel_once(dtype)
     exp_grad_once(None, adaptive=False)
