@@ -99,8 +99,7 @@ __global__ void __launch_bounds__(kThreads) pool_stats_backward_kernel(
 #pragma unroll
       for (int k = 0; k < 9; ++k) {
         if (!window_in_plane(k, h, w, H, W)) continue;
-        const int qh = h + k / 3 - 1, qw = w + k % 3 - 1;
-        const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
+        const int cnt = window_count(h + k / 3 - 1, w + k % 3 - 1, H, W);
         s += (g_mean + g_var * (v[k] - mean)) / static_cast<acc_t>(cnt);
       }
     } else {  // a window routing to (h, w) has x(h, w) as its max

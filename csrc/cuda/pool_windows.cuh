@@ -14,6 +14,11 @@ __device__ __forceinline__ bool is_nan(acc_t v) {
   return v != v;
 }
 
+// Cells of the window centred at (qh, qw) inside the plane: the average pool's divisor.
+__device__ __forceinline__ int window_count(int qh, int qw, int H, int W) {
+  return (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
+}
+
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t avg3(const scalar_t* plane, int h, int w, int H, int W) {
   const int h0 = max(h - 1, 0), h1 = min(h + 1, H - 1), w0 = max(w - 1, 0), w1 = min(w + 1, W - 1);
@@ -119,11 +124,7 @@ __device__ __forceinline__ void window_averages(const scalar_t* plane, int h, in
     }
   }
 #pragma unroll
-  for (int k = 0; k < 9; ++k) {
-    const int qh = h + k / 3 - 1, qw = w + k % 3 - 1;
-    const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
-    avg[k] /= static_cast<acc_t>(cnt);
-  }
+  for (int k = 0; k < 9; ++k) avg[k] /= static_cast<acc_t>(window_count(h + k / 3 - 1, w + k % 3 - 1, H, W));
 }
 
 // grad_x of source s at (h, w) from its avg terms' adjoint and max terms' routing.
@@ -135,8 +136,7 @@ __device__ __forceinline__ acc_t pool_adjoint(const scalar_t* __restrict g, cons
   if (is_avg_kind(kind)) {
     for (int qh = h0; qh <= h1; ++qh) {
       for (int qw = w0; qw <= w1; ++qw) {
-        const int cnt = (min(qh + 1, H - 1) - max(qh - 1, 0) + 1) * (min(qw + 1, W - 1) - max(qw - 1, 0) + 1);
-        s += static_cast<acc_t>(g[qh * W + qw]) / static_cast<acc_t>(cnt);
+        s += static_cast<acc_t>(g[qh * W + qw]) / static_cast<acc_t>(window_count(qh, qw, H, W));
       }
     }
     return s;
