@@ -82,13 +82,13 @@ __device__ __forceinline__ unsigned max_windows_routing_to(const scalar_t* plane
   unsigned allows = 1u << (2 * 5 + 2);  // (h, w) itself
 #pragma unroll 1  // a row of 5 loads at a time: 25 loads in flight would take 25 registers
   for (int a = 0; a < 5; ++a) {
-    const scalar_t* row = plane + (h + a - 2) * W + (w - 2);
+    const int row = (h + a - 2) * W + (w - 2);  // an index, not a pointer: it may lie before the plane
 #pragma unroll
     for (int b = 0; b < 5; ++b) {
       if (a == 2 && b == 2) continue;
       bool ok = true;  // cells outside the plane are in no window
       if ((rows >> a & cols >> b) & 1u) {
-        const acc_t v = static_cast<acc_t>(row[b]);
+        const acc_t v = static_cast<acc_t>(plane[row + b]);
         const bool before = a < 2 || (a == 2 && b < 2);
         ok = nan_p ? (before || !is_nan(v)) : (before ? v < xp : v <= xp);
       }
