@@ -2,6 +2,7 @@
 // (never device values), so they cost no synchronisation. TORCH_CHECK failures reach
 // Python as RuntimeError; the Python wrappers check first and raise TypeError/ValueError.
 #include "gaea_ext.h"
+#include "host_common.h"
 
 #include <numeric>
 
@@ -32,18 +33,14 @@ void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
               first.device(), ", got ", weights.device());
 }
 
-std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
-  std::vector<at::Tensor> out;
-  out.reserve(tensors.size());
-  for (const auto& t : tensors) out.push_back(t.contiguous());
-  return out;
-}
-
-at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
-  if (!like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return result.contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  return result;
+void check_weighted_sum_backward_args(const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+                                      const c10::List<bool>& inputs_need_grad) {
+  check_weighted_sum_args(inputs, weights);
+  check_need_grad(inputs_need_grad, inputs.size(), "weighted_sum_backward", "inputs_need_grad", "input");
+  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type() &&
+                  grad_out.device() == inputs[0].device(),
+              "weighted_sum_backward: 'grad_out' must match the inputs' shape, dtype and device; got ",
+              grad_out.sizes(), " ", grad_out.scalar_type(), " on ", grad_out.device());
 }
 
 std::vector<int64_t> check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
@@ -122,11 +119,8 @@ std::vector<int64_t> check_mixed_node_backward_args(const at::Tensor& grad_out, 
                   grad_out.device() == xs[0].device(),
               "mixed_node_backward: 'grad_out' must match xs[0] (", xs[0].sizes(), ", ", xs[0].scalar_type(), ", ",
               xs[0].device(), "), got ", grad_out.sizes(), ", ", grad_out.scalar_type(), ", ", grad_out.device());
-  TORCH_CHECK(xs_need_grad.size() == xs.size(), "mixed_node_backward: 'xs_need_grad' must have one entry per x (",
-              xs.size(), "), got ", xs_need_grad.size());
-  TORCH_CHECK(outputs_need_grad.size() == outputs.size(),
-              "mixed_node_backward: 'outputs_need_grad' must have one entry per output (", outputs.size(), "), got ",
-              outputs_need_grad.size());
+  check_need_grad(xs_need_grad, xs.size(), "mixed_node_backward", "xs_need_grad", "x");
+  check_need_grad(outputs_need_grad, outputs.size(), "mixed_node_backward", "outputs_need_grad", "output");
   return bn_rank;
 }
 
@@ -165,6 +159,13 @@ void check_partial_channel_args(const at::Tensor& like, bool like_is_grad_out, a
                 strides[e], ") gives a ", ho, "x", wo, " tail but ", like_name, " is ", like.size(2), "x",
                 like.size(3));
   }
+}
+
+void check_partial_channel_backward_args(const at::Tensor& grad_out, at::TensorList states, const at::Tensor& weights,
+                                         c10::IntArrayRef strides, int64_t groups,
+                                         const c10::List<bool>& states_need_grad) {
+  check_partial_channel_args(grad_out, true, states, weights, strides, groups);
+  check_need_grad(states_need_grad, states.size(), "partial_channel_node_backward", "states_need_grad", "state");
 }
 
 void check_pool_stats_args(const at::Tensor& x, int64_t kind) {
@@ -242,21 +243,6 @@ std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList g
   TORCH_CHECK(offset == static_cast<int64_t>(segments.size()),
               "exp_grad_step_: 'segments' holds ", segments.size(), " lengths but 'segment_counts' use ", offset);
   return first_segment;
-}
-
-bool share_dense_layout(at::TensorList tensors) {
-  const at::Tensor& first = tensors[0];
-  if (!first.is_non_overlapping_and_dense()) return false;
-  for (const at::Tensor& t : tensors) {
-    if (t.sizes() != first.sizes() || t.strides() != first.strides()) return false;
-  }
-  return true;
-}
-
-std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count,
-                                     int64_t row) {
-  if (count == 0) return {row};
-  return segments.slice(first, count).vec();
 }
 
 }  // namespace gaea_ext

@@ -35,6 +35,8 @@
 #include <string>
 #include <vector>
 
+#include "cuda_limits.h"
+
 namespace gaea_ext {
 
 // ---- weighted_sum ------------------------------------------------------------------
@@ -204,6 +206,10 @@ std::vector<int64_t> check_mixed_node_backward_args(const at::Tensor& grad_out, 
 // partial_channel_node: `like` is mixed (forward) or grad_out (backward: [N, C, Ho, Wo]).
 void check_partial_channel_args(const at::Tensor& like, bool like_is_grad_out, at::TensorList states,
                                 const at::Tensor& weights, c10::IntArrayRef strides, int64_t groups);
+// The backward's: check_partial_channel_args on grad_out plus one need-grad flag per state.
+void check_partial_channel_backward_args(const at::Tensor& grad_out, at::TensorList states, const at::Tensor& weights,
+                                         c10::IntArrayRef strides, int64_t groups,
+                                         const c10::List<bool>& states_need_grad);
 // pool_stats: x 4-D floating, kind a pool kind; the backward also grad_stats and stats [2, C].
 void check_pool_stats_args(const at::Tensor& x, int64_t kind);
 void check_pool_stats_backward_args(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,
@@ -211,6 +217,10 @@ void check_pool_stats_backward_args(const at::Tensor& grad_stats, const at::Tens
 
 // TORCH_CHECKs shared by CPU and CUDA entry points.
 void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);
+// The backward's: the same plus grad_out (shape, dtype, device of the inputs) and one
+// need-grad flag per input.
+void check_weighted_sum_backward_args(const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+                                      const c10::List<bool>& inputs_need_grad);
 // Also returns, per param, the offset of its first segment in `segments`.
 std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList grads,
                                          c10::ArrayRef<double> lrs, c10::IntArrayRef segments,
@@ -218,25 +228,6 @@ std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList g
                                          c10::ArrayRef<double> min_values,
                                          c10::ArrayRef<double> entropic_regs);
 
-// Each tensor made contiguous (no copy when it already is).
-std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
-// `result` (contiguous) in the layout of `like`: channels_last when `like` is channels_last
-// and not also contiguous, else `result` itself.
-at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like);
-
-// True when every tensor has the same sizes and strides and those strides are
-// non-overlapping and dense (so the flat storage can be walked linearly).
-bool share_dense_layout(at::TensorList tensors);
-
-// Segment lengths of param t: its slice of `segments`, or {row} when it has none.
-std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count,
-                                     int64_t row);
-
-// Most terms and xs of one mixed_node call on CUDA (a DARTS node has at most 5 x 8 terms).
-constexpr int64_t kMaxMixedTerms = 64;
-constexpr int64_t kMaxMixedSources = 16;
-// Largest K handled by one CUDA launch of weighted_sum (larger K is chunked).
-constexpr int64_t kMaxInputsPerLaunch = 64;
 // Element chunk of the deterministic CPU reductions.
 constexpr int64_t kCpuChunk = 2048;
 // Bits of the flag returned by exp_grad_step_.

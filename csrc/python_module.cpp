@@ -1,7 +1,8 @@
 // The Python module gaea_ext._C: importing it runs the static op registrations
-// (TORCH_LIBRARY / TORCH_LIBRARY_IMPL) and exposes build_info().
+// (TORCH_LIBRARY / TORCH_LIBRARY_IMPL) and exposes build_info() and cuda_limits().
 #include <torch/extension.h>
 
+#include "cuda_limits.h"
 #include "gaea_ext.h"
 
 namespace {
@@ -34,9 +35,21 @@ pybind11::dict build_info() {
 #else
   info["compiler"] = "unknown";
 #endif
-  info["max_inputs_per_launch"] = gaea_ext::kMaxInputsPerLaunch;
   info["cpu_chunk"] = gaea_ext::kCpuChunk;
   return info;
+}
+
+// The CUDA kernels' per-call limits (csrc/cuda_limits.h), the only copy Python reads.
+pybind11::dict cuda_limits() {
+  pybind11::dict limits;
+  limits["mixed_node_terms"] = gaea_ext::kMaxMixedTerms;
+  limits["mixed_node_xs"] = gaea_ext::kMaxMixedSources;
+  limits["partial_channel_states"] = gaea_ext::kMaxPartialChannelStates;
+  limits["exp_grad_segments"] = gaea_ext::kMaxExpGradSegments;
+  limits["weighted_sum_inputs_per_launch"] = gaea_ext::kMaxInputsPerLaunch;
+  limits["exp_grad_params_per_launch"] = gaea_ext::kMaxExpGradParamsPerLaunch;
+  limits["dot_row_bytes"] = gaea_ext::kDotRowBytes;
+  return limits;
 }
 
 }  // namespace
@@ -44,4 +57,7 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gaea_ext compiled kernels (ops are under torch.ops.gaea_ext)";
   m.def("build_info", &build_info, "What this extension was compiled with.");
+  m.def("cuda_limits", &cuda_limits,
+        "The CUDA kernels' per-call limits: above mixed_node_terms, mixed_node_xs, partial_channel_states or "
+        "exp_grad_segments a call takes the reference; the others only batch launches.");
 }

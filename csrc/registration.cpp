@@ -1,6 +1,6 @@
 // Schemas of the gaea_ext torch ops. Kernels register themselves per dispatch key in
 // csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); fake kernels and autograd are
-// registered from Python (gaea_ext/ops.py).
+// registered from Python (gaea_ext/<op>.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(gaea_ext, m) {

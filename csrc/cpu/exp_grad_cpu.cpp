@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 
 namespace gaea_ext {
 namespace {

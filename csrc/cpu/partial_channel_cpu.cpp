@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 #include "vector_loops.h"
 
 namespace gaea_ext {
@@ -68,7 +69,7 @@ at::Tensor partial_channel_node_cpu(const at::Tensor& mixed_in, at::TensorList s
   if (out.numel() == 0) return in_layout_of(out, mixed_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mixed.scalar_type(), "partial_channel_node_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor wt = weights.to(at::CppTypeToScalarType<acc_t>::value).contiguous();
+    const at::Tensor wt = contiguous_as(weights, at::CppTypeToScalarType<acc_t>::value);
     const acc_t* w = wt.const_data_ptr<acc_t>();
     const scalar_t* mp = mixed.const_data_ptr<scalar_t>();
     std::vector<const scalar_t*> sp;
@@ -107,36 +108,30 @@ PartialChannelGrads partial_channel_node_backward_cpu(const at::Tensor& grad_out
                                                       int64_t groups, bool mixed_need_grad,
                                                       const c10::List<bool>& states_need_grad,
                                                       bool weights_need_grad) {
-  check_partial_channel_args(grad_out_in, true, states_in, weights, strides, groups);
-  TORCH_CHECK(states_need_grad.size() == states_in.size(), "partial_channel_node_backward: 'states_need_grad' must "
-              "have one entry per state (", states_in.size(), "), got ", states_need_grad.size());
+  check_partial_channel_backward_args(grad_out_in, states_in, weights, strides, groups, states_need_grad);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const auto states = contiguous_all(states_in);
   const Geometry geo = geometry(grad_out, states, groups);
   const int64_t E = static_cast<int64_t>(states.size()), HWo = geo.Ho * geo.Wo, planes = geo.N * geo.C;
   at::Tensor grad_mixed = mixed_need_grad ? at::empty({geo.N, geo.q, geo.Ho, geo.Wo}, grad_out.options())
                                           : at::empty({0}, grad_out.options());
-  std::vector<at::Tensor> grad_states;
-  std::vector<int64_t> slot(E, -1);
-  for (int64_t e = 0; e < E; ++e) {
-    if (states_need_grad[e]) {
-      slot[e] = static_cast<int64_t>(grad_states.size());
-      grad_states.push_back(at::empty(states[e].sizes(), states[e].options()));
-    }
-  }
-  at::Tensor grad_weights = weights_need_grad ? at::zeros({E}, weights.options()) : at::empty({0}, weights.options());
-  if (grad_out.numel() > 0 || !grad_states.empty()) {
+  NeededGrads grad_states = allocate_needed(states_need_grad, [&](size_t e) {
+    return at::empty(states[e].sizes(), states[e].options());
+  });
+  const std::vector<int64_t>& slot = grad_states.slot;
+  at::Tensor grad_weights = zeros_if_needed(weights_need_grad, {E}, weights.options());
+  if (grad_out.numel() > 0 || !grad_states.grads.empty()) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
                                     "partial_channel_node_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const at::Tensor wt = weights.to(at::CppTypeToScalarType<acc_t>::value).contiguous();
+      const at::Tensor wt = contiguous_as(weights, at::CppTypeToScalarType<acc_t>::value);
       const acc_t* w = wt.const_data_ptr<acc_t>();
       const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
       scalar_t* gmp = mixed_need_grad ? grad_mixed.mutable_data_ptr<scalar_t>() : nullptr;
       std::vector<const scalar_t*> sp;
       std::vector<scalar_t*> gsp;
       for (const auto& s : states) sp.push_back(s.const_data_ptr<scalar_t>());
-      for (auto& t : grad_states) gsp.push_back(t.mutable_data_ptr<scalar_t>());
+      for (auto& t : grad_states.grads) gsp.push_back(t.mutable_data_ptr<scalar_t>());
       std::vector<acc_t> partials(weights_need_grad ? planes * E : 0, acc_t(0));
       at::parallel_for(0, planes, plane_grain(HWo), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> gbuf(HWo);
@@ -183,16 +178,13 @@ PartialChannelGrads partial_channel_node_backward_cpu(const at::Tensor& grad_out
         std::vector<double> total(E, 0.0);
         for (int64_t p = 0; p < planes; ++p)
           for (int64_t e = 0; e < E; ++e) total[e] += static_cast<double>(partials[p * E + e]);
-        at::Tensor gw = at::empty({E}, at::kDouble);
-        std::copy(total.begin(), total.end(), gw.mutable_data_ptr<double>());
-        grad_weights = gw.to(weights.scalar_type());
+        grad_weights = tensor_from(total, {E}, weights.scalar_type());
       }
     });
   }
   if (mixed_need_grad) grad_mixed = in_layout_of(grad_mixed, grad_out_in);
-  for (int64_t e = 0; e < E; ++e)
-    if (slot[e] >= 0) grad_states[slot[e]] = in_layout_of(grad_states[slot[e]], states_in[e]);
-  return {grad_mixed, grad_states, grad_weights};
+  restore_layouts(grad_states, states_in);
+  return {grad_mixed, grad_states.grads, grad_weights};
 }
 
 TORCH_LIBRARY_IMPL(gaea_ext, CPU, m) {

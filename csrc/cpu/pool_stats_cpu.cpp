@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 #include "pool_planes.h"
 #include "vector_loops.h"
 
@@ -26,17 +27,13 @@ using namespace pool_planes;
 
 int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)); }
 
-at::ScalarType stats_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
 at::Tensor pool_stats_cpu(const at::Tensor& x_in, int64_t kind) {
   check_pool_stats_args(x_in, kind);
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, planes = N * C;
-  at::Tensor stats = at::empty({2, C}, x.options().dtype(stats_dtype(x)));
+  at::Tensor stats = at::empty({2, C}, x.options().dtype(accumulation_type(x.scalar_type())));
   if (x.numel() == 0) return stats.fill_(std::numeric_limits<double>::quiet_NaN());  // as batch_norm: mean of nothing
   const bool avg = is_avg_kind(kind);
   std::vector<double> plane_mean(planes), plane_m2(planes);
@@ -84,7 +81,7 @@ at::Tensor pool_stats_backward_cpu(const at::Tensor& grad_stats_in, const at::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_stats_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor gs = grad_stats_in.to(acc_type).contiguous(), st = stats_in.to(acc_type).contiguous();
+    const at::Tensor gs = contiguous_as(grad_stats_in, acc_type), st = contiguous_as(stats_in, acc_type);
     const acc_t* gsp = gs.const_data_ptr<acc_t>();
     const acc_t* stp = st.const_data_ptr<acc_t>();
     const acc_t inv_m = acc_t(1) / static_cast<acc_t>(N * HW);

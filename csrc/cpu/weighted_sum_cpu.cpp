@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 #include "simd_clones.h"
 #include "vector_loops.h"
 
@@ -84,24 +85,11 @@ void mix_chunk(scalar_t* out, acc_t* acc, const scalar_t* const* ys, const acc_t
 
 int64_t num_chunks(int64_t numel) { return (numel + kCpuChunk - 1) / kCpuChunk; }
 
-// Returns inputs (and, if given, grad_out) as tensors that share one dense layout.
-std::vector<at::Tensor> with_shared_layout(at::TensorList inputs, const at::Tensor* grad_out) {
-  std::vector<at::Tensor> all(inputs.begin(), inputs.end());
-  if (grad_out != nullptr) all.push_back(*grad_out);
-  if (share_dense_layout(all)) return all;
-  for (at::Tensor& t : all) t = t.contiguous();
-  return all;
-}
-
 template <typename scalar_t>
 std::vector<const scalar_t*> data_pointers(const std::vector<at::Tensor>& tensors, size_t count) {
   std::vector<const scalar_t*> ptrs(count);
   for (size_t k = 0; k < count; ++k) ptrs[k] = tensors[k].const_data_ptr<scalar_t>();
   return ptrs;
-}
-
-at::ScalarType accumulation_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 void check_cpu(at::TensorList inputs) {
@@ -114,12 +102,12 @@ void check_cpu(at::TensorList inputs) {
 at::Tensor weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights) {
   check_weighted_sum_args(inputs, weights);
   check_cpu(inputs);
-  const std::vector<at::Tensor> ys = with_shared_layout(inputs, nullptr);
+  const std::vector<at::Tensor> ys = with_shared_layout(inputs.vec());
   at::Tensor out = at::empty_like(ys[0], at::MemoryFormat::Preserve);
   const int64_t numel = out.numel();
   const int64_t K = static_cast<int64_t>(ys.size());
   if (numel == 0) return out;
-  const at::Tensor w = weights.to(accumulation_type(out.scalar_type())).contiguous();
+  const at::Tensor w = contiguous_as(weights, accumulation_type(out.scalar_type()));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "weighted_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -141,36 +129,26 @@ at::Tensor weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights) {
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
     const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
     const c10::List<bool>& inputs_need_grad, bool weights_need_grad) {
-  check_weighted_sum_args(inputs, weights);
+  check_weighted_sum_backward_args(grad_out, inputs, weights, inputs_need_grad);
   check_cpu(inputs);
   const int64_t K = static_cast<int64_t>(inputs.size());
-  TORCH_CHECK(static_cast<int64_t>(inputs_need_grad.size()) == K,
-              "weighted_sum_backward: 'inputs_need_grad' must have one flag per input (", K, "), got ",
-              inputs_need_grad.size());
-  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type() &&
-                  grad_out.device() == inputs[0].device(),
-              "weighted_sum_backward: 'grad_out' must match the inputs' shape, dtype and device");
-
-  const std::vector<at::Tensor> all = with_shared_layout(inputs, &grad_out);
+  std::vector<at::Tensor> all = inputs.vec();
+  all.push_back(grad_out);
+  all = with_shared_layout(std::move(all));
   const at::Tensor& g = all.back();
   const int64_t numel = g.numel();
   const at::ScalarType acc_type = accumulation_type(g.scalar_type());
 
-  std::vector<at::Tensor> grad_inputs;
-  std::vector<int64_t> grad_slot(K, -1);  // index into grad_inputs, or -1
-  for (int64_t k = 0; k < K; ++k) {
-    if (inputs_need_grad[k]) {
-      grad_slot[k] = static_cast<int64_t>(grad_inputs.size());
-      grad_inputs.push_back(at::empty_like(g, at::MemoryFormat::Preserve));
-    }
-  }
+  NeededGrads grad_inputs = allocate_needed(inputs_need_grad, [&](size_t) {
+    return at::empty_like(g, at::MemoryFormat::Preserve);
+  });
   at::Tensor grad_weights = weights_need_grad ? at::zeros({K}, weights.options().dtype(acc_type))
                                               : at::empty({0}, weights.options());
-  if (numel == 0 || (grad_inputs.empty() && !weights_need_grad)) {
+  if (numel == 0 || (grad_inputs.grads.empty() && !weights_need_grad)) {
     if (weights_need_grad) grad_weights = grad_weights.to(weights.scalar_type());
-    return {grad_inputs, grad_weights};
+    return {grad_inputs.grads, grad_weights};
   }
-  const at::Tensor w = weights.to(acc_type).contiguous();
+  const at::Tensor w = contiguous_as(weights, acc_type);
   const int64_t chunks = num_chunks(numel);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "weighted_sum_backward_cpu", [&] {
@@ -180,7 +158,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
     const acc_t* w_ptr = w.const_data_ptr<acc_t>();
     std::vector<scalar_t*> gi_ptrs(K, nullptr);
     for (int64_t k = 0; k < K; ++k) {
-      if (grad_slot[k] >= 0) gi_ptrs[k] = grad_inputs[grad_slot[k]].mutable_data_ptr<scalar_t>();
+      if (at::Tensor* gi = grad_inputs.of(k)) gi_ptrs[k] = gi->mutable_data_ptr<scalar_t>();
     }
     std::vector<acc_t> partials(weights_need_grad ? chunks * K : 0);
 
@@ -213,7 +191,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
     }
   });
   if (weights_need_grad) grad_weights = grad_weights.to(weights.scalar_type());
-  return {grad_inputs, grad_weights};
+  return {grad_inputs.grads, grad_weights};
 }
 
 TORCH_LIBRARY_IMPL(gaea_ext, CPU, m) {

@@ -28,18 +28,19 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 
 namespace gaea_ext {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Tensors and segments per launch. A batch carries 72 bytes per tensor plus 8 per segment
-// (2.9 KB for double with 40 tensors and 64 segments); with the other kernel arguments it
-// stays under the 4 KB kernel-parameter limit (static_assert below). Params beyond either
-// limit go to further batches; a single param may have at most kMaxSegments segments.
-constexpr int kMaxTensorsPerLaunch = 40;
-constexpr int kMaxSegments = 64;
+// Tensors and segments per launch (csrc/cuda_limits.h). A batch carries 72 bytes per tensor
+// plus 8 per segment; with the other kernel arguments it stays under the 4 KB
+// kernel-parameter limit (static_assert below). Params beyond either limit go to further
+// batches; a single param may have at most kMaxSegments segments.
+constexpr int kMaxTensorsPerLaunch = static_cast<int>(kMaxExpGradParamsPerLaunch);
+constexpr int kMaxSegments = static_cast<int>(kMaxExpGradSegments);
 // Largest total element count the single-block fused path takes (the DARTS alphas and
 // edge weights are ~250 elements); beyond it one block per param is faster.
 constexpr int64_t kFusedMaxNumel = 16384;

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 #include "pool_windows.cuh"
 
 namespace gaea_ext {
@@ -39,10 +40,10 @@ constexpr int kMaxS = static_cast<int>(kMaxMixedSources);
 // Fixed grid cap of the backward: its partial sums depend only on the tensor size.
 constexpr int64_t kBwdMaxBlocks = 1024;
 // Weight-gradient dot products per thread in one backward block: a fully unrolled register
-// array (a runtime-indexed one lives in local memory), 64 bytes of registers. NB201 nodes
+// array (a runtime-indexed one lives in local memory), kDotRowBytes of registers. NB201 nodes
 // need at most 12, DARTS nodes 25 (two rows of float blocks).
 template <typename acc_t>
-constexpr int kDotChunk = static_cast<int>(64 / sizeof(acc_t));
+constexpr int kDotChunk = static_cast<int>(kDotRowBytes / sizeof(acc_t));
 
 template <typename scalar_t>
 struct NodeArgs {
@@ -314,12 +315,6 @@ DotTerms dot_terms(c10::IntArrayRef kinds, const std::vector<int64_t>& bn_rank) 
   return dt;
 }
 
-// The norm in the accumulation type (an undefined tensor when there are no BN terms).
-at::Tensor norm_as(const std::optional<at::Tensor>& norm, at::ScalarType acc) {
-  if (!norm.has_value() || !norm->defined() || norm->numel() == 0) return at::Tensor();
-  return norm->to(acc).contiguous();
-}
-
 template <typename acc_t>
 const acc_t* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
@@ -347,7 +342,7 @@ at::Tensor mixed_node_cuda(at::TensorList xs_in, at::TensorList outputs_in, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "mixed_node_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor wt = weights.to(acc_type).contiguous();
+    const at::Tensor wt = contiguous_as(weights, acc_type);
     const at::Tensor nt = norm_as(norm, acc_type);
     const auto a = node_args<scalar_t>(xs, ys, kinds, sources, bn_rank);
     mixed_node_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
@@ -371,16 +366,13 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor& x0 = xs[0];
   const int64_t numel = x0.numel(), T = static_cast<int64_t>(kinds.size());
-  const int64_t S = static_cast<int64_t>(xs.size()), O = static_cast<int64_t>(ys.size());
+  const int64_t S = static_cast<int64_t>(xs.size());
   const BnTerms bt = bn_terms(bn_rank);
   norm_need_grad = norm_need_grad && bt.B > 0;
-  std::vector<at::Tensor> grad_xs, grad_ys;
-  std::vector<at::Tensor> gx_by_source(S), gy_by_output(O);
-  for (int64_t s = 0; s < S; ++s)
-    if (xs_need_grad[s]) grad_xs.push_back(gx_by_source[s] = at::empty(x0.sizes(), x0.options()));
-  for (int64_t s = 0; s < O; ++s)
-    if (outputs_need_grad[s]) grad_ys.push_back(gy_by_output[s] = at::empty(x0.sizes(), x0.options()));
-  at::Tensor grad_weights = weights_need_grad ? at::zeros({T}, weights.options()) : at::empty({0}, weights.options());
+  const auto like_x0 = [&](size_t) { return at::empty(x0.sizes(), x0.options()); };
+  NeededGrads grad_xs = allocate_needed(xs_need_grad, like_x0);
+  NeededGrads grad_ys = allocate_needed(outputs_need_grad, like_x0);
+  at::Tensor grad_weights = zeros_if_needed(weights_need_grad, {T}, weights.options());
   at::Tensor grad_norm = norm_need_grad ? at::zeros(norm->sizes(), norm->options()) : weights.new_empty({0});
 
   if (numel > 0) {
@@ -390,21 +382,23 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "mixed_node_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
-      const at::Tensor wt = weights.to(acc_type).contiguous();
+      const at::Tensor wt = contiguous_as(weights, acc_type);
       const at::Tensor nt = norm_as(norm, acc_type);
       const auto a = node_args<scalar_t>(xs, ys, kinds, sources, bn_rank);
       GradArgs<scalar_t> ga{};
-      for (int64_t s = 0; s < S; ++s)
-        ga.gx[s] = gx_by_source[s].defined() ? gx_by_source[s].mutable_data_ptr<scalar_t>() : nullptr;
-      for (int64_t t = 0; t < T; ++t)
-        ga.gy[t] = kinds[t] == kTensor && gy_by_output[sources[t]].defined()
-                       ? gy_by_output[sources[t]].mutable_data_ptr<scalar_t>()
-                       : nullptr;
+      for (int64_t s = 0; s < S; ++s) {
+        at::Tensor* gx = grad_xs.of(s);
+        ga.gx[s] = gx != nullptr ? gx->mutable_data_ptr<scalar_t>() : nullptr;
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        at::Tensor* gy = kinds[t] == kTensor ? grad_ys.of(sources[t]) : nullptr;
+        ga.gy[t] = gy != nullptr ? gy->mutable_data_ptr<scalar_t>() : nullptr;
+      }
       DotTerms dt = dot_terms(kinds, bn_rank);
       if (!weights_need_grad) dt.D = 0;
       const unsigned int blocks = grid_for(numel, kBwdMaxBlocks);
       const auto acc_opts = x0.options().dtype(acc_type);
-      if (!grad_xs.empty() || !grad_ys.empty()) {
+      if (!grad_xs.grads.empty() || !grad_ys.grads.empty()) {
         input_grads_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
             a, ga, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
             static_cast<int>(S), numel, C, H, W);
@@ -449,21 +443,9 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
       if (norm_need_grad) grad_norm = gn.to(norm->scalar_type());
     });
   }
-  size_t k = 0;
-  for (int64_t s = 0; s < S; ++s) {
-    if (xs_need_grad[s]) {
-      grad_xs[k] = in_layout_of(grad_xs[k], xs_in[s]);
-      ++k;
-    }
-  }
-  k = 0;
-  for (int64_t s = 0; s < O; ++s) {
-    if (outputs_need_grad[s]) {
-      grad_ys[k] = in_layout_of(grad_ys[k], outputs_in[s]);
-      ++k;
-    }
-  }
-  return {grad_xs, grad_ys, grad_weights, grad_norm};
+  restore_layouts(grad_xs, xs_in);
+  restore_layouts(grad_ys, outputs_in);
+  return {grad_xs.grads, grad_ys.grads, grad_weights, grad_norm};
 }
 
 TORCH_LIBRARY_IMPL(gaea_ext, CUDA, m) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 #include "pool_windows.cuh"
 
 namespace gaea_ext {
@@ -27,7 +28,7 @@ namespace {
 using namespace pool_windows;
 
 constexpr int kThreads = 256;
-constexpr int kMaxStates = 16;
+constexpr int kMaxStates = static_cast<int>(kMaxPartialChannelStates);
 constexpr int64_t kMaxBlocks = 1024;
 
 template <typename scalar_t>
@@ -208,7 +209,7 @@ at::Tensor partial_channel_node_cuda(const at::Tensor& mixed_in, at::TensorList 
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mixed.scalar_type(), "partial_channel_node_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor wt = weights.to(at::CppTypeToScalarType<acc_t>::value).contiguous();
+    const at::Tensor wt = contiguous_as(weights, at::CppTypeToScalarType<acc_t>::value);
     pc_forward_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
         mixed.const_data_ptr<scalar_t>(), states_args<scalar_t>(states, strides), wt.const_data_ptr<acc_t>(),
         out.mutable_data_ptr<scalar_t>(), numel, static_cast<int>(C), static_cast<int>(groups), static_cast<int>(q),
@@ -223,9 +224,7 @@ PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_ou
                                                        int64_t groups, bool mixed_need_grad,
                                                        const c10::List<bool>& states_need_grad,
                                                        bool weights_need_grad) {
-  check_partial_channel_args(grad_out_in, true, states_in, weights, strides, groups);
-  TORCH_CHECK(states_need_grad.size() == states_in.size(), "partial_channel_node_backward: 'states_need_grad' must "
-              "have one entry per state (", states_in.size(), "), got ", states_need_grad.size());
+  check_partial_channel_backward_args(grad_out_in, states_in, weights, strides, groups, states_need_grad);
   check_cuda_limits(states_in);
   const c10::cuda::CUDAGuard guard(grad_out_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous();
@@ -234,14 +233,16 @@ PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_ou
   const int64_t Ho = grad_out.size(2), Wo = grad_out.size(3), E = static_cast<int64_t>(states.size());
   at::Tensor grad_mixed = mixed_need_grad ? at::empty({N, q, Ho, Wo}, grad_out.options())
                                           : at::empty({0}, grad_out.options());
-  std::vector<at::Tensor> grad_states;
-  at::Tensor grad_weights = weights_need_grad ? at::zeros({E}, weights.options()) : at::empty({0}, weights.options());
+  NeededGrads grad_states = allocate_needed(states_need_grad, [&](size_t e) {
+    return at::empty(states[e].sizes(), states[e].options());
+  });
+  at::Tensor grad_weights = zeros_if_needed(weights_need_grad, {E}, weights.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
                                   "partial_channel_node_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor wt = weights.to(acc_type).contiguous();
+    const at::Tensor wt = contiguous_as(weights, acc_type);
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
     if (mixed_need_grad && grad_mixed.numel() > 0) {
       pc_grad_mixed_kernel<scalar_t><<<grid_for(grad_mixed.numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
@@ -250,18 +251,15 @@ PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_ou
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     for (int64_t e = 0; e < E; ++e) {
-      if (!states_need_grad[e]) continue;
-      at::Tensor gx = at::empty(states[e].sizes(), states[e].options());
-      if (gx.numel() > 0) {
-        pc_grad_state_kernel<scalar_t, acc_t><<<grid_for(gx.numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
-            g, states[e].const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), static_cast<int>(e),
-            static_cast<int>(strides[e]),
-            gx.mutable_data_ptr<scalar_t>(), gx.numel(), static_cast<int>(C), static_cast<int>(groups),
-            static_cast<int>(q), static_cast<int>(states[e].size(2)), static_cast<int>(states[e].size(3)),
-            static_cast<int>(Ho), static_cast<int>(Wo));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      grad_states.push_back(in_layout_of(gx, states_in[e]));
+      at::Tensor* gx = grad_states.of(e);
+      if (gx == nullptr || gx->numel() == 0) continue;
+      pc_grad_state_kernel<scalar_t, acc_t><<<grid_for(gx->numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
+          g, states[e].const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), static_cast<int>(e),
+          static_cast<int>(strides[e]),
+          gx->mutable_data_ptr<scalar_t>(), gx->numel(), static_cast<int>(C), static_cast<int>(groups),
+          static_cast<int>(q), static_cast<int>(states[e].size(2)), static_cast<int>(states[e].size(3)),
+          static_cast<int>(Ho), static_cast<int>(Wo));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const int64_t bypass_numel = N * (C - q) * Ho * Wo;
     if (weights_need_grad && bypass_numel > 0) {
@@ -281,7 +279,8 @@ PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_ou
     }
   });
   if (mixed_need_grad) grad_mixed = in_layout_of(grad_mixed, grad_out_in);
-  return {grad_mixed, grad_states, grad_weights};
+  restore_layouts(grad_states, states_in);
+  return {grad_mixed, grad_states.grads, grad_weights};
 }
 
 TORCH_LIBRARY_IMPL(gaea_ext, CUDA, m) {

@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 #include "pool_windows.cuh"
 
 namespace gaea_ext {
@@ -113,10 +114,6 @@ __global__ void __launch_bounds__(kThreads) pool_stats_backward_kernel(
   }
 }
 
-at::ScalarType stats_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 void check_cuda_sizes(const at::Tensor& x) {
   TORCH_CHECK(x.size(2) * x.size(3) < (int64_t{1} << 31) && x.size(0) < (int64_t{1} << 31) &&
                   x.size(1) < (int64_t{1} << 31) && x.size(0) * x.size(1) < (int64_t{1} << 31),
@@ -131,7 +128,7 @@ at::Tensor pool_stats_cuda(const at::Tensor& x_in, int64_t kind) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), planes = N * C;
-  at::Tensor stats = at::empty({2, C}, x.options().dtype(stats_dtype(x)));
+  at::Tensor stats = at::empty({2, C}, x.options().dtype(accumulation_type(x.scalar_type())));
   if (x.numel() == 0) return stats.fill_(std::numeric_limits<double>::quiet_NaN());
   const bool avg = is_avg_kind(kind);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -164,7 +161,7 @@ at::Tensor pool_stats_backward_cuda(const at::Tensor& grad_stats_in, const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_stats_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor gs = grad_stats_in.to(acc_type).contiguous(), st = stats_in.to(acc_type).contiguous();
+    const at::Tensor gs = contiguous_as(grad_stats_in, acc_type), st = contiguous_as(stats_in, acc_type);
     const unsigned int blocks =
         static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((numel + kThreads - 1) / kThreads, 1 << 20)));
     pool_stats_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../gaea_ext.h"
+#include "../host_common.h"
 
 namespace gaea_ext {
 namespace {
@@ -79,8 +80,6 @@ int sm_count(c10::DeviceIndex device) {
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cuda(at::TensorList inputs, const char* op) {
   TORCH_CHECK(inputs[0].is_cuda(), op, " (CUDA kernel): 'inputs' must be CUDA tensors, got ", inputs[0].device());
@@ -258,27 +257,19 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The inputs as tensors sharing one dense layout (their own if they share one).
-std::vector<at::Tensor> with_shared_layout(at::TensorList inputs) {
-  std::vector<at::Tensor> all(inputs.begin(), inputs.end());
-  if (share_dense_layout(all)) return all;
-  for (at::Tensor& t : all) t = t.contiguous();
-  return all;
-}
-
 }  // namespace
 
 at::Tensor weighted_sum_cuda(at::TensorList inputs, const at::Tensor& weights) {
   check_weighted_sum_args(inputs, weights);
   check_cuda(inputs, "weighted_sum");
   const c10::cuda::CUDAGuard guard(inputs[0].device());
-  const std::vector<at::Tensor> ys = with_shared_layout(inputs);
+  const std::vector<at::Tensor> ys = with_shared_layout(inputs.vec());
   at::Tensor out = at::empty_like(ys[0], at::MemoryFormat::Preserve);
   const int64_t n = out.numel();
   if (n == 0) return out;
   const int64_t K = static_cast<int64_t>(ys.size());
   const at::ScalarType acc_type = accumulation_type(out.scalar_type());
-  const at::Tensor w = weights.to(acc_type).contiguous();  // device-side cast, no sync
+  const at::Tensor w = contiguous_as(weights, acc_type);  // device-side cast, no sync
   const int max_blocks = sm_count(out.get_device()) * kFwdBlocksPerSm;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
@@ -324,16 +315,9 @@ at::Tensor weighted_sum_cuda(at::TensorList inputs, const at::Tensor& weights) {
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
     const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
     const c10::List<bool>& inputs_need_grad, bool weights_need_grad) {
-  check_weighted_sum_args(inputs, weights);
+  check_weighted_sum_backward_args(grad_out, inputs, weights, inputs_need_grad);
   check_cuda(inputs, "weighted_sum_backward");
   const int64_t K = static_cast<int64_t>(inputs.size());
-  TORCH_CHECK(static_cast<int64_t>(inputs_need_grad.size()) == K,
-              "weighted_sum_backward: 'inputs_need_grad' must have one flag per input (", K, "), got ",
-              inputs_need_grad.size());
-  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type() &&
-                  grad_out.device() == inputs[0].device(),
-              "weighted_sum_backward: 'grad_out' must match the inputs' shape, dtype and device; got ",
-              grad_out.sizes(), " ", grad_out.scalar_type(), " on ", grad_out.device());
   const c10::cuda::CUDAGuard guard(inputs[0].device());
 
   // Same layout rule as the CPU kernel and the fake (gaea_ext/_layout.py): keep the layout
@@ -352,20 +336,15 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
   const int64_t n = g.numel();
   const at::ScalarType acc_type = accumulation_type(g.scalar_type());
 
-  std::vector<at::Tensor> grad_inputs;
-  std::vector<int64_t> grad_slot(K, -1);  // index into grad_inputs, or -1
-  for (int64_t k = 0; k < K; ++k) {
-    if (inputs_need_grad.get(k)) {
-      grad_slot[k] = static_cast<int64_t>(grad_inputs.size());
-      grad_inputs.push_back(at::empty_like(g, at::MemoryFormat::Preserve));
-    }
-  }
+  NeededGrads needed = allocate_needed(inputs_need_grad, [&](size_t) {
+    return at::empty_like(g, at::MemoryFormat::Preserve);
+  });
+  const std::vector<at::Tensor>& grad_inputs = needed.grads;
   if (n == 0 || (grad_inputs.empty() && !weights_need_grad)) {
-    at::Tensor grad_weights = weights_need_grad ? at::zeros({K}, weights.options()) : at::empty({0}, weights.options());
-    return {grad_inputs, grad_weights};
+    return {grad_inputs, zeros_if_needed(weights_need_grad, {K}, weights.options())};
   }
 
-  const at::Tensor w = weights.to(acc_type).contiguous();  // device-side cast, no sync
+  const at::Tensor w = contiguous_as(weights, acc_type);  // device-side cast, no sync
   const int64_t num_blocks = (n + kBwdChunk - 1) / kBwdChunk;
   TORCH_CHECK(num_blocks <= INT32_MAX, "weighted_sum_backward: tensor too large (", n, " elements)");
   at::Tensor partials = weights_need_grad ? at::empty({K, num_blocks}, g.options().dtype(acc_type)) : at::Tensor();
@@ -392,9 +371,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
       bool any_grad = false;
       for (int k = 0; k < kc; ++k) {
         if (weights_need_grad) ys.ptr[k] = all[k0 + k].const_data_ptr<scalar_t>();
-        const int64_t slot = grad_slot[k0 + k];
-        if (slot >= 0) {
-          grads.ptr[k] = grad_inputs[slot].mutable_data_ptr<scalar_t>();
+        if (at::Tensor* gi = needed.of(k0 + k)) {
+          grads.ptr[k] = gi->mutable_data_ptr<scalar_t>();
           any_grad = true;
         }
       }

@@ -3,10 +3,11 @@
 Each `.cu` file is translated to C++ by rewriting its launches `kernel<<<grid, block, smem,
 stream>>>(args)` as `gaea_emu::launch(gaea_emu::LaunchConfig(grid, block, smem, stream),
 kernel, args)`, and its `.is_cuda()` device checks as `.is_cpu()` (the emulated device's
-tensors live in host memory); nothing else changes. The translations, runtime.cpp and csrc/checks.cpp are
-compiled by the host compiler (torch.utils.cpp_extension, ninja) with the emulation headers
-ahead of torch's, and the library registers the kernels' entry points as
-`torch.ops.gaea_ext_cuda_emulated.<op>`, taking CPU tensors.
+tensors live in host memory); nothing else changes. The translations, runtime.cpp,
+csrc/checks.cpp and csrc/host_common.cpp are compiled by the host compiler
+(torch.utils.cpp_extension, ninja) with the emulation headers ahead of torch's, and the
+library registers the kernels' entry points as `torch.ops.gaea_ext_cuda_emulated.<op>`,
+taking CPU tensors.
 
     python tests/cuda_emulation/build.py      # build (or reuse) and print the library path
 
@@ -73,7 +74,7 @@ def build(verbose: bool = False) -> str:
     build_dir = Path(os.environ.get("GAEA_CUDA_EMULATION_BUILD", default_dir))
     gen_dir = build_dir / "translated"
     gen_dir.mkdir(parents=True, exist_ok=True)
-    sources = [str(HERE / "runtime.cpp"), str(ROOT / "csrc" / "checks.cpp")]
+    sources = [str(HERE / "runtime.cpp"), str(ROOT / "csrc" / "checks.cpp"), str(ROOT / "csrc" / "host_common.cpp")]
     for cu in CUDA_SOURCES:
         target = gen_dir / (cu.stem + ".cpp")
         text = f'#line 1 "{cu}"\n' + translate(cu.read_text())

@@ -1,0 +1,74 @@
+// Host-side helpers shared by the CPU and CUDA entry points (declared in host_common.h).
+#include "host_common.h"
+
+#include <algorithm>
+
+namespace gaea_ext {
+
+at::ScalarType accumulation_type(at::ScalarType data) { return data == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor contiguous_as(const at::Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
+
+at::Tensor norm_as(const std::optional<at::Tensor>& norm, at::ScalarType acc) {
+  if (!norm.has_value() || !norm->defined() || norm->numel() == 0) return at::Tensor();
+  return contiguous_as(*norm, acc);
+}
+
+void check_need_grad(const c10::List<bool>& need, size_t count, const char* op, const char* name,
+                     const char* what) {
+  TORCH_CHECK(need.size() == count, op, ": '", name, "' must have one entry per ", what, " (", count, "), got ",
+              need.size());
+}
+
+at::Tensor zeros_if_needed(bool need, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return need ? at::zeros(sizes, options) : at::empty({0}, options);
+}
+
+at::Tensor tensor_from(const std::vector<double>& values, at::IntArrayRef sizes, at::ScalarType dtype) {
+  at::Tensor out = at::empty(sizes, at::kDouble);
+  TORCH_INTERNAL_ASSERT(out.numel() == static_cast<int64_t>(values.size()));
+  std::copy(values.begin(), values.end(), out.mutable_data_ptr<double>());
+  return out.to(dtype);
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(t.contiguous());
+  return out;
+}
+
+bool share_dense_layout(at::TensorList tensors) {
+  const at::Tensor& first = tensors[0];
+  if (!first.is_non_overlapping_and_dense()) return false;
+  for (const at::Tensor& t : tensors) {
+    if (t.sizes() != first.sizes() || t.strides() != first.strides()) return false;
+  }
+  return true;
+}
+
+std::vector<at::Tensor> with_shared_layout(std::vector<at::Tensor> tensors) {
+  if (share_dense_layout(tensors)) return tensors;
+  for (at::Tensor& t : tensors) t = t.contiguous();
+  return tensors;
+}
+
+at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
+  if (!like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return result.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return result;
+}
+
+void restore_layouts(NeededGrads& needed, at::TensorList like) {
+  for (size_t k = 0; k < like.size(); ++k) {
+    if (at::Tensor* grad = needed.of(static_cast<int64_t>(k))) *grad = in_layout_of(*grad, like[k]);
+  }
+}
+
+std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count, int64_t row) {
+  if (count == 0) return {row};
+  return segments.slice(first, count).vec();
+}
+
+}  // namespace gaea_ext
