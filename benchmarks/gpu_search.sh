@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The paper protocol on one GPU, sized to one 10-minute device call (issues 4 and 5):
+# The paper protocol on one GPU, sized to a 10-minute run:
 # GAEA ERM on NAS-Bench-201 / CIFAR-10, C=16, N=5, batch 64, 25 epochs.
 #
-#     mkdir -p data && cp ../shared/data/cifar10/cifar10-jpeg.tar.gz ../shared/data/nb201/nb201_accuracies.csv.gz data/
-#     OUT=/some/dir bash benchmarks/gpu_search.sh          # device tool: carry ["data"]
+#     # data/ holds cifar10-jpeg.tar.gz and nb201_accuracies.csv.gz (or set GPU_SEARCH_DATA)
+#     OUT=/some/dir bash benchmarks/gpu_search.sh
 #
 # Writes $OUT/search.log, $OUT/result.json, $OUT/metrics.jsonl and $OUT/summary.log (build,
 # wall time, cell, NB201 accuracies). GPU_SEARCH_ARGS adds or overrides search options

@@ -213,7 +213,7 @@ def _run_variant(args) -> Dict[str, float]:
     import torch.nn.functional as F
 
     import gaea_ext
-    from gaea_ext.reference import edge_step_release, exp_grad_step_release
+    from gaea_ext.baselines import edge_step_release, exp_grad_step_release
     from gaea_nas import DartsSuperNet, NB201SuperNet, mixing
     from gaea_nas.builders import arch_modules
     from gaea_nas.search_step import search_iteration

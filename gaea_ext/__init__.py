@@ -12,10 +12,12 @@ Drop-in ops for DARTS-style code:
   exp_grad_step_(param, grad, lr)     in-place exponentiated-gradient step on simplices
   exp_grad_step_multi_(...)           the same for a list of params in one fused call
   optim.ExponentiatedGradient         a torch.optim.Optimizer on those ops
-  reference                           pure-PyTorch references of every op
+  reference                           pure-PyTorch references of every op (correctness)
+  baselines                           the eager formulations the profiler times (gaea_ext.bench)
+  cuda_limits()                       the CUDA kernels' per-call limits (from the compiled kernels)
 """
 from . import reference
-from ._backend import HAS_EXTENSION, backend, build_info
+from ._backend import HAS_EXTENSION, backend, build_info, cuda_limits
 from .exp_grad import exp_grad_step_, exp_grad_step_multi_
 from .mixed_node import mixed_node, mixed_op, mixed_terms
 from .partial_channel import partial_channel_node
@@ -29,6 +31,7 @@ __all__ = [
     "HAS_EXTENSION",
     "backend",
     "build_info",
+    "cuda_limits",
     "exp_grad_step_",
     "exp_grad_step_multi_",
     "mixed_node",

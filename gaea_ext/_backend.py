@@ -60,6 +60,36 @@ def backend(device) -> str:
     return "reference"
 
 
+# The CUDA kernels' per-call limits, read from the compiled extension (csrc/cuda_limits.h);
+# without the extension no CUDA kernel runs, so there are none.
+_CUDA_LIMITS = dict(_C.cuda_limits()) if HAS_EXTENSION else None
+
+
+def cuda_limits() -> dict:
+    """The CUDA kernels' per-call limits (csrc/cuda_limits.h, through gaea_ext._C): a call
+    with more than `mixed_node_terms` terms or `mixed_node_xs` xs (mixed_node), more than
+    `partial_channel_states` states, or a param with more than `exp_grad_segments` segments
+    is served by the reference on CUDA; the other entries only batch launches within a call.
+    Raises RuntimeError when the extension is not built (then no CUDA kernel runs)."""
+    if _CUDA_LIMITS is None:
+        raise RuntimeError(f"gaea_ext: the compiled kernels are not available ({_IMPORT_ERROR}); "
+                           "there are no CUDA kernel limits")
+    return dict(_CUDA_LIMITS)
+
+
+def use_reference(device, **counts: int) -> bool:
+    """Whether the reference serves a call on `device` rather than the compiled kernels: when
+    backend(device) is "reference", or when it is "cuda" and a count of the call exceeds its
+    CUDA kernel limit (`counts` keyed by cuda_limits() names, e.g. mixed_node_terms=85).
+    The one place every op wrapper asks."""
+    kernels = backend(device)
+    if kernels == "reference":
+        return True
+    if kernels == "cuda":
+        return any(count > _CUDA_LIMITS[name] for name, count in counts.items())
+    return False
+
+
 def build_info() -> dict:
     """What the compiled extension was built with (CUDA on/off, archs, torch, compiler)."""
     if not HAS_EXTENSION:

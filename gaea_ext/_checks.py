@@ -1,5 +1,8 @@
 """Argument validation shared by the public functions: clear exceptions naming the
-argument, raised before any kernel runs (so nothing is half-modified)."""
+argument, raised before any kernel runs (so nothing is half-modified), the same on every
+backend: TypeError for an argument of the wrong type or dtype, ValueError for a wrong shape,
+length, value, layout or device. (The kernels' own TORCH_CHECKs, which would surface as
+RuntimeError, are never the first to see a bad argument.)"""
 from numbers import Real
 from typing import List, Optional, Sequence
 
@@ -48,6 +51,25 @@ def check_weighted_sum(inputs, weights) -> List[torch.Tensor]:
     return inputs
 
 
+def _int_list(value, op: str, name: str) -> List[int]:
+    """`value` as a list of ints (bools and other types refused with TypeError)."""
+    try:
+        value = list(value)
+    except TypeError:
+        raise TypeError(f"{op}: '{name}' must be a sequence of ints, got {type(value).__name__}") from None
+    for k, v in enumerate(value):
+        if isinstance(v, bool) or not (isinstance(v, (int, torch.SymInt)) or _is_integer_scalar(v)):
+            raise TypeError(f"{op}: '{name}[{k}]' must be an int, got {type(v).__name__}")
+    return [int(v) for v in value]
+
+
+def _is_integer_scalar(v) -> bool:
+    """A 0-d integer tensor or a NumPy integer also counts as an int."""
+    if isinstance(v, torch.Tensor):
+        return v.dim() == 0 and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool
+    return type(v).__module__ == "numpy" and getattr(getattr(v, "dtype", None), "kind", None) in ("i", "u")
+
+
 def _tensor_list(value, op: str, name: str) -> List[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: '{name}' must be a sequence of tensors, not a tensor")
@@ -85,11 +107,13 @@ def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[
         raise TypeError(f"{op}: 'kinds' must be a sequence of kind names, not a string")
     kinds = list(kinds)
     for t, k in enumerate(kinds):
+        if not isinstance(k, str):
+            raise TypeError(f"{op}: 'kinds[{t}]' must be a kind name (str), got {type(k).__name__}")
         if k not in kind_names:
             raise ValueError(f"{op}: 'kinds[{t}]' must be one of {tuple(kind_names)}, got {k!r}")
     if not kinds:
         raise ValueError(f"{op}: 'kinds' must hold at least one term, got none")
-    sources = [int(s) for s in sources]
+    sources = _int_list(sources, op, "sources")
     if len(sources) != len(kinds):
         raise ValueError(f"{op}: 'sources' must have one entry per term ({len(kinds)}), got {len(sources)}")
     uses = [0] * len(outputs)
@@ -147,15 +171,20 @@ def check_norms(norms, kinds: Sequence[str], bn_kinds: Sequence[str], x: torch.T
 def check_partial_channel_node(mixed, states, weights, strides, groups):
     """Validate partial_channel_node arguments; return (states as a list, strides as ints)."""
     op = "partial_channel_node"
-    if not isinstance(mixed, torch.Tensor) or mixed.dim() != 4 or mixed.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{op}: 'mixed' must be a 4-D floating tensor [N, C/groups, Ho, Wo], got "
-                         f"{tuple(mixed.shape) if isinstance(mixed, torch.Tensor) else type(mixed).__name__}")
+    if not isinstance(mixed, torch.Tensor):
+        raise TypeError(f"{op}: 'mixed' must be a tensor, got {type(mixed).__name__}")
+    if mixed.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: 'mixed' must be float16, bfloat16, float32 or float64, got {mixed.dtype}")
+    if mixed.dim() != 4:
+        raise ValueError(f"{op}: 'mixed' must be 4-D [N, C/groups, Ho, Wo], got shape {tuple(mixed.shape)}")
     states = _tensor_list(states, op, "states")
     if not states:
         raise ValueError(f"{op}: 'states' must hold at least one tensor")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{op}: 'groups' must be a positive int, got {groups!r}")
-    strides = [int(s) for s in strides]
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"{op}: 'groups' must be an int, got {type(groups).__name__}")
+    if groups < 1:
+        raise ValueError(f"{op}: 'groups' must be a positive int, got {groups}")
+    strides = _int_list(strides, op, "strides")
     if len(strides) != len(states) or any(s not in (1, 2) for s in strides):
         raise ValueError(f"{op}: 'strides' must hold 1 or 2 per state ({len(states)}), got {strides}")
     N, q, Ho, Wo = mixed.shape
@@ -163,14 +192,20 @@ def check_partial_channel_node(mixed, states, weights, strides, groups):
         if s.dim() != 4 or s.shape[0] != N or s.shape[1] != q * groups:
             raise ValueError(f"{op}: 'states[{e}]' must be [{N}, {q * groups}, H, W] (groups x mixed's channels), "
                              f"got {tuple(s.shape)}")
-        if s.dtype != mixed.dtype or s.device != mixed.device:
-            raise TypeError(f"{op}: 'states[{e}]' must have mixed's dtype and device ({mixed.dtype}, {mixed.device}), "
-                            f"got {s.dtype}, {s.device}")
+        if s.dtype != mixed.dtype:
+            raise TypeError(f"{op}: 'states[{e}]' must have mixed's dtype {mixed.dtype}, got {s.dtype}")
+        if s.device != mixed.device:
+            raise ValueError(f"{op}: 'states[{e}]' must be on mixed's device {mixed.device}, got {s.device}")
         if (s.shape[2] // st, s.shape[3] // st) != (Ho, Wo):
             raise ValueError(f"{op}: 'states[{e}]' with stride {st} gives a {s.shape[2] // st}x{s.shape[3] // st} "
                              f"tail, but mixed is {Ho}x{Wo}")
-    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point() or weights.shape != (len(states),):
-        raise ValueError(f"{op}: 'weights' must be a 1-D floating tensor with one element per state ({len(states)})")
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{op}: 'weights' must be a tensor, got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{op}: 'weights' must be a floating-point tensor, got {weights.dtype}")
+    if weights.shape != (len(states),):
+        raise ValueError(f"{op}: 'weights' must be 1-D with one element per state ({len(states)}), "
+                         f"got shape {tuple(weights.shape)}")
     if weights.device != mixed.device:
         raise ValueError(f"{op}: 'weights' must be on mixed's device {mixed.device}, got {weights.device}")
     return states, strides
@@ -185,6 +220,8 @@ def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
         raise ValueError(f"{op}: 'x' must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: 'x' must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if not isinstance(kind, str):
+        raise TypeError(f"{op}: 'kind' must be a kind name (str), got {type(kind).__name__}")
     if kind not in pool_kinds:
         raise ValueError(f"{op}: 'kind' must be one of {tuple(pool_kinds)}, got {kind!r}")
 
@@ -208,20 +245,36 @@ def check_lr(lr, name: str = "lr") -> float:
     return lr
 
 
+def _check_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"exp_grad_step_: '{name}' must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def check_min_value(min_value) -> float:
     if (type(min_value) is float or type(min_value) is int) and 0.0 <= min_value < 1.0:
         return float(min_value)
-    if isinstance(min_value, bool) or not isinstance(min_value, Real) or not (0.0 <= float(min_value) < 1.0):
+    value = _check_number(min_value, "min_value")
+    if not (0.0 <= value < 1.0):
         raise ValueError(f"exp_grad_step_: 'min_value' must be a number in [0, 1), got {min_value!r}")
-    return float(min_value)
+    return value
 
 
 def check_entropic_reg(entropic_reg) -> float:
     if (type(entropic_reg) is float or type(entropic_reg) is int) and 0.0 <= entropic_reg < _INF:
         return float(entropic_reg)
-    if isinstance(entropic_reg, bool) or not isinstance(entropic_reg, Real) or not (0.0 <= float(entropic_reg) < float("inf")):
+    value = _check_number(entropic_reg, "entropic_reg")
+    if not (0.0 <= value < _INF):
         raise ValueError(f"exp_grad_step_: 'entropic_reg' must be a finite number >= 0, got {entropic_reg!r}")
-    return float(entropic_reg)
+    return value
+
+
+def check_order(order, orders: Sequence[str] = ORDERS) -> str:
+    if not isinstance(order, str):
+        raise TypeError(f"exp_grad_step_: 'order' must be a string, one of {tuple(orders)}, got {type(order).__name__}")
+    if order not in orders:
+        raise ValueError(f"exp_grad_step_: 'order' must be one of {tuple(orders)}, got {order!r}")
+    return order
 
 
 def check_segments(segments) -> List[int]:
@@ -246,8 +299,7 @@ def check_segments(segments) -> List[int]:
 
 def check_exp_grad_options(segments, min_value, order, entropic_reg) -> List[int]:
     """Validate one set of EG options; return segments as a list (empty = whole row)."""
-    if order not in ORDERS:
-        raise ValueError(f"exp_grad_step_: 'order' must be one of {ORDERS}, got {order!r}")
+    check_order(order)
     check_min_value(min_value)
     check_entropic_reg(entropic_reg)
     return check_segments(segments)

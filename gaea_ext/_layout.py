@@ -1,4 +1,5 @@
-"""The memory-layout rule shared by the kernels and their fake (meta) implementations."""
+"""The memory-layout rules shared by the kernels (csrc/host_common.cpp) and their fake (meta)
+implementations and autograd wrappers: every op's Python side takes its layouts from here."""
 from typing import Sequence
 
 import torch
@@ -28,3 +29,17 @@ def empty_in_layout(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if share_dense_layout(tensors):
         return torch.empty_like(first, memory_format=torch.preserve_format)
     return torch.empty_like(first, memory_format=torch.contiguous_format)
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """Mirror of csrc/host_common.cpp in_layout_of: the layout a kernel gives the result that
+    belongs to `x` (e.g. its gradient): channels_last when `x` is channels_last and not also
+    contiguous, else contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_like_layout(x: torch.Tensor) -> torch.Tensor:
+    """An empty tensor shaped like `x` in the layout memory_format_of(x)."""
+    return torch.empty_like(x, memory_format=memory_format_of(x))

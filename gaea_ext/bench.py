@@ -1,11 +1,11 @@
 """Kernel-throughput profiler of gaea_ext: ``python -m gaea_ext.bench``.
 
 Per case (op, pass, shape, K, dtype, threads) the fused gaea_ext op is compared with the
-eager PyTorch way (``sum(w * y for ...)`` with autograd; for EG the per-group loop of the
-released GAEA code) and with ``torch.compile`` of that eager function. The variants of one
+eager PyTorch way (gaea_ext.baselines: ``sum(w * y for ...)`` with autograd; for EG the
+per-group loop of the released GAEA code) and with ``torch.compile`` of that eager function. The variants of one
 case are timed interleaved (round-robin, order rotated every round) in one process and
 summarised by median and min. Throughput uses the minimal byte model of
-docs/performance.md section 1 and is also given as a % of a copy bandwidth measured in the
+docs/benchmarks.md and is also given as a % of a copy bandwidth measured in the
 same run. CPU: host clock, reported per thread count (targets are judged at 1 thread).
 CUDA: CUDA events after warm-up, with an L2 flush (zeroing 256 MiB) before every call.
 
@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 import gaea_ext
-from gaea_ext import reference
+from gaea_ext import baselines
 
 DTYPES = {
     "float32": torch.float32,
@@ -109,7 +109,7 @@ def _count_shapes(shapes: Sequence[tuple[int, ...]]) -> str:
 
 
 def model_bytes(spec: CaseSpec, elem: int) -> int:
-    """Minimal bytes moved (performance.md section 1): fwd (K+1)N, bwd (2K+1)N elements;
+    """Minimal bytes moved (docs/benchmarks.md): fwd (K+1)N, bwd (2K+1)N elements;
     EG reads param and grad and writes param (3 x numel)."""
     if spec.op == "exp_grad":
         return 3 * elem * spec.numel
@@ -212,25 +212,14 @@ def _weighted_sum_variant(
     w.requires_grad_(backward)
     impl = {
         "fused": gaea_ext.weighted_sum,
-        "eager": reference.eager_weighted_sum,
-        "compile": torch.compile(reference.eager_weighted_sum, dynamic=False),
+        "eager": baselines.eager_weighted_sum,
+        "compile": torch.compile(baselines.eager_weighted_sum, dynamic=False),
     }[name]
     if not backward:
         return lambda: impl(ys, w)
     grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
     leaves = [*ys, w]
     return lambda: torch.autograd.grad(impl(ys, w), leaves, grad_out)
-
-
-def eager_nb201_node(xs, convs, w):
-    """An NB201 node the peers' way: every op materialised (`none` as `x * 0`, the avg pool
-    as a tensor), then `sum(w * op(x))` in Python."""
-    terms = []
-    for e, x in enumerate(xs):
-        ys = [x * 0.0, x, convs[e][0], convs[e][1],
-              torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)]
-        terms.extend(w[e, k] * y for k, y in enumerate(ys))
-    return sum(terms)
 
 
 def _mixed_node_variant(
@@ -251,24 +240,13 @@ def _mixed_node_variant(
     def fused(xs, convs, w):
         return gaea_ext.mixed_node([(x, c, NB201_NODE_KINDS) for x, c in zip(xs, convs)], w)
 
-    impl = {"fused": fused, "eager": eager_nb201_node,
-            "compile": torch.compile(eager_nb201_node, dynamic=False)}[name]
+    impl = {"fused": fused, "eager": baselines.eager_nb201_node,
+            "compile": torch.compile(baselines.eager_nb201_node, dynamic=False)}[name]
     if not backward:
         return lambda: impl(xs, convs, w)
     grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
     leaves = [*xs, *(c for cs in convs for c in cs), w]
     return lambda: torch.autograd.grad(impl(xs, convs, w), leaves, grad_out)
-
-
-def eager_darts_node(xs, convs, w, bns):
-    """A DARTS search node the peers' way: `none` as `x * 0`, each pool materialised and
-    normalised by its BatchNorm2d(affine=False), then `sum(w * op(x))` in Python."""
-    terms = []
-    for e, x in enumerate(xs):
-        ys = [x * 0.0, bns[e][0](torch.nn.functional.max_pool2d(x, 3, 1, 1)),
-              bns[e][1](torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)), x, *convs[e]]
-        terms.extend(w[e, k] * y for k, y in enumerate(ys))
-    return sum(terms)
 
 
 def fused_darts_node(xs, convs, w, bns):
@@ -296,8 +274,8 @@ def _darts_node_variant(
     w.requires_grad_(backward)
     C = spec.shape[1]
     bns = [[torch.nn.BatchNorm2d(C, affine=False).to(device) for _ in range(2)] for _ in range(spec.k)]
-    impl = {"fused": fused_darts_node, "eager": eager_darts_node,
-            "compile": torch.compile(eager_darts_node, dynamic=False)}[name]
+    impl = {"fused": fused_darts_node, "eager": baselines.eager_darts_node,
+            "compile": torch.compile(baselines.eager_darts_node, dynamic=False)}[name]
     if not backward:
         return lambda: impl(xs, convs, w, bns)
     grad_out = torch.randn(spec.shape, generator=gen, device=device, dtype=dtype)
@@ -345,9 +323,9 @@ def fused_eg_step(alphas, alpha_grads, edges, edge_grads) -> None:
 def release_eg_step(alphas, alpha_grads, edges, edge_grads) -> None:
     """GAEA EG step as the released code does it: per tensor, then a Python loop per node."""
     for a, g in zip(alphas, alpha_grads):
-        reference.exp_grad_step_release(a, g, EG_LR)
+        baselines.exp_grad_step_release(a, g, EG_LR)
     for b, g in zip(edges, edge_grads):
-        reference.edge_step_release(b, g, EG_LR, list(DARTS_SEGMENTS))
+        baselines.edge_step_release(b, g, EG_LR, list(DARTS_SEGMENTS))
 
 
 # ---------------------------------------------------------------- timing

@@ -8,12 +8,12 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import reference
-from ._backend import HAS_EXTENSION, backend
+from ._backend import HAS_EXTENSION, use_reference
 from ._checks import (
-    ORDERS,
     check_entropic_reg,
     check_lr,
     check_min_value,
+    check_order,
     check_param_and_grad,
     per_param,
     per_param_segments,
@@ -23,9 +23,6 @@ PerParam = Union[float, Sequence[float]]
 
 NONFINITE_GRAD = 1  # bits of the flag returned by the op (csrc/gaea_ext.h)
 INVALID_PARAM = 2
-# The CUDA kernel's limit of segments per param (kMaxSegments in csrc/cuda/exp_grad_cuda.cu);
-# a param split into more takes the reference path on CUDA.
-_CUDA_MAX_SEGMENTS = 64
 
 
 def exp_grad_step_(
@@ -48,7 +45,11 @@ def exp_grad_step_(
     (`"normalize_then_clamp"`, GAEA GDAS). `adaptive=True` uses lr / max|grad|.
     Raises ValueError, leaving `param` untouched, if `grad` holds NaN/Inf or a simplex of
     `param` is not a non-negative vector with a positive sum (this reads one flag from the
-    device; under torch.compile the step is skipped instead of raising).
+    device; under torch.compile the step is skipped instead of raising). Bad arguments raise
+    before anything changes: TypeError for a wrong type or dtype (param, grad, lr,
+    min_value, entropic_reg, segments), ValueError for a wrong shape, value, length, layout
+    (param must be contiguous) or device.
+    Returns `param` itself.
     """
     exp_grad_step_multi_(
         [param], [grad], lr, segments=segments, min_value=min_value, order=order,
@@ -78,8 +79,13 @@ def exp_grad_step_multi_(
     min_value=[1e-5, 0.0])`.
     All or nothing: if any grad is non-finite or any param simplex is invalid, no param
     changes. With `check_finite=True` that raises ValueError (one flag read from the
-    device); with `check_finite=False` nothing is read back and the returned 0-d int32
-    tensor is nonzero instead (1: non-finite grad, 2: invalid param). Returns that flag.
+    device); with `check_finite=False` nothing is read back and the flag says it instead.
+    Bad arguments raise as in :func:`exp_grad_step_`, before anything changes.
+
+    Returns the status flag: a 0-d int32 tensor on the params' device, the bitwise OR of
+    NONFINITE_GRAD (1: a grad holds NaN/Inf) and INVALID_PARAM (2: a param simplex is
+    invalid); 0 when the step was applied. With `check_finite=True` (outside
+    torch.compile) a returned flag is always 0.
     """
     params, grads = list(params), list(grads)
     count = len(params)
@@ -87,8 +93,7 @@ def exp_grad_step_multi_(
         raise ValueError(f"exp_grad_step_: 'grads' must have one tensor per param ({count}), got {len(grads)}")
     if not count:
         raise ValueError("exp_grad_step_: 'params' must hold at least one tensor")
-    if order not in ORDERS:
-        raise ValueError(f"exp_grad_step_: 'order' must be one of {ORDERS}, got {order!r}")
+    check_order(order)
     lrs = [check_lr(x) for x in per_param(lr, count, "lr")]
     min_values = [check_min_value(x) for x in per_param(min_value, count, "min_value")]
     regs = [check_entropic_reg(x) for x in per_param(entropic_reg, count, "entropic_reg")]
@@ -98,8 +103,7 @@ def exp_grad_step_multi_(
         if p.device != params[0].device:
             raise ValueError(f"exp_grad_step_: all 'params' must be on one device; params[0] is on {params[0].device}, params[{t}] on {p.device}")
 
-    kernels = backend(params[0].device)
-    if kernels == "reference" or (kernels == "cuda" and max(map(len, seg_lists)) > _CUDA_MAX_SEGMENTS):
+    if use_reference(params[0].device, exp_grad_segments=max(map(len, seg_lists))):
         flag = _reference_step(params, grads, lrs, seg_lists, min_values, order, regs, adaptive)
     else:
         flat_segments = [length for lengths in seg_lists for length in lengths]
@@ -116,24 +120,33 @@ def exp_grad_step_multi_(
 
 
 def raise_for_flag(flag: int) -> None:
-    """Turn the op's status flag into the exception the caller should see."""
+    """Turn the op's status flag into the exception the caller should see (ValueError naming
+    every condition whose bit is set)."""
+    problems = []
     if flag & NONFINITE_GRAD:
-        raise ValueError("exp_grad_step_: 'grad' holds NaN or Inf; no parameter was changed")
+        problems.append("'grad' holds NaN or Inf")
     if flag & INVALID_PARAM:
-        raise ValueError(
-            "exp_grad_step_: 'param' must hold finite, non-negative simplices with a positive sum; "
-            "no parameter was changed"
-        )
+        problems.append("'param' must hold finite, non-negative simplices with a positive sum")
+    if problems:
+        raise ValueError(f"exp_grad_step_: {'; '.join(problems)}; no parameter was changed")
+
+
+def status_flag(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                seg_lists: Sequence[List[int]]) -> torch.Tensor:
+    """What the op's flag would be for these params (0-d int32 on their device, computed in
+    plain PyTorch without reading device values): NONFINITE_GRAD | INVALID_PARAM bits."""
+    flag = torch.zeros((), dtype=torch.int32, device=params[0].device)
+    for p, g, segments in zip(params, grads, seg_lists):
+        flag = flag | torch.where(torch.isfinite(g).all(), 0, NONFINITE_GRAD).to(torch.int32)
+        flag = flag | torch.where(_simplices_valid(p, segments), 0, INVALID_PARAM).to(torch.int32)
+    return flag
 
 
 @torch.no_grad()
 def _reference_step(params, grads, lrs, seg_lists, min_values, order, regs, adaptive) -> torch.Tensor:
     """The same all-or-nothing contract in plain PyTorch, without reading device values
     (so it also traces under torch.compile)."""
-    flag = torch.zeros((), dtype=torch.int32, device=params[0].device)
-    for p, g, segments in zip(params, grads, seg_lists):
-        flag = flag | torch.where(torch.isfinite(g).all(), 0, NONFINITE_GRAD)
-        flag = flag | torch.where(_simplices_valid(p, segments), 0, INVALID_PARAM)
+    flag = status_flag(params, grads, seg_lists)
     ok = flag == 0
     for p, g, lr, segments, min_value, reg in zip(params, grads, lrs, seg_lists, min_values, regs):
         new = reference.exp_grad_step(p, g, lr, segments=segments or None, min_value=min_value,

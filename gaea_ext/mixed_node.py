@@ -9,6 +9,10 @@ followed by BatchNorm without affine, given per-channel `[mean, 1/std]` norms, s
 gradient is `sum(grad)`). The pools are computed inside the kernel from `x` and never
 materialised; the backward saves only the inputs and recomputes them.
 
+Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
+wrong shapes, lengths, indices, kinds or devices, raised before any kernel runs; RuntimeError
+when a backward through the kernels runs with create_graph=True (no double backward).
+
 Kernels: csrc/cpu/mixed_node_cpu.cpp, csrc/cuda/mixed_node_cuda.cu (op `gaea_ext::mixed_node`).
 Reference: gaea_ext.reference.mixed_node. Tests: tests/test_mixed_node.py.
 """
@@ -17,14 +21,14 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import reference
-from ._backend import HAS_EXTENSION, backend
+from ._autograd import by_need, refuse_double_backward
+from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_mixed_node, check_norms
+from ._layout import empty_like_layout, memory_format_of
 
 KINDS = reference.MIXED_KINDS
 BN_KINDS = reference.BN_KINDS
 _CODE = {k: i for i, k in enumerate(KINDS)}
-# The CUDA kernel takes this many terms and xs per call (a DARTS node has 40 terms).
-_CUDA_MAX_TERMS, _CUDA_MAX_XS = 64, 16
 
 Edge = Tuple[torch.Tensor, Sequence[torch.Tensor], Sequence[str]]
 
@@ -41,8 +45,7 @@ def mixed_terms(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], wei
     term order. Differentiable in all four."""
     xs, outputs, weights, kinds, sources = check_mixed_node(xs, outputs, weights, kinds, sources, KINDS)
     norm = check_norms(norms, kinds, BN_KINDS, xs[0])
-    kernels = backend(xs[0].device)
-    if kernels == "reference" or (kernels == "cuda" and (len(kinds) > _CUDA_MAX_TERMS or len(xs) > _CUDA_MAX_XS)):
+    if use_reference(xs[0].device, mixed_node_terms=len(kinds), mixed_node_xs=len(xs)):
         return reference.mixed_node(xs, outputs, weights, kinds, sources, norm)
     return torch.ops.gaea_ext.mixed_node(xs, outputs, weights, [_CODE[k] for k in kinds], sources, norm)
 
@@ -91,24 +94,18 @@ def mixed_node(edges: Sequence[Edge], weights: torch.Tensor,
     return mixed_terms(xs, outputs, weights, kinds, sources, norms)
 
 
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 if HAS_EXTENSION:
 
     @torch.library.register_fake("gaea_ext::mixed_node")
     def _mixed_node_fake(xs, outputs, weights, kinds, sources, norm=None):
         torch._check(weights.numel() == len(kinds), lambda: "mixed_node: one weight per term")
-        return torch.empty_like(xs[0], memory_format=_layout_of(xs[0]))
+        return empty_like_layout(xs[0])
 
     @torch.library.register_fake("gaea_ext::mixed_node_backward")
     def _mixed_node_backward_fake(grad_out, xs, outputs, weights, kinds, sources, norm, xs_need_grad,
                                   outputs_need_grad, weights_need_grad, norm_need_grad):
-        gx = [torch.empty_like(x, memory_format=_layout_of(x)) for x, need in zip(xs, xs_need_grad) if need]
-        gy = [torch.empty_like(y, memory_format=_layout_of(y)) for y, need in zip(outputs, outputs_need_grad) if need]
+        gx = [empty_like_layout(x) for x, need in zip(xs, xs_need_grad) if need]
+        gy = [empty_like_layout(y) for y, need in zip(outputs, outputs_need_grad) if need]
         gw = weights.new_empty(weights.shape if weights_need_grad else (0,))
         with_norm = norm_need_grad and norm is not None and norm.numel() > 0
         gn = norm.new_empty(norm.shape) if with_norm else weights.new_empty((0,))
@@ -126,6 +123,7 @@ if HAS_EXTENSION:
                               *(outputs if keep_outputs else ()))
 
     def _backward(ctx, grad_out):
+        refuse_double_backward("mixed_node")
         needs = ctx.needs_input_grad  # no entry for `norm` when the call left it out
         xs_need, outputs_need, weights_need = needs[:3]
         norm_need = len(needs) > 5 and needs[5]
@@ -134,13 +132,10 @@ if HAS_EXTENSION:
         xs = rest[:ctx.num_xs]
         outputs = rest[ctx.num_xs:] if ctx.kept_outputs else [grad_out] * ctx.num_outputs
         gx, gy, gw, gn = torch.ops.gaea_ext.mixed_node_backward(
-            grad_out.contiguous(memory_format=_layout_of(xs[0])), list(xs), list(outputs), weights,
+            grad_out.contiguous(memory_format=memory_format_of(xs[0])), list(xs), list(outputs), weights,
             ctx.kinds, ctx.sources, norm, list(xs_need), list(outputs_need), bool(weights_need),
             bool(norm_need and norm is not None))
-        it_x, it_y = iter(gx), iter(gy)
-        grad_xs = [next(it_x) if need else None for need in xs_need]
-        grad_outputs = [next(it_y) if need else None for need in outputs_need]
-        grads = (grad_xs, grad_outputs, (gw if weights_need else None), None, None)
+        grads = (by_need(gx, xs_need), by_need(gy, outputs_need), (gw if weights_need else None), None, None)
         return grads + ((gn if norm_need else None),) * (len(needs) - 5)
 
     torch.library.register_autograd("gaea_ext::mixed_node", _backward, setup_context=_setup_context)

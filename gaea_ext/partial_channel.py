@@ -11,6 +11,10 @@ concatenation and shuffle are fixed linear maps, a node is
 one `gaea_ext.mixed_terms` call). This op writes the bypass sum straight into the shuffled
 positions next to `mixed`: no per-edge bypass, cat or shuffle tensor is made.
 
+Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
+wrong shapes, lengths, strides, groups or devices, raised before any kernel runs; RuntimeError
+when a backward through the kernels runs with create_graph=True (no double backward).
+
 Kernels: csrc/cpu/partial_channel_cpu.cpp, csrc/cuda/partial_channel_cuda.cu (op
 `gaea_ext::partial_channel_node`). Reference: gaea_ext.reference.partial_channel_node.
 Tests: tests/test_partial_channel.py.
@@ -20,10 +24,10 @@ from typing import Sequence
 import torch
 
 from . import reference
-from ._backend import HAS_EXTENSION, backend
+from ._autograd import by_need, refuse_double_backward
+from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_partial_channel_node
-
-_CUDA_MAX_STATES = 16
+from ._layout import empty_like_layout, memory_format_of
 
 
 def partial_channel_node(mixed: torch.Tensor, states: Sequence[torch.Tensor], weights: torch.Tensor,
@@ -33,16 +37,9 @@ def partial_channel_node(mixed: torch.Tensor, states: Sequence[torch.Tensor], we
     `mixed` is [N, q, Ho, Wo]; `states[e]` [N, C, H_e, W_e]; `weights` [E]. Differentiable
     in all three."""
     states, strides = check_partial_channel_node(mixed, states, weights, strides, groups)
-    kernels = backend(mixed.device)
-    if kernels == "reference" or (kernels == "cuda" and len(states) > _CUDA_MAX_STATES):
+    if use_reference(mixed.device, partial_channel_states=len(states)):
         return reference.partial_channel_node(mixed, states, weights, strides, groups)
     return torch.ops.gaea_ext.partial_channel_node(mixed, states, weights, strides, groups)
-
-
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 if HAS_EXTENSION:
@@ -50,14 +47,14 @@ if HAS_EXTENSION:
     @torch.library.register_fake("gaea_ext::partial_channel_node")
     def _partial_channel_node_fake(mixed, states, weights, strides, groups):
         n, q, ho, wo = mixed.shape
-        return mixed.new_empty((n, q * groups, ho, wo)).contiguous(memory_format=_layout_of(mixed))
+        return mixed.new_empty((n, q * groups, ho, wo)).contiguous(memory_format=memory_format_of(mixed))
 
     @torch.library.register_fake("gaea_ext::partial_channel_node_backward")
     def _partial_channel_node_backward_fake(grad_out, states, weights, strides, groups, mixed_need_grad,
                                             states_need_grad, weights_need_grad):
         n, c, ho, wo = grad_out.shape
         gm = grad_out.new_empty((n, c // groups, ho, wo)) if mixed_need_grad else grad_out.new_empty((0,))
-        gs = [torch.empty_like(s, memory_format=_layout_of(s)) for s, need in zip(states, states_need_grad) if need]
+        gs = [empty_like_layout(s) for s, need in zip(states, states_need_grad) if need]
         gw = weights.new_empty(weights.shape if weights_need_grad else (0,))
         return gm, gs, gw
 
@@ -67,13 +64,12 @@ if HAS_EXTENSION:
         ctx.save_for_backward(weights, *states)
 
     def _backward(ctx, grad_out):
+        refuse_double_backward("partial_channel_node")
         mixed_need, states_need, weights_need = ctx.needs_input_grad[:3]
         weights, *states = ctx.saved_tensors
         gm, gs, gw = torch.ops.gaea_ext.partial_channel_node_backward(
             grad_out.contiguous(), list(states), weights, ctx.strides, ctx.groups, bool(mixed_need),
             list(states_need), bool(weights_need))
-        it = iter(gs)
-        grad_states = [next(it) if need else None for need in states_need]
-        return (gm if mixed_need else None), grad_states, (gw if weights_need else None), None, None
+        return (gm if mixed_need else None), by_need(gs, states_need), (gw if weights_need else None), None, None
 
     torch.library.register_autograd("gaea_ext::partial_channel_node", _backward, setup_context=_setup_context)

@@ -7,6 +7,10 @@ the DARTS supernet's pools.
 turns them into the `[mean, 1/std]` norm that `mixed_terms` takes for a BN kind, exactly as
 `bn(pool(x))` would normalise in train or eval mode, and updates `bn`'s running statistics.
 
+Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for a
+wrong shape, kind or BatchNorm configuration, raised before any kernel runs; RuntimeError when a
+backward through the kernels runs with create_graph=True (no double backward).
+
 Kernels: csrc/cpu/pool_stats_cpu.cpp, csrc/cuda/pool_stats_cuda.cu (ops `gaea_ext::pool_stats`,
 `gaea_ext::pool_stats_backward`). Reference: gaea_ext.reference.pool_stats.
 Tests: tests/test_pool_batch_norm.py.
@@ -14,8 +18,10 @@ Tests: tests/test_pool_batch_norm.py.
 import torch
 
 from . import reference
-from ._backend import HAS_EXTENSION, backend
+from ._autograd import refuse_double_backward
+from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_pool_stats
+from ._layout import empty_like_layout
 
 POOL_KINDS = ("avg_pool_3x3", "max_pool_3x3") + reference.BN_KINDS
 _CODE = {k: reference.MIXED_KINDS.index(k) for k in POOL_KINDS}
@@ -26,7 +32,7 @@ def pool_stats(x: torch.Tensor, kind: str) -> torch.Tensor:
     `kind` (avg without padded cells, or max; a BN kind means its pool) of the 4-D `x`;
     float32 (float64 for float64 `x`), differentiable in `x`."""
     check_pool_stats(x, kind, POOL_KINDS)
-    if backend(x.device) == "reference":
+    if use_reference(x.device):
         return reference.pool_stats(x, kind)
     return torch.ops.gaea_ext.pool_stats(x, _CODE[kind])
 
@@ -36,11 +42,12 @@ def pool_batch_norm(x: torch.Tensor, kind: str, bn: torch.nn.modules.batchnorm._
     affine) normalises `pool(x)`: batch statistics in training mode (updating `bn`'s running
     mean, unbiased running variance and batch count as BatchNorm2d does), the running
     statistics in eval mode. Pass it to :func:`gaea_ext.mixed_terms` for the BN kind."""
+    check_pool_stats(x, kind, POOL_KINDS)
     if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"pool_batch_norm: 'bn' must be a BatchNorm module, got {type(bn).__name__}")
     if bn.affine:
         raise ValueError("pool_batch_norm: 'bn' must have affine=False (the DARTS supernet's pool BatchNorm)")
-    if x.dim() != 4 or x.shape[1] != bn.num_features:
+    if x.shape[1] != bn.num_features:
         raise ValueError(f"pool_batch_norm: 'x' must be [N, {bn.num_features}, H, W] for this bn, got {tuple(x.shape)}")
     use_batch_stats = bn.training or bn.running_mean is None
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -68,9 +75,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("gaea_ext::pool_stats_backward")
     def _pool_stats_backward_fake(grad_stats, x, stats, kind):
-        fmt = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
-            else torch.contiguous_format
-        return torch.empty_like(x, memory_format=fmt)
+        return empty_like_layout(x)
 
     def _setup_context(ctx, inputs, output):
         x, kind = inputs
@@ -78,6 +83,7 @@ if HAS_EXTENSION:
         ctx.save_for_backward(x, output)
 
     def _backward(ctx, grad_stats):
+        refuse_double_backward("pool_stats")
         x, stats = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None

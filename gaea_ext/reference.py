@@ -1,12 +1,10 @@
-"""Pure-PyTorch references of every gaea_ext op, plus the peers' eager formulations.
-
-`weighted_sum`, `weighted_sum_backward` and `exp_grad_step` define what the kernels must
-compute (tests compare against them, and they serve devices without compiled kernels).
-`eager_weighted_sum`, `exp_grad_step_release` and `edge_step_release` are how the older
-DARTS/GAEA repositories write the same maths; the benchmarks time them as the baseline.
+"""Pure-PyTorch references of every gaea_ext op: what the kernels must compute. The tests
+compare the kernels against them, and the ops fall back on them where no kernel serves a
+call (no compiled kernels, or a call beyond the CUDA kernels' limits). The eager baselines
+that the profiler times live in gaea_ext.baselines.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 
@@ -25,18 +23,6 @@ def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch
     for k in range(1, len(inputs)):
         out = out + w[k] * inputs[k].to(acc)
     return out.to(dtype)
-
-
-def weighted_sum_backward(
-    grad_out: torch.Tensor, inputs: Sequence[torch.Tensor], weights: torch.Tensor
-) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """grad_inputs[k] = weights[k] * grad_out and grad_weights[k] = <inputs[k], grad_out>."""
-    acc = accumulation_dtype(grad_out.dtype)
-    g = grad_out.to(acc)
-    w = weights.to(acc)
-    grad_inputs = [(w[k] * g).to(grad_out.dtype) for k in range(len(inputs))]
-    grad_weights = torch.stack([(y.to(acc) * g).sum() for y in inputs]).to(weights.dtype)
-    return grad_inputs, grad_weights
 
 
 MIXED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "avg_pool_3x3_bn", "max_pool_3x3_bn",
@@ -137,7 +123,7 @@ def exp_grad_step(
     entropic_reg: float = 0.0,
     adaptive: bool = False,
 ) -> torch.Tensor:
-    """The EG step of method.md 2.2-2.6 in the log domain, out of place.
+    """The EG step of docs/method.md 2.2-2.6 in the log domain, out of place.
 
     Per simplex of length k: l = log p - eta * (g + reg * (log(k p) + 1)); then either
     clamp l at log(min_value) and normalise (clamp_then_normalize), or normalise and clamp
@@ -165,33 +151,3 @@ def exp_grad_step(
         else:
             pieces.append(torch.softmax(logits, dim=-1).clamp(min=min_value))
     return torch.cat(pieces, dim=-1).to(param.dtype)
-
-
-# ---- the peers' eager formulations (benchmark baselines) ------------------------------
-
-
-def eager_weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """The DARTS-family MixedOp sum: `sum(w * y for w, y in zip(weights, inputs))`."""
-    return sum(w * y for w, y in zip(weights, inputs))
-
-
-@torch.no_grad()
-def exp_grad_step_release(param: torch.Tensor, grad: torch.Tensor, lr: float, *, min_value: float = 1e-5) -> torch.Tensor:
-    """The released GAEA alpha update (architect_edarts.py), in place: multiply, clamp, normalise."""
-    param.mul_(torch.exp(-lr * grad))
-    param.clamp_(min=min_value)
-    param.div_(param.sum(dim=-1, keepdim=True))
-    return param
-
-
-@torch.no_grad()
-def edge_step_release(beta: torch.Tensor, grad: torch.Tensor, lr: float, segments: Sequence[int]) -> torch.Tensor:
-    """The released GAEA edge-weight update, in place: multiply, then a Python loop that
-    renormalises each node's incoming edges (no clamp)."""
-    beta.mul_(torch.exp(-lr * grad))
-    start = 0
-    for length in segments:
-        node = beta[..., start : start + length]
-        node.div_(node.sum(dim=-1, keepdim=True))
-        start += length
-    return beta

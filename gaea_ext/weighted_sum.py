@@ -1,5 +1,9 @@
 """gaea_ext.weighted_sum: the fused mixed-op sum `sum_k weights[k] * inputs[k]`.
 
+Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
+wrong shapes, lengths or devices, raised before any kernel runs; RuntimeError when a backward
+through the kernels runs with create_graph=True (no double backward).
+
 Kernels: csrc/cpu/weighted_sum_cpu.cpp, csrc/cuda/weighted_sum_cuda.cu.
 Reference: gaea_ext.reference.weighted_sum. Tests: tests/test_weighted_sum.py.
 """
@@ -8,7 +12,8 @@ from typing import List, Sequence
 import torch
 
 from . import reference
-from ._backend import HAS_EXTENSION, backend
+from ._autograd import by_need, refuse_double_backward
+from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_weighted_sum
 from ._layout import empty_in_layout
 
@@ -22,7 +27,7 @@ def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch
     inputs accumulate in float32.
     """
     inputs = check_weighted_sum(inputs, weights)
-    if backend(inputs[0].device) == "reference":
+    if use_reference(inputs[0].device):
         return reference.weighted_sum(inputs, weights)
     return torch.ops.gaea_ext.weighted_sum(inputs, weights)
 
@@ -52,6 +57,7 @@ if HAS_EXTENSION:
         ctx.save_for_backward(weights, *(ys if weights.requires_grad else ()))
 
     def _backward(ctx, grad_out):
+        refuse_double_backward("weighted_sum")
         inputs_need_grad, weights_need_grad = ctx.needs_input_grad
         weights, *ys = ctx.saved_tensors
         if not ys:  # inputs were not saved; the kernel only reads their metadata
@@ -59,8 +65,6 @@ if HAS_EXTENSION:
         grad_list, grad_weights = torch.ops.gaea_ext.weighted_sum_backward(
             grad_out, list(ys), weights, list(inputs_need_grad), bool(weights_need_grad)
         )
-        grads_iter = iter(grad_list)
-        grad_inputs = [next(grads_iter) if need else None for need in inputs_need_grad]
-        return grad_inputs, (grad_weights if weights_need_grad else None)
+        return by_need(grad_list, inputs_need_grad), (grad_weights if weights_need_grad else None)
 
     torch.library.register_autograd("gaea_ext::weighted_sum", _backward, setup_context=_setup_context)

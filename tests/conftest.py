@@ -6,6 +6,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+import gaea_ext
+import gaea_ext._backend
+
 # Small and deterministic: CI has 2 cores and the whole suite must run in a few minutes.
 settings.register_profile(
     "gaea",
@@ -25,9 +28,16 @@ requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason="CUDA tests need a
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
 
+# GAEA_EXT_BACKEND=reference: the suite runs on the pure-PyTorch references, on purpose.
+ON_REFERENCES = gaea_ext._backend.FORCED_REFERENCE
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: test runs on a CUDA device (skipped without a GPU)")
+    if not gaea_ext.HAS_EXTENSION and not ON_REFERENCES:
+        # Never pass silently on the references because the kernels failed to build or load.
+        pytest.exit(f"gaea_ext._C did not load ({gaea_ext._backend._IMPORT_ERROR}): build the kernels with "
+                    "`make build`, or set GAEA_EXT_BACKEND=reference to test the references", returncode=1)
 
 
 @pytest.fixture(params=DEVICES)
@@ -41,16 +51,17 @@ def _seed():
     torch.manual_seed(0)
 
 
-def has_extension():
-    import gaea_ext
-
-    return bool(gaea_ext.HAS_EXTENSION)
-
-
-requires_extension = pytest.mark.skipif(
-    not has_extension(),
-    reason="gaea_ext._C is not built: torch.ops.gaea_ext.* does not exist (reference fallback)",
+# Tests of the compiled kernels (against the references, or of torch.ops.gaea_ext directly).
+# They skip only under GAEA_EXT_BACKEND=reference: without the kernels and without that
+# setting the suite does not run at all (pytest_configure above).
+requires_kernels = pytest.mark.skipif(
+    ON_REFERENCES, reason="GAEA_EXT_BACKEND=reference: the ops run on the references, this test checks the kernels"
 )
+
+
+def cuda_limit(name):
+    """One of the CUDA kernels' per-call limits, from the compiled extension (csrc/cuda_limits.h)."""
+    return gaea_ext.cuda_limits()[name]
 
 
 def assert_same_across_threads(fn, counts=(1, 2)):

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 import gaea_ext
-from conftest import requires_extension
+from conftest import requires_kernels
 
 # ---------------------------------------------------------------------------------------------
 # opcheck (schema, fake kernel, autograd registration, AOT dispatch)
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_opcheck_weighted_sum(device, layout, dtype):
@@ -22,7 +22,7 @@ def test_opcheck_weighted_sum(device, layout, dtype):
     torch.library.opcheck(torch.ops.gaea_ext.weighted_sum.default, ([x.detach() for x in xs], w.detach()))
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("need", [[True, True, True], [True, False, True]])
 def test_opcheck_weighted_sum_backward(device, need):
     xs = [torch.randn(7, 5, device=device) for _ in range(3)]
@@ -36,7 +36,7 @@ def test_opcheck_weighted_sum_backward(device, need):
     torch.testing.assert_close(gw, torch.stack([(x * g).sum() for x in xs]), rtol=1e-5, atol=1e-5)
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_opcheck_exp_grad_step(device, adaptive):
     ps = [torch.rand(3, 14, device=device) + 0.1, torch.rand(14, device=device) + 0.1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gaea_ext
-from conftest import requires_extension
+from conftest import cuda_limit, requires_kernels
 from cuda_emulation import build as emulation
 
 # Under GAEA_CUDA_EMULATION=1 every CPU call is already emulated: nothing to compare with.
@@ -92,8 +92,9 @@ def _op_results():
     z = gaea_ext.partial_channel_node(mixed, states, beta, [2, 1], 4)
     results += [z, *torch.autograd.grad(z, [mixed, beta, *states], torch.randn(z.shape, generator=gen))]
     # weighted sum over more inputs than one launch takes
-    inputs = [rand(5, 37) for _ in range(70)]
-    ws = torch.rand(70, generator=gen).requires_grad_()
+    k = cuda_limit("weighted_sum_inputs_per_launch") + 6
+    inputs = [rand(5, 37) for _ in range(k)]
+    ws = torch.rand(k, generator=gen).requires_grad_()
     u = gaea_ext.weighted_sum(inputs, ws)
     results += [u, *torch.autograd.grad(u, inputs + [ws], torch.randn(u.shape, generator=gen))]
     # exponentiated-gradient step, adaptive, segments and plain rows in one call
@@ -105,7 +106,7 @@ def _op_results():
     return [r.detach() for r in results]
 
 
-@requires_extension
+@requires_kernels
 def test_kernels_do_not_depend_on_block_or_thread_order(emu):
     with emulation.cpu_served_by_cuda_emulation():
         forward = _op_results()
@@ -119,7 +120,7 @@ def test_kernels_do_not_depend_on_block_or_thread_order(emu):
         assert torch.equal(a, b), f"result {i} differs when blocks and threads run in reverse order"
 
 
-@requires_extension
+@requires_kernels
 def test_emulated_kernels_agree_with_the_cpu_kernels(emu):
     cpu = _op_results()
     with emulation.cpu_served_by_cuda_emulation():
@@ -142,7 +143,7 @@ def _pool_window_grads(x):
     return grads
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("shape", [(2, 3, 1, 1), (1, 2, 1, 6), (2, 1, 2, 2), (2, 3, 5, 7), (1, 2, 9, 4)])
 def test_pool_windows_agree_with_the_cpu_kernels_on_ties_and_nans(emu, shape):
     """The CUDA backward reads each 5x5 neighbourhood once and decides the max routing of its
@@ -161,9 +162,9 @@ def test_pool_windows_agree_with_the_cpu_kernels_on_ties_and_nans(emu, shape):
                                        msg=lambda m: f"{name}, trial {trial}: {m}")
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("emulated", [False, True], ids=["cpu_kernels", "emulated_cuda_kernels"])
-def test_the_gpu_sessions_kernel_script_passes(emu, monkeypatch, emulated):
+def test_the_gpu_check_kernel_script_passes(emu, monkeypatch, emulated):
     """benchmarks/cuda_kernels_once.py (compute-sanitizer's workload in gpu_check.sh: every
     kernel once, checked against the reference) passes on the CPU kernels and on the
     emulated CUDA kernels."""

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import assert_same_across_threads, requires_extension
+from conftest import assert_same_across_threads, cuda_limit, requires_kernels
 
 ALL_KINDS = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "ones"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -62,38 +62,50 @@ def _check(xs, outs, w, kinds, tol):
     return out
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_reference_every_kind_and_dtype(device, dtype):
     xs, outs, w = _node((2, 3, 7, 9), dtype, device, edges=3)
     _check(xs, outs, w, ALL_KINDS, TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 5), (1, 2, 4, 1), (3, 2, 2, 2), (2, 5, 13, 11)])
 def test_odd_shapes(device, shape):
     xs, outs, w = _node(shape, torch.float64, device)
     _check(xs, outs, w, ALL_KINDS, 1e-10)
 
 
-@requires_extension
-def test_beyond_the_cuda_limits(device):
-    """17 edges x 5 kinds = 85 terms (the CUDA kernel takes at most 64 terms and 16 xs per
-    call; above that the wrapper takes the reference path): the same results everywhere."""
-    kinds = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor"]
-    _check(*_node((1, 2, 3, 4), torch.float64, device, edges=17, kinds=kinds), kinds, 1e-10)
+@requires_kernels
+@pytest.mark.parametrize("limit", ["mixed_node_terms", "mixed_node_xs"])
+def test_beyond_the_cuda_limits(device, limit):
+    """One term, or one x, more than the CUDA kernel takes per call (above its limits the
+    wrapper takes the reference path): the same results everywhere."""
+    if limit == "mixed_node_terms":  # 5 kinds per edge, within the xs limit
+        kinds = ["none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor"]
+        edges = cuda_limit("mixed_node_terms") // len(kinds) + 1
+        assert edges <= cuda_limit("mixed_node_xs")
+    else:  # one kind per edge, within the terms limit
+        kinds = ["avg_pool_3x3"]
+        edges = cuda_limit("mixed_node_xs") + 1
+        assert edges <= cuda_limit("mixed_node_terms")
+    _check(*_node((1, 2, 3, 4), torch.float64, device, edges=edges, kinds=kinds), kinds, 1e-10)
 
 
-@requires_extension
-@pytest.mark.parametrize("edges", [3, 4, 10])
+@requires_kernels
+@pytest.mark.parametrize("rows", ["one_row", "two_rows", "several_rows"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_weight_gradients_of_many_terms(device, dtype, edges):
-    """5 weight-gradient terms per edge (all but `none`): 15, 20 and 50 of them, across the
-    CUDA backward's rows of blocks (16 float or 8 double dot products each)."""
+def test_weight_gradients_of_many_terms(device, dtype, rows):
+    """5 weight-gradient terms per edge (all but `none`), as many as one row of the CUDA
+    backward's blocks reduces in registers (dot_row_bytes of them), just more, and several
+    rows' worth."""
+    per_row = cuda_limit("dot_row_bytes") // (8 if dtype == torch.float64 else 4)
+    edges = {"one_row": max(1, per_row // 5), "two_rows": per_row // 5 + 1, "several_rows": 3 * per_row // 5 + 1}[rows]
+    assert edges * len(ALL_KINDS) <= cuda_limit("mixed_node_terms") and edges <= cuda_limit("mixed_node_xs")
     _check(*_node((2, 3, 5, 6), dtype, device, edges=edges), ALL_KINDS, TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 def test_channels_last_and_non_contiguous(device):
     xs, outs, w = _node((2, 4, 6, 5), torch.float32, device, layout=torch.channels_last)
     out = _check(xs, outs, w, ALL_KINDS, 2e-5)
@@ -107,17 +119,16 @@ def test_channels_last_and_non_contiguous(device):
     torch.testing.assert_close(got, want)
 
 
-@requires_extension
+@requires_kernels
 def test_gradcheck_float64(device):
     kinds = ["skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "none"]
     x = torch.randn(2, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
     y = torch.randn(2, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.rand(len(kinds), dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y, w: gaea_ext.mixed_op(x, [y], w, kinds), (x, y, w))
-    assert torch.autograd.gradgradcheck is not None  # second order is not supported (first-order NAS)
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("need", [(True, True, True), (True, False, True), (False, True, False), (False, False, True)])
 def test_opcheck(device, need):
     x = torch.randn(2, 3, 5, 6, device=device, requires_grad=need[0])
@@ -144,7 +155,7 @@ def cases(draw):
     return (n, c, h, w), edges, kinds, dtype, layout
 
 
-@requires_extension
+@requires_kernels
 @given(cases())
 def test_random_nodes_match_reference(case):
     shape, edges, kinds, dtype, layout = case
@@ -152,7 +163,7 @@ def test_random_nodes_match_reference(case):
     _check(xs, outs, w, kinds, TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 def test_max_pool_ties_route_like_pytorch(device):
     x = torch.zeros(1, 1, 4, 4, device=device, dtype=torch.float64)  # every window is a tie
     x[0, 0, 2, 2] = -1.0
@@ -173,7 +184,7 @@ def _tied_plane(H, W, seed, nans):
     return x, torch.randn(x.shape, generator=gen, dtype=torch.float64)
 
 
-@requires_extension
+@requires_kernels
 @given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2), st.integers(0, 2**31 - 1))
 def test_max_pool_routing_with_ties_and_nans_matches_pytorch(H, W, nans, seed):
     x, g = _tied_plane(H, W, seed, nans)
@@ -188,7 +199,7 @@ def test_max_pool_routing_with_ties_and_nans_matches_pytorch(H, W, nans, seed):
     torch.testing.assert_close(got_w, (pooled * g).sum().view(1), equal_nan=True)
 
 
-@requires_extension
+@requires_kernels
 def test_saves_only_inputs_and_outputs():
     saved = []
 
@@ -210,7 +221,7 @@ def test_saves_only_inputs_and_outputs():
     assert {t.data_ptr() for t in saved} <= {x.data_ptr(), w.data_ptr()}
 
 
-@requires_extension
+@requires_kernels
 def test_backward_is_deterministic_across_threads():
     xs, outs, w = _node((4, 8, 16, 16), torch.float32, "cpu", edges=3)
     g = torch.randn(4, 8, 16, 16)
@@ -222,7 +233,7 @@ def test_backward_is_deterministic_across_threads():
     assert_same_across_threads(grads)
 
 
-@requires_extension
+@requires_kernels
 def test_compiles_without_graph_breaks():
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     y = torch.randn(2, 3, 6, 6, requires_grad=True)
@@ -252,6 +263,11 @@ def test_compiles_without_graph_breaks():
     (lambda x, w: gaea_ext.mixed_op(x, [], w[:1], "skip"), TypeError, "string"),
     (lambda x, w: gaea_ext.mixed_node([], w), ValueError, "at least one edge"),
     (lambda x, w: gaea_ext.mixed_terms([x], [x, x], w[:2], ["tensor", "tensor"], [0, 0]), ValueError, "exactly one"),
+    (lambda x, w: gaea_ext.mixed_terms([x], [], w[:1], [1], [0]), TypeError, "kinds\\[0\\]"),
+    (lambda x, w: gaea_ext.mixed_terms([x], [], w[:1], ["skip"], [0.0]), TypeError, "sources\\[0\\]"),
+    (lambda x, w: gaea_ext.mixed_terms([x], [], w[:1], ["skip"], [3]), ValueError, "sources\\[0\\]"),
+    (lambda x, w: gaea_ext.mixed_terms(x, [], w[:1], ["skip"], [0]), TypeError, "'xs'"),
+    (lambda x, w: gaea_ext.mixed_op(x, [], w.tolist()[:1], ["skip"]), TypeError, "'weights'"),
 ])
 def test_bad_input_names_the_argument(call, err, match):
     x = torch.randn(2, 3, 4, 4)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import assert_same_across_threads, requires_extension
+from conftest import assert_same_across_threads, requires_kernels
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}
@@ -41,13 +41,13 @@ def _check(mixed, states, w, strides, K, tol):
     return got
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_reference(device, dtype):
     _check(*_node(2, 3, 4, 5, 6, [2, 2, 1], dtype, device), [2, 2, 1], 4, TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 def test_is_the_per_edge_pc_darts_formulation(device):
     """Sum over edges of beta_e * shuffle(cat(mixed_e, bypass_e)) equals the one-pass node."""
     K, q = 4, 2
@@ -65,7 +65,7 @@ def test_is_the_per_edge_pc_darts_formulation(device):
     torch.testing.assert_close(gaea_ext.partial_channel_node(mixed, states, beta, strides, K), per_edge)
 
 
-@requires_extension
+@requires_kernels
 def test_beyond_the_cuda_state_limit(device):
     """18 states (the CUDA kernel takes at most 16; above that the wrapper takes the
     reference path): the same results everywhere."""
@@ -73,7 +73,7 @@ def test_beyond_the_cuda_state_limit(device):
     _check(*_node(2, 2, 3, 3, 4, strides, torch.float64, device), strides, 3, 1e-10)
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("strides,extra", [([1], 0), ([2], 1), ([2, 1], 1), ([1, 1, 2, 2, 1], 0)])
 def test_odd_shapes_and_gradcheck(device, strides, extra):
     mixed, states, w = _node(1, 1, 3, 3, 2, strides, torch.float64, device, odd_extra=extra)
@@ -82,7 +82,7 @@ def test_odd_shapes_and_gradcheck(device, strides, extra):
                                     (mixed, w, *states))
 
 
-@requires_extension
+@requires_kernels
 def test_layouts(device):
     mixed, states, w = _node(2, 2, 4, 3, 5, [2, 1], torch.float32, device, layout=torch.channels_last)
     _check(mixed, states, w, [2, 1], 4, 2e-5)
@@ -93,7 +93,7 @@ def test_layouts(device):
                                reference.partial_channel_node(m, [sliced], torch.ones(1, device=device), [2], 4))
 
 
-@requires_extension
+@requires_kernels
 def test_max_pool_ties_route_like_pytorch(device):
     s = torch.zeros(1, 4, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
     m = torch.zeros(1, 1, 2, 2, dtype=torch.float64, device=device)
@@ -104,7 +104,7 @@ def test_max_pool_ties_route_like_pytorch(device):
     assert torch.equal(got, want)
 
 
-@requires_extension
+@requires_kernels
 def test_opcheck(device):
     m = torch.randn(2, 2, 3, 3, device=device)
     states = [torch.randn(2, 8, 6, 7, device=device), torch.randn(2, 8, 3, 3, device=device)]
@@ -123,7 +123,7 @@ def cases(draw):
             draw(st.integers(1, 5)), strides, draw(st.sampled_from(DTYPES)), draw(st.integers(0, 1)))
 
 
-@requires_extension
+@requires_kernels
 @given(cases())
 def test_random_nodes_match_reference(case):
     N, q, K, Ho, Wo, strides, dtype, extra = case
@@ -131,7 +131,7 @@ def test_random_nodes_match_reference(case):
     _check(mixed, states, w, strides, K, TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 def test_deterministic_across_threads():
     mixed, states, w = _node(4, 4, 4, 8, 8, [2, 2, 1, 1], torch.float32, "cpu")
     g = torch.randn(4, 16, 8, 8)
@@ -142,7 +142,7 @@ def test_deterministic_across_threads():
     assert_same_across_threads(grads)
 
 
-@requires_extension
+@requires_kernels
 def test_compiles_without_graph_breaks():
     mixed, states, w = _node(2, 2, 4, 3, 3, [2, 1], torch.float32, "cpu")
 
@@ -165,6 +165,13 @@ def test_compiles_without_graph_breaks():
     (lambda m, s, w: gaea_ext.partial_channel_node(m, [s], w, [2], 4), ValueError, "tail"),
     (lambda m, s, w: gaea_ext.partial_channel_node(m, [s.double()], w, [1], 4), TypeError, "dtype"),
     (lambda m, s, w: gaea_ext.partial_channel_node(m, [s], w.repeat(2), [1], 4), ValueError, "'weights'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m.tolist(), [s], w, [1], 4), TypeError, "'mixed'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m.long(), [s], w, [1], 4), TypeError, "'mixed'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m, s, w, [1], 4), TypeError, "'states'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m, [s], w, [1], 4.0), TypeError, "'groups'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m, [s], w, [1.0], 4), TypeError, "'strides\\[0\\]'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m, [s], w.tolist(), [1], 4), TypeError, "'weights'"),
+    (lambda m, s, w: gaea_ext.partial_channel_node(m, [s], w.long(), [1], 4), TypeError, "'weights'"),
 ])
 def test_bad_input_names_the_argument(call, err, match):
     m = torch.randn(2, 2, 4, 4)

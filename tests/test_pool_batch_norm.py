@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import assert_same_across_threads, requires_extension
+from conftest import assert_same_across_threads, cuda_limit, requires_kernels
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}
@@ -36,7 +36,7 @@ def _assert_grads_close(got, want, tol, leaves=None):
 # ---- pool_stats ---------------------------------------------------------------------
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("kind", POOLS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pool_stats_matches_reference(device, kind, dtype):
@@ -49,7 +49,7 @@ def test_pool_stats_matches_reference(device, kind, dtype):
     _assert_grads_close(torch.autograd.grad(got, x, g), torch.autograd.grad(want, x, g), TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("kind", POOLS)
 def test_pool_stats_gradcheck_and_opcheck(device, kind):
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
@@ -61,7 +61,7 @@ def test_pool_stats_gradcheck_and_opcheck(device, kind):
                           (torch.randn_like(stats), x.detach(), stats, code))
 
 
-@requires_extension
+@requires_kernels
 @given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2**31 - 1))
 def test_pool_stats_max_backward_with_ties_matches_pytorch(H, W, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -73,7 +73,7 @@ def test_pool_stats_max_backward_with_ties_matches_pytorch(H, W, seed):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@requires_extension
+@requires_kernels
 def test_pool_stats_layouts_and_large_offsets(device):
     base = torch.randn(2, 5, 6, 7, dtype=torch.float64, device=device) + 1e3  # mean far from 0: no cancellation
     for x in (base.contiguous(memory_format=torch.channels_last), base.transpose(2, 3), base[:, 1:4]):
@@ -118,24 +118,27 @@ def _check_bn(x, outs, w, norms, kinds, tol):
     return got
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bn_kinds_match_reference(device, dtype):
     kinds = ["avg_pool_3x3_bn", "tensor", "max_pool_3x3_bn", "skip", "ones", "avg_pool_3x3"]
     _check_bn(*_bn_node((2, 3, 6, 5), dtype, device, kinds), kinds, TOL[dtype])
 
 
-@requires_extension
-@pytest.mark.parametrize("pairs", [4, 8, 10])
+@requires_kernels
+@pytest.mark.parametrize("passes", ["one_pass", "two_passes", "several_passes"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_many_bn_terms(device, dtype, pairs):
-    """8, 16 and 20 BN terms plus sum(g): across the CUDA backward's chunks of per-plane sums
-    (16 float or 8 double columns per pass)."""
+def test_many_bn_terms(device, dtype, passes):
+    """BN terms plus sum(g) as per-plane sums: as many as one pass of the CUDA backward keeps
+    in registers (dot_row_bytes of them), just more, and several passes' worth."""
+    per_pass = cuda_limit("dot_row_bytes") // (8 if dtype == torch.float64 else 4)
+    pairs = {"one_pass": (per_pass - 1) // 2, "two_passes": per_pass // 2, "several_passes": per_pass + 2}[passes]
     kinds = ["avg_pool_3x3_bn", "max_pool_3x3_bn"] * pairs + ["tensor"]
+    assert len(kinds) <= cuda_limit("mixed_node_terms")
     _check_bn(*_bn_node((2, 3, 5, 4), dtype, device, kinds), kinds, TOL[dtype])
 
 
-@requires_extension
+@requires_kernels
 def test_bn_kinds_gradcheck(device):
     kinds = ["max_pool_3x3_bn", "avg_pool_3x3_bn", "tensor", "ones"]
     x, outs, w, norms = _bn_node((2, 2, 4, 5), torch.float64, device, kinds)
@@ -144,7 +147,7 @@ def test_bn_kinds_gradcheck(device):
                                     (x, outs[0], w, *norms))
 
 
-@requires_extension
+@requires_kernels
 def test_bn_kinds_opcheck(device):
     x = torch.randn(2, 3, 5, 6, device=device)
     y = torch.randn(2, 3, 5, 6, device=device)
@@ -167,7 +170,7 @@ def bn_cases(draw):
     return shape, kinds, dtype, layout
 
 
-@requires_extension
+@requires_kernels
 @given(bn_cases())
 def test_random_bn_nodes_match_reference(case):
     shape, kinds, dtype, layout = case
@@ -183,7 +186,7 @@ def _pair(C, momentum=0.1):
     return ours, theirs
 
 
-@requires_extension
+@requires_kernels
 @pytest.mark.parametrize("kind", POOLS)
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_pool_batch_norm_is_batchnorm_after_the_pool(device, kind, momentum):
@@ -211,7 +214,7 @@ def test_pool_batch_norm_is_batchnorm_after_the_pool(device, kind, momentum):
     _assert_grads_close(torch.autograd.grad(got.sum(), x), torch.autograd.grad(want.sum(), x), 1e-9)
 
 
-@requires_extension
+@requires_kernels
 def test_saves_no_pooled_tensor():
     saved = []
 
@@ -230,7 +233,7 @@ def test_saves_no_pooled_tensor():
     assert big and {t.data_ptr() for t in big} <= {x.data_ptr(), y.data_ptr()}
 
 
-@requires_extension
+@requires_kernels
 def test_bn_backward_is_deterministic_across_threads():
     kinds = ["avg_pool_3x3_bn", "max_pool_3x3_bn", "ones", "skip"]
     x, outs, w, norms = _bn_node((4, 8, 12, 12), torch.float32, "cpu", kinds)
@@ -243,7 +246,7 @@ def test_bn_backward_is_deterministic_across_threads():
     assert_same_across_threads(grads)
 
 
-@requires_extension
+@requires_kernels
 def test_bn_kinds_compile_without_graph_breaks():
     bn = nn.BatchNorm2d(3, affine=False)
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
@@ -271,6 +274,11 @@ def test_bn_kinds_compile_without_graph_breaks():
     (lambda x, w, n: gaea_ext.pool_batch_norm(x, "avg_pool_3x3", nn.BatchNorm2d(3)), ValueError, "affine=False"),
     (lambda x, w, n: gaea_ext.pool_batch_norm(x, "avg_pool_3x3", nn.BatchNorm2d(4, affine=False)), ValueError, "'x'"),
     (lambda x, w, n: gaea_ext.pool_batch_norm(x, "avg_pool_3x3", nn.ReLU()), TypeError, "'bn'"),
+    (lambda x, w, n: gaea_ext.pool_stats(x, 2), TypeError, "'kind'"),
+    (lambda x, w, n: gaea_ext.pool_stats(x.tolist(), "avg_pool_3x3"), TypeError, "'x'"),
+    (lambda x, w, n: gaea_ext.pool_stats(x.long(), "avg_pool_3x3"), TypeError, "'x'"),
+    (lambda x, w, n: gaea_ext.pool_batch_norm(x.tolist(), "avg_pool_3x3", nn.BatchNorm2d(3, affine=False)),
+     TypeError, "'x'"),
 ])
 def test_bad_input_names_the_argument(call, err, match):
     x = torch.randn(2, 3, 4, 4)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import acc_eps, assert_same_across_threads, assert_within, eps
+from conftest import acc_eps, assert_same_across_threads, assert_within, eps, requires_kernels
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 # Sizes chosen to straddle vector widths (4, 8, 16, 32 lanes) without being multiples of them.
@@ -262,20 +262,6 @@ def test_accepts_tuple_and_empty_tensors(device):
     assert out.shape == (0, 3)
 
 
-def test_reference_helpers_agree():
-    """reference.weighted_sum_backward and reference.eager_weighted_sum agree with autograd."""
-    xs = [torch.randn(6, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(6, 5, dtype=torch.float64)
-    out = reference.weighted_sum(xs, w)
-    torch.testing.assert_close(out, reference.eager_weighted_sum(xs, w))
-    torch.testing.assert_close(out, sum(w[k] * xs[k] for k in range(3)))
-    want = torch.autograd.grad(out, xs + [w], g)
-    gi, gw = reference.weighted_sum_backward(g, xs, w)
-    for a, b in zip(list(gi) + [gw], want):
-        torch.testing.assert_close(a, b)
-
-
 # ---------------------------------------------------------------------------------------------
 # gradcheck (float64)
 
@@ -329,8 +315,7 @@ def test_bitwise_deterministic(device, dtype):
     torch.testing.assert_close(gw0[0].double(), want, rtol=1e-3, atol=1e-2)
 
 
-@pytest.mark.skipif(gaea_ext.backend("cpu") == "reference",
-                    reason="thread-count invariance is a property of the CPU kernel, not of the fallback")
+@requires_kernels
 def test_thread_count_does_not_change_bits():
     """CPU reductions use fixed chunks: 1 and 2 threads give bitwise identical results."""
     N = 2**20 + 3
