@@ -4,20 +4,24 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch.optim import Optimizer
 
-from ._checks import check_exp_grad_options, check_lr
-from .exp_grad import exp_grad_step_multi_, raise_for_flag
+from ._checks import check_exp_grad_options, check_lr, check_param_and_grad, per_param_segments
+from .exp_grad import exp_grad_step_multi_, raise_for_flag, status_flag
 
 
 class ExponentiatedGradient(Optimizer):
-    """Exponentiated gradient (mirror descent on products of simplices), method.md 2.2-2.6.
+    """Exponentiated gradient (mirror descent on products of simplices), docs/method.md 2.2-2.6.
 
     Each param's last dimension holds simplices (split by `segments`, per param group); a
     step multiplies by exp(-lr * grad), clamps at `min_value` and renormalises (or the
     reverse with `order="normalize_then_clamp"`). `entropic_reg` adds the KL-to-uniform
     regulariser's gradient; `adaptive=True` uses lr / max|grad| per tensor. One fused call
-    per param group. With `check_finite=True` (default) a NaN/Inf grad raises ValueError
-    and no param changes (one flag read per step); with False nothing is read back and
-    `self.found_nonfinite` (a device tensor) records skipped steps instead.
+    per param group. With `check_finite=True` (default) a NaN/Inf grad or an invalid param
+    simplex raises ValueError naming both conditions found and no param changes (one flag
+    read per step); with False nothing is read back and `self.found_nonfinite` (a 0-d int32
+    device tensor, None before the first step) accumulates the op's status flags instead:
+    the bitwise OR over steps of NONFINITE_GRAD (1) and INVALID_PARAM (2), so a skipped step
+    stays visible. Bad hyper-parameters raise TypeError (wrong type) or ValueError (wrong
+    value), as exp_grad_step_ does.
     """
 
     def __init__(
@@ -77,7 +81,7 @@ class ExponentiatedGradient(Optimizer):
             return loss
         if self.check_finite and len(calls) > 1:
             # Several fused calls: make sure none will refuse before any of them writes.
-            self._precheck([g for call in calls.values() for g in call["grads"]])
+            self._precheck(list(calls.values()))
         flags = []
         for (order, adaptive), call in calls.items():
             segments = call["segments"] if any(s is not None for s in call["segments"]) else None
@@ -85,11 +89,13 @@ class ExponentiatedGradient(Optimizer):
                 call["params"], call["grads"], call["lr"], segments=segments, min_value=call["min_value"],
                 order=order, entropic_reg=call["entropic_reg"], adaptive=adaptive, check_finite=False,
             ))
-        flag = flags[0] if len(flags) == 1 else torch.stack(flags).amax()
+        flag = flags[0]
+        for other in flags[1:]:  # the flags are bit sets: OR, never max (2 would hide 1)
+            flag = torch.bitwise_or(flag, other)
         if self.check_finite:
             raise_for_flag(int(flag))
         else:
-            self.found_nonfinite = flag if self.found_nonfinite is None else torch.maximum(self.found_nonfinite, flag)
+            self.found_nonfinite = flag if self.found_nonfinite is None else torch.bitwise_or(self.found_nonfinite, flag)
         for call in calls.values():
             for p in call["params"]:
                 state = self.state[p]
@@ -97,7 +103,13 @@ class ExponentiatedGradient(Optimizer):
         return loss
 
     @staticmethod
-    def _precheck(grads) -> None:
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        if not bool(finite):
-            raise_for_flag(1)
+    def _precheck(calls) -> None:
+        """Raise, before any call writes, if any of the calls would refuse its step."""
+        flag = None
+        for call in calls:
+            seg_lists = per_param_segments(call["segments"], len(call["params"]))
+            for p, g, segments in zip(call["params"], call["grads"], seg_lists):
+                check_param_and_grad(p, g, segments)
+            one = status_flag(call["params"], call["grads"], seg_lists)
+            flag = one if flag is None else torch.bitwise_or(flag, one)
+        raise_for_flag(int(flag))

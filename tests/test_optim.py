@@ -1,4 +1,5 @@
-"""gaea_ext.optim.ExponentiatedGradient: equals the functional op, state_dict, schedulers, groups."""
+"""gaea_ext.optim.ExponentiatedGradient against the reference EG step (gaea_ext.reference):
+steps, groups, adaptive lr, schedulers, state_dict, the status flags, bad hyper-parameters."""
 
 import io
 import math
@@ -6,7 +7,8 @@ import math
 import pytest
 import torch
 
-import gaea_ext
+from gaea_ext import reference
+from gaea_ext.exp_grad import INVALID_PARAM, NONFINITE_GRAD
 from gaea_ext.optim import ExponentiatedGradient
 
 SEG = [2, 3, 4, 5]
@@ -34,6 +36,14 @@ def clones(params):
     return [p.detach().clone() for p in params]
 
 
+def eg(p, grad, lr, **kw):
+    """The expected step: the pure-PyTorch reference, independent of the kernels."""
+    return reference.exp_grad_step(p, grad, lr, **kw)
+
+
+CLOSE = dict(rtol=1e-5, atol=1e-8)  # float32 params: kernel and reference agree to a few ulps
+
+
 def test_is_torch_optimizer_and_defaults(device):
     p = torch.nn.Parameter(simplex((3, 4), device=device))
     opt = ExponentiatedGradient([p])
@@ -52,12 +62,10 @@ def test_step_equals_functional(device, order):
     opt = ExponentiatedGradient(alphas, lr=0.3, min_value=1e-4, entropic_reg=0.01, order=order)
     for _ in range(3):
         set_grads(alphas)
-        want = clones(alphas)
-        for w, p in zip(want, alphas):
-            gaea_ext.exp_grad_step_(w, p.grad, 0.3, min_value=1e-4, entropic_reg=0.01, order=order)
+        want = [eg(p.detach(), p.grad, 0.3, min_value=1e-4, entropic_reg=0.01, order=order) for p in alphas]
         opt.step()
         for p, w in zip(alphas, want):
-            torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(p.detach(), w, **CLOSE)
 
 
 def test_step_actually_changes_params(device):
@@ -75,15 +83,11 @@ def test_param_groups_with_own_segments(device):
         lr=0.1,
     )
     set_grads(alphas + betas)
-    wa = clones(alphas)
-    wb = clones(betas)
-    for w, p in zip(wa, alphas):
-        gaea_ext.exp_grad_step_(w, p.grad, 0.1)
-    for w, p in zip(wb, betas):
-        gaea_ext.exp_grad_step_(w, p.grad, 0.2, segments=SEG, min_value=0.0)
+    wa = [eg(p.detach(), p.grad, 0.1) for p in alphas]
+    wb = [eg(p.detach(), p.grad, 0.2, segments=SEG, min_value=0.0) for p in betas]
     opt.step()
     for p, w in zip(alphas + betas, wa + wb):
-        torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(p.detach(), w, **CLOSE)
     for b in betas:
         sums = torch.stack([s.double().sum() for s in b.detach().split(SEG)])
         torch.testing.assert_close(sums.cpu(), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-6)
@@ -92,12 +96,10 @@ def test_param_groups_with_own_segments(device):
 def test_adaptive(device):
     alphas, _ = darts_params(device)
     set_grads(alphas, scale=20.0)
-    want = clones(alphas)
-    for w, p in zip(want, alphas):  # per tensor: lr / max|grad|
-        gaea_ext.exp_grad_step_(w, p.grad, 0.1 / p.grad.abs().max().item())
+    want = [eg(p.detach(), p.grad, 0.1 / p.grad.abs().max().item()) for p in alphas]  # per tensor: lr / max|grad|
     ExponentiatedGradient(alphas, lr=0.1, adaptive=True).step()
     for p, w in zip(alphas, want):
-        torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(p.detach(), w, **CLOSE)
 
 
 def test_grad_none_is_skipped(device):
@@ -126,7 +128,7 @@ def test_nonfinite_grad_raises_without_modifying(device, bad):
     set_grads(alphas + betas)
     betas[1].grad[3] = bad  # in the last group: the first group must not have been stepped either
     before = clones(alphas + betas)
-    with pytest.raises((ValueError, RuntimeError), match="grad"):
+    with pytest.raises(ValueError, match="'grad' holds NaN or Inf; no parameter was changed"):
         opt.step()
     for p, b in zip(alphas + betas, before):
         assert torch.equal(p.detach(), b)
@@ -156,13 +158,11 @@ def test_lr_scheduler_changes_lr_used(device):
         lr_t = 0.01 + (lr0 - 0.01) * (1 + math.cos(math.pi * t / T)) / 2
         assert opt.param_groups[0]["lr"] == pytest.approx(lr_t)
         set_grads(alphas)
-        want = clones(alphas)
-        for w, p in zip(want, alphas):
-            gaea_ext.exp_grad_step_(w, p.grad, lr_t)
+        want = [eg(p.detach(), p.grad, lr_t) for p in alphas]
         opt.step()
         sched.step()
         for p, w in zip(alphas, want):
-            torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(p.detach(), w, **CLOSE)
 
 
 def test_state_dict_round_trip(device):
@@ -222,11 +222,74 @@ def test_closure(device):
     torch.testing.assert_close(ratio.detach(), torch.full_like(ratio, math.exp(0.7)), rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("kwargs,name", [({"lr": -0.1}, "lr"), ({"segments": [3, 3]}, "segments"),
-                                         ({"order": "sideways"}, "order")])
-def test_bad_hyperparameters(device, kwargs, name):
+@pytest.mark.parametrize("kwargs,error,name", [
+    ({"lr": -0.1}, ValueError, "lr"),
+    ({"lr": "0.1"}, TypeError, "lr"),
+    ({"segments": [3, 3]}, ValueError, "segments"),
+    ({"segments": [7.0, 7.0]}, TypeError, "segments"),
+    ({"order": "sideways"}, ValueError, "order"),
+    ({"min_value": 1.5}, ValueError, "min_value"),
+    ({"min_value": None}, TypeError, "min_value"),
+    ({"entropic_reg": -1.0}, ValueError, "entropic_reg"),
+])
+def test_bad_hyperparameters(device, kwargs, error, name):
     p = torch.nn.Parameter(simplex((2, 14), device=device))
-    with pytest.raises((TypeError, ValueError, RuntimeError), match=name):
+    before = p.detach().clone()
+    with pytest.raises(error, match=f"'{name}'"):
         opt = ExponentiatedGradient([p], **kwargs)
         p.grad = torch.randn_like(p)
         opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+# ---- the status flags: bit sets, combined with OR -------------------------------------
+
+
+def _nan_grad_and_invalid_param(device):
+    """Two groups stepped by two fused calls (their orders differ): a NaN grad in the first,
+    a negative entry in a param of the second."""
+    a, b = torch.nn.Parameter(simplex((3, 4), device=device)), torch.nn.Parameter(simplex((3, 4), device=device))
+    set_grads([a, b])
+    a.grad[0, 1] = float("nan")
+    with torch.no_grad():
+        b[2] = torch.tensor([0.5, 0.7, -0.2, 0.0], device=device)
+    groups = [{"params": [a]}, {"params": [b], "order": "normalize_then_clamp"}]
+    return [a, b], groups
+
+
+def test_unchecked_step_reports_both_flags_of_two_calls(device):
+    params, groups = _nan_grad_and_invalid_param(device)
+    opt = ExponentiatedGradient(groups, check_finite=False)
+    before = clones(params)
+    opt.step()
+    assert opt.found_nonfinite.dtype == torch.int32
+    assert opt.found_nonfinite.item() == NONFINITE_GRAD | INVALID_PARAM == 3
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+
+
+def test_unchecked_flags_accumulate_over_steps(device):
+    """Step 1 meets only an invalid param (2), step 2 only a NaN grad (1): both stay reported."""
+    a = torch.nn.Parameter(simplex((3, 4), device=device))
+    opt = ExponentiatedGradient([a], check_finite=False)
+    with torch.no_grad():
+        a[1] = torch.tensor([0.5, 0.7, -0.2, 0.0], device=device)
+    set_grads([a])
+    opt.step()
+    assert opt.found_nonfinite.item() == INVALID_PARAM
+    with torch.no_grad():
+        a.copy_(simplex((3, 4), device=device))
+    set_grads([a])
+    a.grad[0, 0] = float("inf")
+    opt.step()
+    assert opt.found_nonfinite.item() == NONFINITE_GRAD | INVALID_PARAM
+
+
+def test_checked_step_names_both_conditions_and_changes_nothing(device):
+    params, groups = _nan_grad_and_invalid_param(device)
+    opt = ExponentiatedGradient(groups, check_finite=True)
+    before = clones(params)
+    with pytest.raises(ValueError, match="'grad' holds NaN or Inf; 'param' must hold finite, non-negative"):
+        opt.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
