@@ -1,7 +1,7 @@
 """Shared fixtures of the benchmark suites. Cases, inputs and timing come from gaea_ext.bench.
 
 Marks (registered here):
-  perf     ratio targets of issue 2, measured in-process and asserted (`-m "not perf"` skips)
+  perf     the speed targets (ratios), measured in-process and asserted (`-m "not perf"` skips)
   gpu      CUDA-only cases, skipped without a GPU
   compile  torch.compile variants, skipped when GAEA_BENCH_NO_COMPILE=1 (cold CPU compile is slow)
 Option: --gaea-dtype float32|float16|bfloat16|float64 (inputs of the throughput benchmarks).

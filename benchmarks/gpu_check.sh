@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session of gaea-ext checks (issue 2), run from the repository root:
+# The GPU checks of gaea-ext in one run, from the repository root:
 #
 #     OUT=/some/dir bash benchmarks/gpu_check.sh
 #
@@ -18,9 +18,9 @@
 #   tests_full        pytest tests (the whole suite, CUDA cases included)
 #   bench_cpu_quick   python -m gaea_ext.bench --device cpu --quick
 # The whole run stays inside GPU_CHECK_BUDGET_S (default 330 s): a step gets at most the time
-# left, and steps are skipped once it is spent. The device tool returns at most 8 files from
-# $OUT, so by default (GPU_CHECK_PACK=1) every log is packed into gpu_check_logs.tar.gz and
-# only summary.log, bench_cuda.log and bench_cuda.json stay beside it.
+# left, and steps are skipped once it is spent. To keep $OUT to a few files (at most 8), by
+# default (GPU_CHECK_PACK=1) every log is packed into gpu_check_logs.tar.gz and only
+# summary.log, bench_cuda.log and bench_cuda.json stay beside it.
 # GPU_CHECK_SKIP_BUILD=1 reuses gaea_ext/_C*.so already in the tree (a rerun on a warm machine).
 set -u
 
@@ -94,7 +94,7 @@ sanitize() {  # sanitize TOOL: compute-sanitizer TOOL on one run of every CUDA k
 
 export -f build build_info sanitize
 
-pack_logs() {  # keep at most 8 files in $OUT (the device tool's limit)
+pack_logs() {  # keep at most 8 files in $OUT
     [[ ${GPU_CHECK_PACK:-1} == 1 ]] || return 0
     local keep=(summary.log bench_cuda.log bench_cuda.json e2e_cuda.json search_e2e.log gpu_check_logs.tar.gz)
     (cd "$OUT" && tar czf gpu_check_logs.tar.gz --exclude gpu_check_logs.tar.gz -- * &&

@@ -1,6 +1,6 @@
 """End-to-end speed and memory of one GAEA search iteration (arch step + weight step) of the
 NAS-Bench-201, DARTS or PC-DARTS supernet, against a baseline supernet written the way the
-older repositories write it (issue 5).
+older repositories write it.
 
     python benchmarks/search_step.py [--space nb201|darts|pcdarts] [--device cpu|cuda]
         [--threads 1 2] [--batch 64] [--channels 16] [--cells N] [--iters 3]

@@ -1,6 +1,6 @@
 """pytest-benchmark suite of the EG step (fused gaea_ext vs the released GAEA loop vs
 torch.compile of that loop) at DARTS size (2 x [14,8] alphas + 2 x [14] edge weights with
-segments [2,3,4,5]) and NB201 size ([6,5]), plus the EG target of issue 2 (mark `perf`)."""
+segments [2,3,4,5]) and NB201 size ([6,5]), plus the EG speed target (mark `perf`)."""
 import pytest
 import torch
 

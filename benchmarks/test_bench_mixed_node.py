@@ -1,7 +1,7 @@
 """pytest-benchmark suite of gaea_ext.mixed_node on an NB201 node (3 edges: skip and the 3x3
 avg pool computed in-kernel, two conv outputs each) against the eager way (every op
 materialised, `none` as `x * 0`, Python `sum(w * y)`) and torch.compile of it, plus the CPU
-target of issue 5 for the fused node (mark `perf`).
+speed target of the fused node (mark `perf`).
 
     pytest benchmarks/test_bench_mixed_node.py --benchmark-json=mn.json
 """

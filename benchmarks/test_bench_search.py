@@ -1,5 +1,5 @@
 """End-to-end search-iteration benchmark (benchmarks/search_step.py): a smoke run of every
-variant at a tiny size (CI), and the issue-5 CPU targets at the real size (mark `perf`)."""
+variant at a tiny size (CI), and the CPU speed targets at the real size (mark `perf`)."""
 import json
 import sys
 from pathlib import Path

@@ -1,5 +1,5 @@
 """pytest-benchmark suite of gaea_ext.weighted_sum (fused vs eager `sum(w * y)` vs torch.compile),
-plus the ratio targets of issue 2 (mark `perf`).
+plus the speed targets, as ratios (mark `perf`).
 
     pytest benchmarks/test_bench_weighted_sum.py --benchmark-json=ws.json
     GAEA_BENCH_NO_COMPILE=1 pytest benchmarks -m "not perf"      # no cold compiles, no targets
@@ -32,7 +32,7 @@ def test_weighted_sum_cuda(run_benchmark, spec, variant, dtype):
     run_benchmark(spec, "cuda", variant, dtype, torch.get_num_threads())
 
 
-# ---- targets (issue 2), judged as ratios of interleaved medians in this process
+# ---- speed targets, judged as ratios of interleaved medians in this process
 
 
 @pytest.mark.perf
