@@ -193,20 +193,22 @@ def main() -> int:
         print(f"gaea_ext kernels for {DEVICE} are not built (backend {gaea_ext.backend(DEVICE)!r})")
         return 1
     torch.manual_seed(0)
+    limits = gaea_ext.cuda_limits()
+    per_row = limits["dot_row_bytes"] // 4  # float sums one row of blocks keeps in registers
     for dtype in (torch.float32, torch.float16):
         weighted_sum_once(3, dtype)
-        weighted_sum_once(70, dtype)  # > 64 inputs: chunked launches
+        weighted_sum_once(limits["weighted_sum_inputs_per_launch"] + 6, dtype)  # several launches
         weighted_sum_once(3, dtype, channels_last=True)
     weighted_sum_once(5, torch.bfloat16)
     weighted_sum_once(4, torch.float64)
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         mixed_node_once(dtype)
     mixed_node_once(torch.float32, channels_last=True)
-    mixed_node_once(torch.float32, edges=5)  # 25 weight-gradient terms: two rows of blocks
+    mixed_node_once(torch.float32, edges=per_row // 5 + 1)  # 5 weight-gradient terms an edge: two rows of blocks
     for dtype in (torch.float32, torch.float64):  # half types: tests/test_pool_batch_norm.py (looser tolerances)
         darts_node_once(dtype)
     darts_node_once(torch.float32, channels_last=True)
-    darts_node_once(torch.float32, pairs=9)  # 18 BN terms: two chunks of per-plane sums
+    darts_node_once(torch.float32, pairs=per_row // 2 + 1)  # BN terms and sum(g): two chunks of per-plane sums
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         partial_channel_once(dtype)
     exp_grad_once(None, adaptive=False)
