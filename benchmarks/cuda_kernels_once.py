@@ -216,7 +216,7 @@ def main() -> int:
     exp_grad_once([2, 3, 4, 5], adaptive=True)
     exp_grad_once(None, adaptive=False, order="normalize_then_clamp", entropic_reg=0.01)
     exp_grad_mixed_once(3)
-    exp_grad_mixed_once(45)  # more than one launch batch (40 tensors)
+    exp_grad_mixed_once(limits["exp_grad_params_per_launch"] + 5)  # more than one launch batch
     exp_grad_nonfinite_once()
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import assert_same_across_threads, requires_kernels
+from conftest import assert_same_across_threads, cuda_limit, requires_kernels
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}
@@ -67,9 +67,9 @@ def test_is_the_per_edge_pc_darts_formulation(device):
 
 @requires_kernels
 def test_beyond_the_cuda_state_limit(device):
-    """18 states (the CUDA kernel takes at most 16; above that the wrapper takes the
-    reference path): the same results everywhere."""
-    strides = [1, 2] * 9
+    """Two states more than the CUDA kernel takes per call (above its limit the wrapper takes
+    the reference path): the same results everywhere."""
+    strides = [1, 2] * (cuda_limit("partial_channel_states") // 2 + 1)
     _check(*_node(2, 2, 3, 3, 4, strides, torch.float64, device), strides, 3, 1e-10)
 
 

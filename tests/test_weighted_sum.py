@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import gaea_ext
 from gaea_ext import reference
-from conftest import acc_eps, assert_same_across_threads, assert_within, eps, requires_kernels
+from conftest import acc_eps, assert_same_across_threads, assert_within, cuda_limit, eps, requires_kernels
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 # Sizes chosen to straddle vector widths (4, 8, 16, 32 lanes) without being multiples of them.
@@ -204,9 +204,13 @@ def test_dense_permuted_strides_are_kept(device):
     assert out.stride() == inputs[0].stride()
 
 
-@pytest.mark.parametrize("K", [1, 63, 64, 65, 100, 130])
-def test_many_inputs(device, K):
-    """K up to 64 in one launch and larger K by chunking."""
+@requires_kernels
+@pytest.mark.parametrize("size", ["one", "launch_minus_one", "one_launch", "launch_plus_one", "two_launches_and_more"])
+def test_many_inputs(device, size):
+    """K around the inputs one CUDA launch takes (larger K takes several launches)."""
+    per_launch = cuda_limit("weighted_sum_inputs_per_launch")
+    K = {"one": 1, "launch_minus_one": per_launch - 1, "one_launch": per_launch, "launch_plus_one": per_launch + 1,
+         "two_launches_and_more": 2 * per_launch + 2}[size]
     gen = torch.Generator().manual_seed(K)
     inputs = [make_input((37,), torch.float32, "contiguous", device, gen, True)[1] for _ in range(K)]
     weights = torch.randn(K, generator=gen).to(device).requires_grad_()
