@@ -150,13 +150,12 @@ def test_segments_normalise_independently(device, order):
     sums = segment_sums(p, segments)
     if order == "clamp_then_normalize":
         assert (sums - 1).abs().max() <= 1e-6, sums
-    # each segment alone gives the same as the segment stepped on its own
+    # each segment is the step of that segment alone
     p2 = random_simplex((3, 14), segments, device)
-    q = [s.clone() for s in p2.split(segments, -1)]
+    alone = [eg_formula(ps, gs, 0.5, order=order) for ps, gs in zip(p2.split(segments, -1), g.split(segments, -1))]
     gaea_ext.exp_grad_step_(p2, g, 0.5, segments=segments, order=order)
-    for qs, gs, got in zip(q, g.split(segments, -1), p2.split(segments, -1)):
-        gaea_ext.exp_grad_step_(qs, gs.contiguous(), 0.5, order=order)
-        torch.testing.assert_close(got, qs, rtol=1e-6, atol=1e-9)
+    for got, want_s in zip(p2.split(segments, -1), alone):
+        torch.testing.assert_close(got.double(), want_s, **tol(torch.float32))
 
 
 @requires_kernels
@@ -175,11 +174,8 @@ def test_more_segments_than_the_cuda_kernel_takes(device):
 def test_adaptive_equals_lr_over_max_abs_grad(device):
     p = random_simplex((14, 8), device=device, dtype=torch.float64)
     g = torch.randn(14, 8, device=device, dtype=torch.float64) * 7
-    q = p.clone()
     want = eg_formula(p, g, 0.1 / g.abs().max().item())
     gaea_ext.exp_grad_step_(p, g, 0.1, adaptive=True)
-    gaea_ext.exp_grad_step_(q, g, 0.1 / g.abs().max().item())
-    torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
     torch.testing.assert_close(p.cpu(), want.cpu(), rtol=1e-12, atol=0)
     # the max is over the whole tensor, not per row
     r = random_simplex((14, 8), device=device, dtype=torch.float64)
@@ -246,7 +242,9 @@ def test_non_contiguous_param(device):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_multi_equals_per_tensor(device, adaptive):
+def test_multi_steps_each_param_by_the_formula(device, adaptive):
+    """One fused call over params of different shapes, each with its own lr (adaptive: its
+    own max|grad|): every param gets its own step, and the call returns the 0 flag."""
     segments = [2, 3, 4, 5]
     ps = [random_simplex((3, 14), segments, device), random_simplex((14,), segments, device),
           random_simplex((2, 2, 14), segments, device)]
@@ -254,25 +252,19 @@ def test_multi_equals_per_tensor(device, adaptive):
     lrs = [0.1, 0.2, 0.05]
     kw = dict(segments=segments, min_value=1e-4, order="normalize_then_clamp",
               entropic_reg=0.01, adaptive=adaptive)
-    singles = [p.clone() for p in ps]
-    for p, g, lr in zip(singles, gs, lrs):
-        gaea_ext.exp_grad_step_(p, g, lr, **kw)
     wants = [eg_formula(p, g, lr, **kw) for p, g, lr in zip(ps, gs, lrs)]
     ret = gaea_ext.exp_grad_step_multi_(ps, gs, lrs, **kw)
     # the status flag: 0-d int32 on the params' device, 0 = the step was applied
     assert isinstance(ret, torch.Tensor) and ret.shape == () and ret.dtype == torch.int32
     assert ret.device == ps[0].device and ret.item() == 0
-    for p, q, want in zip(ps, singles, wants):
-        assert torch.equal(p, q), (p - q).abs().max()
+    for p, want in zip(ps, wants):
         torch.testing.assert_close(p.double(), want, **tol(torch.float32))
 
     ps2 = [random_simplex((3, 14), segments, device) for _ in range(2)]
-    singles2 = [p.clone() for p in ps2]
+    wants2 = [eg_formula(p, g, 0.3, **kw) for p, g in zip(ps2, gs[:1] * 2)]
     gaea_ext.exp_grad_step_multi_(ps2, gs[:1] * 2, 0.3, **kw)  # scalar lr for every param
-    for p, g in zip(singles2, gs[:1] * 2):
-        gaea_ext.exp_grad_step_(p, g, 0.3, **kw)
-    for p, q in zip(ps2, singles2):
-        assert torch.equal(p, q)
+    for p, want in zip(ps2, wants2):
+        torch.testing.assert_close(p.double(), want, **tol(torch.float32))
 
 
 def test_multi_nonfinite_grad_changes_nothing(device):
@@ -410,20 +402,18 @@ def test_cuda_raw_op_no_host_sync():
 
 def test_multi_per_param_options_in_one_call(device):
     """DARTS alphas (clamped, regularised) and per-node edge weights (segments, no clamp)
-    in one fused call equal separate per-tensor steps."""
+    in one fused call: each gets the step with its own options."""
     alpha = random_simplex((14, 8), device=device)
     beta = random_simplex((14,), [2, 3, 4, 5], device)
     ga, gb = torch.randn(14, 8, device=device), torch.randn(14, device=device)
-    want_alpha = alpha.clone()
-    gaea_ext.exp_grad_step_(want_alpha, ga, 0.1, min_value=1e-5, entropic_reg=0.01)
-    want_beta = beta.clone()
-    gaea_ext.exp_grad_step_(want_beta, gb, 0.2, segments=[2, 3, 4, 5], min_value=0.0)
+    want_alpha = eg_formula(alpha, ga, 0.1, min_value=1e-5, entropic_reg=0.01)
+    want_beta = eg_formula(beta, gb, 0.2, segments=[2, 3, 4, 5], min_value=0.0)
     gaea_ext.exp_grad_step_multi_(
         [alpha, beta], [ga, gb], [0.1, 0.2], segments=[None, [2, 3, 4, 5]],
         min_value=[1e-5, 0.0], entropic_reg=[0.01, 0.0],
     )
-    assert torch.equal(alpha, want_alpha)
-    assert torch.equal(beta, want_beta)
+    torch.testing.assert_close(alpha.double(), want_alpha, **tol(torch.float32))
+    torch.testing.assert_close(beta.double(), want_beta, **tol(torch.float32))
     for start, length in zip([0, 2, 5, 9], [2, 3, 4, 5]):
         torch.testing.assert_close(beta[start:start + length].sum(), torch.tensor(1.0, device=device))
 
