@@ -66,8 +66,9 @@ def _baseline_supernet(C: int, N: int, num_classes: int):
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from gaea_nas.nb201_ops import NB201_OPS, build_nb201_op
-    from gaea_nas.nb201_space import NB201_EDGES, _macro
+    from gaea_nas.spaces.nb201.ops import NB201_OPS, build_nb201_op
+    from gaea_nas.spaces.nb201.arch import NB201_EDGES
+    from gaea_nas.spaces.nb201.ops import build_macro as _macro
 
     class Cell(nn.Module):
         def __init__(self, C):
@@ -134,8 +135,8 @@ def _baseline_darts(C: int, layers: int, num_classes: int, partial: int = 0):
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from gaea_nas.darts_ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, search_op
-    from gaea_nas.darts_space import channel_shuffle
+    from gaea_nas.spaces.darts.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, search_op
+    from gaea_nas.spaces.darts.supernet import channel_shuffle
 
     class MixedOp(nn.Module):
         def __init__(self, C, stride):
@@ -215,8 +216,7 @@ def _run_variant(args) -> Dict[str, float]:
     import gaea_ext
     from gaea_ext.baselines import edge_step_release, exp_grad_step_release
     from gaea_nas import DartsSuperNet, NB201SuperNet, mixing
-    from gaea_nas.builders import arch_modules
-    from gaea_nas.search_step import search_iteration
+    from gaea_nas.search.step import search_iteration
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -264,10 +264,10 @@ def _run_variant(args) -> Dict[str, float]:
             pc = args.space == "pcdarts"
             model = DartsSuperNet(args.channels, cells, 10, partial_channels=4 if pc else None, edge_weights=pc,
                                   arch="simplex").to(dev)
-        groups = [{"params": [m.alpha for m in arch_modules(model)]}]
-        betas = [m.beta for m in arch_modules(model) if m.beta is not None]
+        groups = [{"params": [m.alpha for m in model.arch_cells().values()]}]
+        betas = [m.beta for m in model.arch_cells().values() if m.beta is not None]
         if betas:
-            groups.append({"params": betas, "segments": arch_modules(model)[0].edge_segments, "min_value": 0.0})
+            groups.append({"params": betas, "segments": model.arch_normal.edge_segments, "min_value": 0.0})
         aopt = gaea_ext.optim.ExponentiatedGradient(groups, lr=0.1)
         wopt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
         run = model
@@ -392,7 +392,7 @@ def main(argv: List[str] = None) -> int:
 
     switches = list(args.switches)
     if args.space == "pcdarts" and args.device == "cpu" and "channels_last" in switches:
-        # oneDNN's CPU backward on channels_last channel slices crawls or crashes (see gaea_nas.search)
+        # oneDNN's CPU backward on channels_last channel slices crawls or crashes (see gaea_nas.search.loop.check_layout_supported)
         print("note: channels_last is skipped for pcdarts on the CPU")
         switches.remove("channels_last")
     variants = args.variants or ([v for v in VARIANTS if args.space == "nb201" or v != "fused-no-pool-fusion"]

@@ -1,6 +1,7 @@
 """Shared fixtures, markers, hypothesis profile and tolerance helpers for the gaea_ext tests."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,18 @@ if os.environ.get("GAEA_CUDA_EMULATION") == "1":
     from cuda_emulation.build import route_cpu_kernels_to_emulation
 
     _EMULATION = route_cpu_kernels_to_emulation()
+
+
+# The project's data (never committed) lies in ../shared/data beside the checkout; CI has it.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts):
+    """The path of a file under ``../shared/data``; skips the test where it is absent, and fails
+    it under CI (``CI=true``), where the data is always beside the checkout."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing; CI runs with ../shared beside the checkout")
+        pytest.skip(f"{path} is not present (the project's data lies in ../shared beside the checkout)")
+    return path

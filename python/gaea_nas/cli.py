@@ -43,7 +43,7 @@ _nonneg_float = _number(float, 0.0, "a number >= 0")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gaea`` (one sub-parser per command)."""
-    from .search_config import METHODS, OBJECTIVES, PRESETS, SPACES
+    from .search.config import METHODS, OBJECTIVES, PRESETS, SPACES
 
     p = argparse.ArgumentParser(prog="gaea", description="Geometry-aware differentiable NAS (GAEA) on the gaea_ext fused ops.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -130,8 +130,8 @@ def _default_run_dir(cfg) -> Path:
 
 
 def _new_search(args, parser):
-    from .search import RunOptions
-    from .search_config import default_config
+    from .search import RunOptions, default_config
+    from .spaces import supernet_class
 
     space = args.space or "nb201"
     method = args.method or "gaea"
@@ -142,7 +142,7 @@ def _new_search(args, parser):
     flags = {"dataset": dataset, "epochs": args.epochs, "batch_size": args.batch_size, "objective": args.objective,
              "seed": args.seed, "channels": args.channels}
     if args.cells is not None:
-        flags["cells" if space == "nb201" else "layers"] = args.cells
+        flags[supernet_class(space).depth_field] = args.cells
     for k, v in flags.items():
         if v is not None:
             if k in overrides:
@@ -189,9 +189,10 @@ def _resumed_search(args):
 
 def cmd_search(args, parser) -> int:
     """``gaea search``: run or resume a search; prints the cell found and its NB201 accuracies."""
-    from .checkpoint import CheckpointError
     from .data import DatasetError
-    from .search import SearchError, SearchInterrupted, check_layout_supported, resolve_device, run_search
+    from .runtime import CheckpointError, resolve_device
+    from .search import SearchError, SearchInterrupted, run_search
+    from .search.loop import check_layout_supported
 
     sub = parser.search_parser
     try:
@@ -227,8 +228,7 @@ def cmd_search(args, parser) -> int:
 
 def cmd_lookup(args) -> int:
     """``gaea lookup ARCH``: the NAS-Bench-201 table's accuracies of one cell."""
-    from .nb201_space import is_valid_arch, parse_arch
-    from .nb201_table import NB201Table
+    from .spaces.nb201 import NB201Table, is_valid_arch, parse_arch
 
     try:
         parse_arch(args.arch)
@@ -262,7 +262,7 @@ def _info() -> Dict[str, Any]:
     import gaea_ext
 
     from .data.cache import default_cache_dir
-    from .nb201_table import ENV_VAR, default_table_path
+    from .spaces.nb201.table import ENV_VAR, default_table_path
 
     info: Dict[str, Any] = {
         "gaea_ext_backend": {"cpu": gaea_ext.backend("cpu"), "cuda": gaea_ext.backend("cuda")},

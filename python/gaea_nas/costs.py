@@ -1,5 +1,5 @@
 """Model costs: parameter counts and multiply-adds, counted the way NAS-Bench-201 reports them
-(../shared/docs/method.md section 4.3).
+(docs/method.md §4.3).
 
 Multiply-adds: a Conv2d costs ``kh*kw*Cin*Cout/groups`` per output pixel (plus ``Cout`` per
 output pixel if it has a bias), a Linear ``in*out`` (plus ``out`` with a bias) per row; BN,
@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .arch_params import arch_parameters
+from .spaces.arch_params import arch_parameters
 
 __all__ = ["count_parameters", "count_macs"]
 

@@ -147,14 +147,14 @@ def _draw_dag(ax, positions: Dict[str, Tuple[float, float]], edges: List[Tuple[s
 
 def _plot_cell(plt, space: str, arch: str, path: Path) -> None:
     if space == "nb201":
-        from .nb201_space import arch_nodes
+        from .spaces.nb201.arch import arch_nodes
 
         fig, ax = plt.subplots(figsize=(7, 3.2))
         positions = {str(i): (2.0 * i, 0.0) for i in range(4)}
         edges = [(str(j), str(i + 1), op) for i, node in enumerate(arch_nodes(arch)) for op, j in node if op != "none"]
         _draw_dag(ax, positions, edges, f"NAS-Bench-201 cell: {arch}")
     else:
-        from .genotypes import parse_genotype
+        from .spaces.darts.genotypes import parse_genotype
 
         g = parse_genotype(arch)
         fig, axes = plt.subplots(1, 2, figsize=(13, 4))

@@ -1,4 +1,4 @@
-"""ArchParameters (gaea_nas.arch_params) and node mixing (gaea_nas.mixing)."""
+"""ArchParameters (gaea_nas.spaces.arch_params) and node mixing (gaea_nas.spaces.mixing)."""
 import copy
 import pickle
 
@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 import gaea_ext
-from gaea_nas import arch_params, mixing
-from gaea_nas.arch_params import ArchParameters, arch_parameters, sample_op_weights, weight_parameters
-from gaea_nas.mixing import mix_node
-from gaea_nas.nb201_ops import Zero
+from gaea_nas.spaces import arch_params, mixing
+from gaea_nas.spaces.arch_params import ArchParameters, arch_parameters, sample_op_weights, weight_parameters
+from gaea_nas.spaces.mixing import mix_node
+from gaea_nas.spaces.nb201.ops import Zero
 
 
 class Toy(nn.Module):
@@ -141,7 +141,8 @@ def test_gdas_resamples_non_finite(monkeypatch):
 
 
 # ------------------------------------------------------------------------------- mixing
-OPS = ["none", "skip_connect", "conv", "pool"]
+# how the mixing computes each op of _edge_ops: the pool counts padded cells, so it runs as a module
+KINDS = ["none", "skip", "tensor", "tensor"]
 
 
 def _edge_ops(n_edges, C=3):
@@ -174,29 +175,27 @@ def test_mix_node_one_fused_call_none_skipped_skip_is_input(monkeypatch):
     for e in edges:
         e[0].register_forward_hook(lambda *a: zero_calls.append(1))
     calls = _count_weighted_sum(monkeypatch)
-    out = mix_node(xs, edges, w, beta, op_names=OPS)
+    out = mix_node(xs, edges, w, beta, kinds=KINDS)
     assert len(calls) == 1 and not zero_calls
     inputs, weights = calls[0]
     assert len(inputs) == 9  # 3 edges x 3 non-none ops
     assert inputs[0] is xs[0] and inputs[3] is xs[1] and inputs[6] is xs[2]  # skip passes x itself
     ref = sum(w[e, o] * beta[e] * edges[e][o](xs[e]) for e in range(3) for o in range(4))
     torch.testing.assert_close(out, ref)
-    plain = mix_node(xs, edges, w, beta, op_names=OPS, use_fused=False)
+    plain = mix_node(xs, edges, w, beta, kinds=KINDS, use_fused=False)
     assert len(calls) == 1  # the plain path does not use the fused op
     torch.testing.assert_close(plain, out)
 
 
 def test_mix_node_fuses_parameter_free_ops(monkeypatch):
-    """skip and the stride-1 3x3 pools (avg without padded cells, max) go into one mixed_terms
-    call and are never run as modules; an avg pool counting padded cells stays a module."""
+    """Ops declared skip or 3x3 pool go into one mixed_terms call and are never run as modules;
+    "tensor" ops run as modules; "none" never runs."""
     torch.manual_seed(2)
     C = 3
     edges = [nn.ModuleList([Zero(), nn.Identity(), nn.Conv2d(C, C, 3, padding=1, bias=False),
                             nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.MaxPool2d(3, 1, 1),
                             nn.AvgPool2d(3, 1, 1)]) for _ in range(2)]
-    names = ["none", "skip_connect", "conv", "avg", "max", "avg_with_pad"]
-    assert [mixing.fused_kind(m) for m in edges[0]] == ["tensor", "skip", "tensor", "avg_pool_3x3",
-                                                        "max_pool_3x3", "tensor"]
+    kinds = ["none", "skip", "tensor", "avg_pool_3x3", "max_pool_3x3", "tensor"]
     ran = []
     for e in edges:
         for m in (e[3], e[4]):
@@ -206,10 +205,10 @@ def test_mix_node_fuses_parameter_free_ops(monkeypatch):
     monkeypatch.setattr(gaea_ext, "mixed_terms", lambda *a: calls.append(a[3]) or orig(*a))
     xs = [torch.randn(2, C, 5, 5, requires_grad=True) for _ in range(2)]
     w = torch.rand(2, 6, requires_grad=True)
-    out = mix_node(xs, edges, w, op_names=names)
+    out = mix_node(xs, edges, w, kinds=kinds)
     assert len(calls) == 1 and not ran
     assert calls[0] == ["skip", "tensor", "avg_pool_3x3", "max_pool_3x3", "tensor"] * 2
-    plain = mix_node(xs, edges, w, op_names=names, use_fused=False)
+    plain = mix_node(xs, edges, w, kinds=kinds, use_fused=False)
     torch.testing.assert_close(out, plain)
     ga = torch.autograd.grad(out.square().sum(), [*xs, w])
     gb = torch.autograd.grad(plain.square().sum(), [*xs, w])
@@ -223,7 +222,7 @@ def test_mix_node_module_switch(monkeypatch):
     w = torch.rand(2, 4)
     calls = _count_weighted_sum(monkeypatch)
     monkeypatch.setattr(mixing, "USE_FUSED", False)
-    mix_node(xs, edges, w, op_names=OPS)
+    mix_node(xs, edges, w, kinds=KINDS)
     assert not calls
 
 
@@ -231,7 +230,7 @@ def test_gaea_mixing_linear_in_theta():
     edges = _edge_ops(2)
     xs = [torch.randn(2, 3, 4, 4) for _ in range(2)]
     t1, t2 = torch.rand(2, 4), torch.rand(2, 4)
-    f = lambda t: mix_node(xs, edges, t, op_names=OPS).detach()
+    f = lambda t: mix_node(xs, edges, t, kinds=KINDS).detach()
     torch.testing.assert_close(f(0.3 * t1 + 0.7 * t2), 0.3 * f(t1) + 0.7 * f(t2))
     torch.testing.assert_close(f(2.0 * t1), 2.0 * f(t1))
 
@@ -240,7 +239,7 @@ def test_mix_node_gradients_reach_theta_and_beta():
     edges = _edge_ops(3)
     xs = [torch.randn(2, 3, 4, 4) for _ in range(3)]
     a = ArchParameters(3, 4, "simplex", edge_segments=[3])
-    mix_node(xs, edges, a.op_weights(), a.edge_weights(), op_names=OPS).square().sum().backward()
+    mix_node(xs, edges, a.op_weights(), a.edge_weights(), kinds=KINDS).square().sum().backward()
     assert (a.alpha.grad[:, 1:] != 0).all() and (a.alpha.grad[:, 0] == 0).all()  # none: no signal
     assert (a.beta.grad != 0).all()
 
@@ -260,7 +259,7 @@ def test_mix_node_gdas_only_sampled_op_runs(monkeypatch):
     h = a.op_weights()
     sampled = [2, 0, 3]  # conv, none, pool (count_include_pad=True: not fusable, runs as a module)
     h = torch.nn.functional.one_hot(torch.tensor(sampled), 4).float() - h.detach() + h  # force the sample
-    out = mix_node(xs, edges, h, op_names=OPS, sampled=sampled)
+    out = mix_node(xs, edges, h, kinds=KINDS, sampled=sampled)
     # one call for the node: the two sampled outputs plus the 0-valued rest as a "ones" term
     assert sorted(runs) == [(0, 2), (2, 3)] and not calls and fused == [["tensor", "tensor", "ones"]]
     torch.testing.assert_close(out, edges[0][2](xs[0]) + edges[2][3](xs[2]))
@@ -272,9 +271,35 @@ def test_mix_node_all_none_gives_zero_of_none_op_shape():
     edges = [nn.ModuleList([Zero(stride=2), nn.Identity()]) for _ in range(2)]
     xs = [torch.randn(2, 3, 4, 4) for _ in range(2)]
     h = torch.tensor([[1.0, 0.0], [1.0, 0.0]], requires_grad=True)
-    out = mix_node(xs, edges, h, op_names=["none", "skip_connect"], sampled=[0, 0])
+    out = mix_node(xs, edges, h, kinds=["none", "skip"], sampled=[0, 0])
     assert out.shape == (2, 3, 2, 2) and not out.any()
     out.sum().backward()
     assert torch.equal(h.grad, torch.tensor([[0.0, 8 * 3.0], [0.0, 8 * 3.0]]))  # 0-valued terms: grad = sum(grad_out)
-    only_none = mix_node(xs, [nn.ModuleList([Zero()])] * 2, torch.ones(2, 1), op_names=["none"])
+    only_none = mix_node(xs, [nn.ModuleList([Zero()])] * 2, torch.ones(2, 1), kinds=["none"])
     assert only_none.shape == xs[0].shape and not only_none.any()
+
+
+def test_mix_node_without_kinds_runs_every_op_as_a_module(monkeypatch):
+    edges = _edge_ops(2)
+    runs = []
+    for ops in edges:
+        for o, op in enumerate(ops):
+            op.register_forward_hook(lambda m, i, out, o=o: runs.append(o))
+    xs = [torch.randn(2, 3, 4, 4) for _ in range(2)]
+    w = torch.rand(2, 4)
+    out = mix_node(xs, edges, w)
+    assert sorted(runs) == [0, 0, 1, 1, 2, 2, 3, 3]
+    ref = sum(w[e, o] * edges[e][o](xs[e]) for e in range(2) for o in range(4))
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("kinds, error, match", [
+    ("skip", TypeError, "not a string"),
+    (["skip", "tensor"], ValueError, "2 kinds for 4 ops"),
+    ([KINDS, KINDS, KINDS], ValueError, "3 rows for 2 edges"),
+    (["none", "skip", "tensor", "conv"], ValueError, "unknown kind 'conv'"),
+])
+def test_mix_node_bad_kinds(kinds, error, match):
+    xs = [torch.randn(1, 3, 4, 4) for _ in range(2)]
+    with pytest.raises(error, match=match):
+        mix_node(xs, _edge_ops(2), torch.rand(2, 4), kinds=kinds)

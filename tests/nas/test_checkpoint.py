@@ -1,4 +1,4 @@
-"""Atomic checkpoints, corrupt-file errors and RNG round trips (gaea_nas.checkpoint)."""
+"""Atomic checkpoints, corrupt-file errors and RNG round trips (gaea_nas.runtime.checkpoint)."""
 import os
 import random
 import signal
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gaea_nas import checkpoint as ckpt_mod
-from gaea_nas.checkpoint import (
+from gaea_nas.runtime.checkpoint import (
     CheckpointError,
     Checkpointer,
     atomic_save,
@@ -146,7 +146,7 @@ def test_checkpointer(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, torch
-    from gaea_nas.checkpoint import atomic_save
+    from gaea_nas.runtime.checkpoint import atomic_save
     path = sys.argv[1]
     i = 0
     while True:

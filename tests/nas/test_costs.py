@@ -4,7 +4,9 @@ import torch
 import torch.nn as nn
 
 from gaea_nas.costs import count_macs, count_parameters
-from gaea_nas.nb201_space import NB201Network, NB201SuperNet
+from gaea_nas.spaces.darts.genotypes import DARTS_V2
+from gaea_nas.spaces.darts.networks import NetworkCIFAR
+from gaea_nas.spaces.nb201 import NB201Network, NB201SuperNet
 
 ALL_CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 NO_CONV = "|avg_pool_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|skip_connect~1|none~2|"
@@ -63,9 +65,7 @@ def test_count_parameters_excludes_auxiliary_and_arch():
 
 
 def test_count_parameters_darts_published():
-    darts = pytest.importorskip("gaea_nas.darts_networks", reason="DARTS networks not available")
-    genotypes = pytest.importorskip("gaea_nas.genotypes")
-    net = darts.NetworkCIFAR(36, 10, 20, True, genotypes.DARTS_V2)
+    net = NetworkCIFAR(36, 10, 20, True, DARTS_V2)
     n = count_parameters(net)
     assert round(n / 1e6, 1) == 3.3  # published DARTS_V2, auxiliary head excluded
     assert count_parameters(net, exclude_auxiliary=False) > n

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from gaea_nas import genotypes
-from gaea_nas.darts_networks import (
+from gaea_nas.spaces.darts.networks import (
     AuxiliaryHeadCIFAR,
     AuxiliaryHeadImageNet,
     DiscreteCell,
@@ -12,7 +12,7 @@ from gaea_nas.darts_networks import (
     NetworkImageNet,
     drop_path,
 )
-from gaea_nas.darts_ops import FactorizedReduce, Identity
+from gaea_nas.spaces.darts.ops import FactorizedReduce, Identity
 
 
 def n_params(model, aux=False):

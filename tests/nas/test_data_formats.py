@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import shared_data
 from gaea_nas.data import DatasetError, load_dataset, read_cifar, read_image_folder, read_imagenet16
 from gaea_nas.data import cifar as cifar_mod
 
@@ -219,11 +220,8 @@ def test_image_folder_dataset_stats(tmp_path):
     assert ds.name == "d"
 
 
-SHARED = Path("/work/shared/data/cifar10/cifar10-jpeg.tar.gz")
-
-
-@pytest.mark.skipif(not SHARED.is_file(), reason="shared CIFAR-10 JPEG copy not present")
 def test_shared_cifar10_jpeg_smoke(tmp_path):
+    SHARED = shared_data("cifar10", "cifar10-jpeg.tar.gz")
     ds = load_dataset(SHARED, cache_dir=tmp_path, limit_per_class=20)
     assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert ds.train_images.shape == (200, 32, 32, 3) and ds.test_images.shape == (200, 32, 32, 3)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from gaea_nas import genotypes
-from gaea_nas.darts_space import DartsSuperNet
-from gaea_nas.genotypes import (
+from gaea_nas.spaces.darts.supernet import DartsSuperNet
+from gaea_nas.spaces.darts.genotypes import (
     DARTS_V2,
     PRIMITIVES,
     PUBLISHED,
@@ -146,7 +146,7 @@ def test_genotype_to_weights_one_hot():
 
 
 def test_derive_genotype_rejects_other_models():
-    with pytest.raises(TypeError, match="DartsSuperNet"):
+    with pytest.raises(TypeError, match="expected a gaea_nas supernet"):
         derive_genotype(torch.nn.Linear(2, 2))
 
 
@@ -163,7 +163,7 @@ def test_load_genotype_then_derive_round_trip():
 
 
 def test_derive_genotype_nb201_dispatch():
-    from gaea_nas.nb201_space import NB201SuperNet
+    from gaea_nas.spaces.nb201 import NB201SuperNet
 
     net = NB201SuperNet(C=2, N=1, arch="simplex")
     with torch.no_grad():

@@ -1,41 +1,19 @@
-"""Weight-LR schedules and the GDAS temperature (gaea_nas.schedules) against method.md."""
+"""Weight-LR schedules and the GDAS temperature (gaea_nas.search.schedules) against
+docs/method.md §2.3 and §5, torch's CosineAnnealingLR and written-out values."""
 import math
-import types
-import warnings
 
 import pytest
 import torch
 
-from gaea_nas.schedules import (
-    CosineLR,
-    CosinePowerAnnealing,
-    build_lr_scheduler,
-    cosine_lr,
-    cosine_power_lr,
-    gdas_tau,
-    gdas_tau_upstream,
-)
+from gaea_nas.search.schedules import cosine_lr, cosine_power_lr, gdas_tau
 
 
 def _opt(lr=0.025):
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr, momentum=0.9)
 
 
-def _run(sched_cls, epochs, **kw):
-    opt = _opt()
-    s = sched_cls(opt, **kw)
-    lrs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no torch scheduler warnings
-        for _ in range(epochs):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            s.step()
-    return lrs
-
-
 def test_cosine_matches_torch_and_endpoints():
-    ours = _run(CosineLR, 25, scheduler_epochs=25, eta_min=0.001)
+    ours = [cosine_lr(e, 0.025, 0.001, 25) for e in range(25)]
     opt = _opt()
     ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=25, eta_min=0.001)
     theirs = []
@@ -51,11 +29,9 @@ def test_cosine_matches_torch_and_endpoints():
 
 
 def test_release_quirk_25_epochs_under_50_epoch_horizon():
-    # method.md 5: with the README's 25 NB201 epochs the LR only falls to about 0.0138
-    lrs = _run(CosinePowerAnnealing, 25, scheduler_epochs=50, eta_min=0.001)
-    assert lrs[0] == pytest.approx(0.025)
-    assert lrs[-1] == pytest.approx(0.0138, abs=5e-5)
-    assert cosine_power_lr(24, 0.025, 0.001, 50) == pytest.approx(lrs[-1])
+    # docs/method.md §5: with the README's 25 NB201 epochs the LR only falls to about 0.0138
+    assert cosine_power_lr(0, 0.025, 0.001, 50) == pytest.approx(0.025)
+    assert cosine_power_lr(24, 0.025, 0.001, 50) == pytest.approx(0.0138, abs=5e-5)
     # the plain cosine over the run's own 25 epochs ends far lower
     assert cosine_lr(24, 0.025, 0.001, 25) < 0.0012
 
@@ -70,8 +46,7 @@ def test_warm_restart_halves_peak():
     assert cosine_power_lr(50, 0.025, 0.001, 50) == pytest.approx(0.0125)
     assert cosine_power_lr(100, 0.025, 0.001, 50) == pytest.approx(0.00625)
     assert cosine_power_lr(75, 0.025, 0.001, 50) == pytest.approx(0.001 + (0.0125 - 0.001) * 0.5)
-    lrs = _run(CosinePowerAnnealing, 120, scheduler_epochs=50, eta_min=0.001)
-    assert lrs[49] < lrs[50] and lrs[50] == pytest.approx(0.0125)
+    assert cosine_power_lr(49, 0.025, 0.001, 50) < cosine_power_lr(50, 0.025, 0.001, 50)
 
 
 def test_power_not_one_formula():
@@ -82,47 +57,17 @@ def test_power_not_one_formula():
     assert cosine_power_lr(0, 0.1, 0.0, 40, power=p) == pytest.approx(0.1)
 
 
-def test_scheduler_resume_is_exact():
-    full = _run(CosinePowerAnnealing, 30, scheduler_epochs=20, eta_min=0.001)
-    opt = _opt()
-    s = CosinePowerAnnealing(opt, 20, 0.001)
-    for _ in range(7):
-        opt.step()
-        s.step()
-    state = s.state_dict()
-    opt2 = _opt()
-    opt2.load_state_dict(opt.state_dict())
-    s2 = CosinePowerAnnealing(opt2, 20, 0.001)
-    s2.load_state_dict(state)
-    rest = []
-    for _ in range(23):
-        rest.append(opt2.param_groups[0]["lr"])
-        opt2.step()
-        s2.step()
-    assert rest == pytest.approx(full[7:], rel=1e-12)
-
-
-def test_build_lr_scheduler():
-    cfg = types.SimpleNamespace(lr_schedule="cosine_power", scheduler_epochs=50, min_lr=0.001)
-    assert isinstance(build_lr_scheduler(_opt(), cfg), CosinePowerAnnealing)
-    cfg.lr_schedule = "cosine"
-    assert isinstance(build_lr_scheduler(_opt(), cfg), CosineLR)
-    cfg.lr_schedule = "step"
-    with pytest.raises(ValueError, match="lr_schedule"):
-        build_lr_scheduler(_opt(), cfg)
-
-
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_horizon(bad):
     with pytest.raises(ValueError, match="scheduler_epochs"):
         cosine_lr(0, 0.1, 0.0, bad)
     with pytest.raises(ValueError, match="scheduler_epochs"):
-        CosineLR(_opt(), bad)
+        cosine_power_lr(0, 0.1, 0.0, bad)
 
 
 @pytest.mark.parametrize("epochs, final", [(100, 5.1), (150, 3.4), (250, 2.1)])
 def test_gdas_tau_release_denominator_quirk(epochs, final):
-    # method.md 2.3: final tau about 5.1 / 3.4 / 2.1 with a 50-epoch warm-up
+    # docs/method.md §2.3: final tau about 5.1 / 3.4 / 2.1 with a 50-epoch warm-up
     taus = [gdas_tau(e, epochs, 10.0, 0.1, warmup=50) for e in range(epochs)]
     assert taus[-1] == pytest.approx(final, abs=0.05)
     assert all(t == 10.0 for t in taus[:51])
@@ -131,8 +76,8 @@ def test_gdas_tau_release_denominator_quirk(epochs, final):
     assert fixed == pytest.approx(0.1)
 
 
-def test_gdas_tau_upstream_linear():
-    taus = [gdas_tau_upstream(e, 250) for e in range(250)]
+def test_gdas_tau_without_warmup_is_upstream_linear_anneal():
+    taus = [gdas_tau(e, 250, 10.0, 0.1, warmup=0) for e in range(250)]
     assert taus[0] == 10.0 and taus[-1] == pytest.approx(0.1)
     steps = [a - b for a, b in zip(taus, taus[1:])]
     assert max(steps) == pytest.approx(min(steps)) == pytest.approx(9.9 / 249)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gaea_nas.search_config import METHODS, PRESETS, SPACES, SearchConfig, default_config, release_notes
+from gaea_nas.search.config import METHODS, PRESETS, SPACES, SearchConfig, default_config, release_notes
 
 VALID = [(s, m) for s in SPACES for m in METHODS if not (s == "nb201" and m in ("pcdarts", "gaea-pcdarts"))]
 

@@ -13,8 +13,9 @@ from PIL import Image
 
 from gaea_nas.cli import main
 from gaea_nas.data import load_dataset, search_streams
-from gaea_nas.nb201_space import is_valid_arch, parse_arch
-from gaea_nas.nb201_table import default_table_path
+from conftest import shared_data
+from gaea_nas.spaces.nb201 import NB201_EDGES, NB201_OPS, format_arch
+from gaea_nas.spaces.nb201.table import default_table_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from search_helpers import make_pattern_folder, read_json, read_jsonl, run_cli, search_argv  # noqa: E402
@@ -51,9 +52,13 @@ def test_search_writes_the_run_folder(data_dir, tmp_path, capsys):
     for key in ("arch", "arch_weights", "nb201", "epochs", "wall_time_s", "device", "seed"):
         assert key in result, key
     assert result["epochs"] == 2 and result["seed"] == 0 and result["wall_time_s"] > 0
-    assert is_valid_arch(result["arch"]) or len(parse_arch(result["arch"])) == 6
     w = torch.tensor(result["arch_weights"]["normal"], dtype=torch.float64)
     assert w.shape == (6, 5)
+    # the cell is the argmax op of each edge, written edge by edge (node i <- input j)
+    picks = [NB201_OPS[int(k)] for k in w.argmax(1)]
+    nodes = [[f"{picks[e]}~{j}" for e, (i, j) in enumerate(NB201_EDGES) if i == node] for node in (1, 2, 3)]
+    assert result["arch"] == "+".join("|" + "|".join(n) + "|" for n in nodes)
+    assert format_arch(result["arch"]) == result["arch"]
     assert torch.allclose(w.sum(1), torch.ones(6, dtype=torch.float64), atol=1e-5)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
@@ -284,8 +289,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path,
     assert not (out / "result.json").exists()
 
 
-@pytest.mark.skipif(not HAS_TABLE, reason="NAS-Bench-201 table not present")
 def test_lookup_prints_the_table_row(capsys):
+    shared_data("nb201", "nb201_accuracies.csv.gz")
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     assert main(["lookup", arch, "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
@@ -300,11 +305,8 @@ def test_info(capsys):
     assert info["torch"] == torch.__version__ and "gaea_ext_backend" in info
 
 
-SHARED_CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
-
-
-@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="shared CIFAR-10 copy not present")
 def test_search_on_a_subset_of_the_shared_cifar10(tmp_path):
+    SHARED_CIFAR = shared_data("cifar10", "cifar10-jpeg.tar.gz")
     out = tmp_path / "c10"
     p = run_cli(["search", "--dataset", str(SHARED_CIFAR), "--out", str(out), "--train-images", "256",
                  "--epochs", "1", "--batch-size", "32", "--channels", "4", "--cells", "1", "--device", "cpu",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import gaea_ext
 from gaea_nas import NB201SuperNet
-from gaea_nas.search_step import NonFiniteLossError, arch_step, search_iteration, weight_step
+from gaea_nas.search.step import NonFiniteLossError, arch_step, search_iteration, weight_step
 
 
 class ToyMixed(nn.Module):

@@ -2,21 +2,22 @@
 
 The key hashes the source path, its size and mtime (for a folder: every file's relative path,
 size and mtime), the loader options and ``FORMAT_VERSION``; a changed source therefore gets a
-new file. Files are written to a temp file and renamed with ``os.replace``, so a crash never
-leaves a partial cache entry.
+new file. Files are written atomically (:func:`gaea_nas.runtime.files.atomic_write`), so a
+crash never leaves a partial cache entry.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
 import numpy as np
+
+from ..runtime.files import atomic_write
 
 __all__ = ["FORMAT_VERSION", "cache_path", "cached_arrays", "default_cache_dir", "source_fingerprint"]
 
@@ -67,17 +68,7 @@ def _save(path: Path, arrays: Dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: np.asarray(arrays[k]) for k in _FIELDS}
     payload["classes"] = np.asarray([str(c) for c in arrays["classes"]], dtype=np.str_)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **payload))
 
 
 def _load(path: Path) -> Dict[str, object]:

@@ -1,4 +1,4 @@
-"""The DARTS / PC-DARTS search space (method.md 3 and 4.1): :class:`DartsSuperNet`.
+"""The DARTS / PC-DARTS search supernet (docs/method.md §3 and §4.1): :class:`DartsSuperNet`.
 
 Variants, all on the same cell wiring (14 edges, node-major, inputs ``s0, s1, n0, ...``):
 
@@ -12,9 +12,10 @@ Variants, all on the same cell wiring (14 edges, node-major, inputs ``s0, s1, n0
                        runs; the sampled indices of both cell types reach the host in one copy.
 =====================  ====================================================================
 
-Mixing goes through :func:`gaea_nas.mixing.mix_node`: one ``gaea_ext.weighted_sum`` call per
-node over all its incoming edges and ops (``none`` never runs and makes no zero tensor;
-``skip_connect`` passes its input tensor itself).
+Mixing goes through :func:`gaea_nas.spaces.mixing.mix_node`: one fused call per node over all
+its incoming edges and ops, each op fused as :data:`~gaea_nas.spaces.darts.ops.DARTS_OP_TABLE`
+declares (on stride-1 edges ``skip_connect`` and the BN pools are computed in the kernel;
+``none`` never runs and makes no zero tensor).
 
 **Partial channels (PC-DARTS).** Per edge ``j -> i`` PC-DARTS computes
 ``shuffle(cat(sum_k w_jk op_k(x_j[:C/K]), bypass_j(x_j[C/K:])))`` and node ``i`` sums these
@@ -33,17 +34,19 @@ per-edge PyTorch reference. ``bypass_j`` is the identity on stride-1 edges and
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 import gaea_ext
 
-from .arch_params import ArchParameters, arch_parameters, sample_op_weights, weight_parameters
-from .darts_ops import FactorizedReduce, ReLUConvBN, darts_op_names, search_op
-from . import mixing
-from .mixing import mix_node
+from .. import mixing
+from ..arch_params import ArchParameters, sample_op_weights
+from ..mixing import mix_node
+from ..supernet import SuperNet
+from .genotypes import Genotype, derive_darts_cell, genotype_to_weights, get_genotype
+from .ops import FactorizedReduce, ReLUConvBN, darts_fused_kinds, darts_op_names, search_op
 
 __all__ = [
     "channel_shuffle",
@@ -104,17 +107,19 @@ class DartsSearchCell(nn.Module):
         self.C = C
         self.C_op = C_op
         self.strides: List[int] = []
+        self.kinds: List[List[str]] = []  # per edge: how the mixing computes each op
         self.edges = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 self.strides.append(stride)
+                self.kinds.append(darts_fused_kinds(self.op_names, stride))
                 self.edges.append(nn.ModuleList([search_op(name, C_op, stride) for name in self.op_names]))
         if partial_channels is not None:
             self.bypass_pool = nn.MaxPool2d(2, 2)
 
     def _mix(self, xs, lo, hi, w, ew, sampled, hw):
-        kw = dict(op_names=self.op_names)
+        kw = dict(kinds=self.kinds[lo:hi])
         if sampled is not None:
             kw["sampled"] = sampled[lo:hi]
         out = mix_node(xs, self.edges[lo:hi], w[lo:hi], None if ew is None else ew[lo:hi], **kw)
@@ -161,8 +166,8 @@ class DartsSearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
-class DartsSuperNet(nn.Module):
-    """DARTS / PC-DARTS / GDAS / GAEA search network (method.md 4.1).
+class DartsSuperNet(SuperNet):
+    """DARTS / PC-DARTS / GDAS / GAEA search network (docs/method.md §4.1).
 
     Stem Conv3x3(3 -> stem_multiplier*C) + BN, ``layers`` search cells (reductions at
     ``layers//3`` and ``2*layers//3``, channels doubled there), global average pooling, Linear.
@@ -173,7 +178,11 @@ class DartsSuperNet(nn.Module):
     weights (``edge_kind`` defaults to ``"simplex"`` for the GAEA kinds and ``"softmax"`` for
     DARTS/GDAS); ``arch`` one of simplex/softmax/gdas/gaea-gdas; ``ops`` the op list (default the
     8 DARTS ops), ``exclude_none`` drops ``none``; ``tau`` the initial GDAS temperature.
+    Implements the :class:`~gaea_nas.spaces.supernet.SuperNet` protocol.
     """
+
+    space = "darts"
+    depth_field = "layers"
 
     def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, partial_channels: Optional[int] = None, edge_weights: bool = False,
@@ -236,12 +245,35 @@ class DartsSuperNet(nn.Module):
         self.arch_reduce = ArchParameters(self.num_edges, n_ops, kind=arch, edge_segments=segs, edge_kind=edge_kind,
                                           tau=tau)
 
-    # -- parameters ------------------------------------------------------------------------
-    def arch_parameters(self) -> List[nn.Parameter]:
-        return arch_parameters(self)
+    @classmethod
+    def from_config(cls, cfg, num_classes: int) -> "DartsSuperNet":
+        return cls(C=cfg.channels, layers=cfg.layers, num_classes=num_classes,
+                   partial_channels=cfg.partial_channels if cfg.partial_channels > 1 else None,
+                   edge_weights=cfg.edge_weights, arch=cfg.arch_kind, exclude_none=cfg.exclude_none,
+                   tau=cfg.tau_max)
 
-    def weight_parameters(self) -> List[nn.Parameter]:
-        return weight_parameters(self)
+    # -- the supernet protocol ---------------------------------------------------------------
+    def arch_cells(self) -> Dict[str, ArchParameters]:
+        return {"normal": self.arch_normal, "reduce": self.arch_reduce}
+
+    def describe(self) -> str:
+        pc = f", partial channels 1/{self.partial_channels}" if self.partial_channels else ""
+        return f"C={self.C}, {self.layers} cells{pc}"
+
+    @torch.no_grad()
+    def derivation_weights(self) -> Dict[str, torch.Tensor]:
+        return {name: cell.derivation_weights() for name, cell in self.arch_cells().items()}
+
+    def derive(self, exclude_none: bool = False) -> Genotype:
+        """The discrete cells by the DARTS rule (:func:`~gaea_nas.spaces.darts.genotypes.derive_darts_cell`
+        over :meth:`derivation_weights`: ``softmax(alpha)`` for DARTS and GDAS, ``theta`` for the
+        GAEA kinds, times the edge weights when learned, as ``Architect.get_weights`` does).
+        ``none`` is never chosen, so ``exclude_none`` changes nothing."""
+        w = self.derivation_weights()
+        normal = derive_darts_cell(w["normal"], self.op_names, self.steps)
+        reduce = derive_darts_cell(w["reduce"], self.op_names, self.steps)
+        concat = range(2 + self.steps - self.multiplier, self.steps + 2)
+        return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
 
     @property
     def tau(self) -> float:
@@ -249,8 +281,7 @@ class DartsSuperNet(nn.Module):
 
     @tau.setter
     def tau(self, value: float) -> None:
-        self.arch_normal.tau = float(value)
-        self.arch_reduce.tau = float(value)
+        self.set_tau(value)
 
     def mixing_weights(self):
         """``(op_normal, op_reduce, edge_normal, edge_reduce, sampled_normal, sampled_reduce)`` for
@@ -271,17 +302,16 @@ class DartsSuperNet(nn.Module):
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
-    def genotype(self):
-        """The discrete cell (DARTS rule; see :func:`gaea_nas.genotypes.derive_genotype`)."""
-        from .genotypes import derive_genotype
-        return derive_genotype(self)
+    def genotype(self) -> Genotype:
+        """The discrete cells (same as :meth:`derive`)."""
+        return self.derive()
 
     @torch.no_grad()
-    def load_genotype(self, genotype) -> None:
+    def load_arch(self, genotype) -> None:
         """Set theta one-hot on a genotype (simplex and gaea-gdas kinds; edge weights to 1): 1 on
         each listed (edge, op), 0 elsewhere, so the supernet computes that discrete cell (up to
-        the pools' BN(affine=False)). Accepts anything :func:`gaea_nas.genotypes.get_genotype` does."""
-        from .genotypes import genotype_to_weights, get_genotype
+        the pools' BN(affine=False)). Accepts anything
+        :func:`~gaea_nas.spaces.darts.genotypes.get_genotype` does."""
         if self.arch not in ("simplex", "gaea-gdas"):
             raise ValueError(f"load_genotype needs a simplex parameterisation, this supernet is {self.arch!r}")
         g = get_genotype(genotype, steps=self.steps)
@@ -290,9 +320,13 @@ class DartsSuperNet(nn.Module):
             if arch.beta is not None:
                 arch.beta.fill_(1.0)
 
+    def load_genotype(self, genotype) -> None:
+        """Same as :meth:`load_arch`."""
+        self.load_arch(genotype)
+
 
 def copy_cell_to_discrete(search_cell: DartsSearchCell, discrete_cell: nn.Module, pairs: Sequence[tuple]) -> None:
-    """Copy the weights of a (full-channel) search cell into the :class:`~gaea_nas.darts_networks.DiscreteCell`
+    """Copy the weights of a (full-channel) search cell into the :class:`~gaea_nas.spaces.darts.networks.DiscreteCell`
     of ``pairs`` (the genotype's ``(op, input)`` list of that cell type): the preprocessing and,
     for each pair, the op of its edge. Running BN statistics are copied; the discrete cell's
     affine BN scales/shifts are set to 1/0, which is what ``affine=False`` computes.

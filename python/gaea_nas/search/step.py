@@ -1,4 +1,4 @@
-"""One search iteration of first-order differentiable NAS (method.md 2.7-2.8).
+"""One search iteration of first-order differentiable NAS (docs/method.md §2.7-2.8).
 
 The architecture step comes first, on the search batch: the loss is differentiated with
 respect to the architecture parameters only (`torch.autograd.grad`), so no weight gradients

@@ -1,7 +1,12 @@
-"""The DARTS / PC-DARTS candidate operations (method.md 4.1 and 4.3).
+"""The DARTS / PC-DARTS candidate operations (docs/method.md §4.1 and §4.3).
 
-The op table is data: ``DARTS_OPS`` lists the op names in the order of the DARTS, PC-DARTS and
-GAEA repositories (``PRIMITIVES``), and ``OPS[name](C, stride, affine)`` builds one op. The
+The op table is data: :data:`DARTS_OP_TABLE` maps each op name, in the order of the DARTS,
+PC-DARTS and GAEA repositories (``PRIMITIVES``), to an :class:`~gaea_nas.spaces.op_table.OpSpec`
+whose ``build(C, stride, affine)`` makes the op and whose fused kind says how the search
+supernet's mixing kernel computes it on stride-1 edges: ``skip_connect`` as ``"skip"``, the
+pools (followed by ``BatchNorm2d(affine=False)`` in the search cells) as
+``"max_pool_3x3_bn"`` / ``"avg_pool_3x3_bn"``, ``none`` never; the convolutions run as modules.
+``OPS[name](C, stride, affine)`` is the same table as plain builders. The
 module structure (attribute names, ``nn.Sequential`` layout, ReLU-Conv-BN order, bias-free
 convs) follows the reference ``operations.py`` of ``quark0/darts``, so parameter counts match
 the reference code exactly and weights can be copied between a supernet edge and a discrete
@@ -9,7 +14,7 @@ cell key for key.
 
 - Evaluation networks build ops with ``affine=True``; the search supernet with
   ``affine=False`` and adds ``BatchNorm2d(affine=False)`` after the two pools
-  (:func:`search_op`), as the reference search ``MixedOp`` does.
+  (:func:`search_op`, a :class:`PoolBN`), as the reference search ``MixedOp`` does.
 - ``none`` is :class:`Zero` (multiply by 0, subsampling first at stride 2). The supernet never
   runs it: the mixing skips ``none`` and creates no zero tensor.
 - ``skip_connect`` is :class:`Identity` at stride 1 and :class:`FactorizedReduce` at stride 2.
@@ -27,7 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..op_table import OpSpec, fused_kinds
+
 __all__ = [
+    "DARTS_OP_TABLE",
     "DARTS_OPS",
     "DARTS_OPS_NOZERO",
     "PRIMITIVES",
@@ -38,27 +46,13 @@ __all__ = [
     "Identity",
     "Zero",
     "FactorizedReduce",
+    "PoolBN",
     "build_op",
+    "darts_fused_kinds",
     "search_op",
     "darts_op_names",
     "check_op_names",
 ]
-
-#: The DARTS op set, index 0..7 (``PRIMITIVES`` of DARTS / PC-DARTS, ``DARTS_OPS`` of GAEA).
-DARTS_OPS: List[str] = [
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-]
-#: DARTS-family name for the same list.
-PRIMITIVES: List[str] = DARTS_OPS
-#: The op set without ``none`` (GAEA's ``search.exclude_zero``: ``DARTS_NOZERO``).
-DARTS_OPS_NOZERO: List[str] = [op for op in DARTS_OPS if op != "none"]
 
 
 class ReLUConvBN(nn.Module):
@@ -160,17 +154,39 @@ def _skip(C: int, stride: int, affine: bool) -> nn.Module:
     return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
 
 
-#: ``OPS[name](C, stride, affine)``: the candidate ops, as in the reference ``operations.py``.
-OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
-    "none": lambda C, stride, affine: Zero(stride),
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    "skip_connect": _skip,
-    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
-    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
-    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
-    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+class PoolBN(nn.Sequential):
+    """A search-cell pool followed by ``BatchNorm2d(affine=False)`` (``[pool, bn]``); the fused
+    mixing reads the BatchNorm as :attr:`bn`."""
+
+    def __init__(self, pool: nn.Module, C: int):
+        super().__init__(pool, nn.BatchNorm2d(C, affine=False))
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[1]
+
+
+#: The DARTS op set, index 0..7 (``PRIMITIVES`` of DARTS / PC-DARTS, ``DARTS_OPS`` of GAEA), with
+#: ``build(C, stride, affine)`` as in the reference ``operations.py`` and the fused kind of the
+#: search cells' op on a stride-1 edge.
+DARTS_OP_TABLE: Dict[str, OpSpec] = {
+    "none": OpSpec(lambda C, stride, affine: Zero(stride), "none"),
+    "max_pool_3x3": OpSpec(lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1), "max_pool_3x3_bn"),
+    "avg_pool_3x3": OpSpec(lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+                           "avg_pool_3x3_bn"),
+    "skip_connect": OpSpec(_skip, "skip"),
+    "sep_conv_3x3": OpSpec(lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine)),
+    "sep_conv_5x5": OpSpec(lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine)),
+    "dil_conv_3x3": OpSpec(lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine)),
+    "dil_conv_5x5": OpSpec(lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine)),
 }
+DARTS_OPS: List[str] = list(DARTS_OP_TABLE)
+#: DARTS-family name for the same list.
+PRIMITIVES: List[str] = DARTS_OPS
+#: The op set without ``none`` (GAEA's ``search.exclude_zero``: ``DARTS_NOZERO``).
+DARTS_OPS_NOZERO: List[str] = [op for op in DARTS_OPS if op != "none"]
+#: ``OPS[name](C, stride, affine)``: the candidate ops, as in the reference ``operations.py``.
+OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {name: spec.build for name, spec in DARTS_OP_TABLE.items()}
 
 
 def check_op_names(op_names: Sequence[str], what: str = "op") -> List[str]:
@@ -213,5 +229,10 @@ def search_op(name: str, C: int, stride: int) -> nn.Module:
     check_op_names([name])
     op = OPS[name](C, stride, False)
     if "pool" in name:
-        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+        op = PoolBN(op, C)
     return op
+
+
+def darts_fused_kinds(op_names: Sequence[str], stride: int) -> List[str]:
+    """The mixing kinds of the search ops ``op_names`` on an edge of ``stride``."""
+    return fused_kinds(DARTS_OP_TABLE, op_names, stride == 1)

@@ -1,4 +1,4 @@
-"""DARTS evaluation networks (method.md 4.3): ``NetworkCIFAR`` and ``NetworkImageNet``.
+"""DARTS evaluation networks (docs/method.md §4.3): ``NetworkCIFAR`` and ``NetworkImageNet``.
 
 Built as the reference ``quark0/darts cnn/model.py``: same modules, same attribute names
 (``stem``/``stem0``/``stem1``, ``cells``, ``auxiliary_head``, ``global_pooling``,
@@ -16,7 +16,7 @@ input sizes, 32x32 and 224x224):
 - ``drop_path`` is out of place (the reference modifies the op output in place), and the ReLUs
   that open the auxiliary heads and ``stem1`` are out of place (the reference's in-place ones
   also rewrite the trunk tensor they read, which only the next cell's leading ReLU hides).
-- ``FactorizedReduce`` also accepts odd sizes (see :mod:`gaea_nas.darts_ops`).
+- ``FactorizedReduce`` also accepts odd sizes (see :mod:`gaea_nas.spaces.darts.ops`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from .darts_ops import FactorizedReduce, Identity, ReLUConvBN, build_op
+from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from .genotypes import Genotype, get_genotype
 
 __all__ = [

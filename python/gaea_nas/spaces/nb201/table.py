@@ -2,9 +2,9 @@
 look-up methods NAS-Bench-201 users know (``query_index_by_arch``, ``get_more_info``,
 ``find_best``, ``arch``, ``len``).
 
-Data: ``nb201_accuracies.csv.gz`` (see ``../shared/data/nb201/README.md``), found from the
-``path`` argument, else the environment variable ``GAEA_NB201_TABLE``, else
-``../shared/data/nb201/nb201_accuracies.csv.gz`` next to the project checkout. The project
+Data: ``nb201_accuracies.csv.gz`` (columns ``index, arch_str`` and the accuracies below),
+found from the ``path`` argument, else the environment variable ``GAEA_NB201_TABLE``, else
+``shared/data/nb201/nb201_accuracies.csv.gz`` beside the project checkout. The project
 never commits the table. If ``path`` is not a CSV and the official ``nats_bench`` package is
 installed, the NATS-Bench topology (``tss``) benchmark file at ``path`` is read instead.
 
@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from .nb201_space import ArchLike, format_arch
+from .arch import ArchLike, format_arch
 
 __all__ = ["NB201Table", "NB201_DATASETS", "default_table_path"]
 
@@ -48,7 +48,7 @@ _TEST_SET = {"cifar10-valid": None, "cifar10": "ori-test", "cifar100": "x-test",
 
 _HOW_TO_GET = (
     "The NAS-Bench-201 table is not committed to this project. Put nb201_accuracies.csv.gz "
-    "(see ../shared/data/nb201/README.md for its provenance) at ../shared/data/nb201/ beside the "
+    "at ../shared/data/nb201/ beside the "
     f"project checkout, set the environment variable {ENV_VAR} to its path, or pass NB201Table(path=...)."
 )
 
@@ -56,7 +56,7 @@ _HOW_TO_GET = (
 def default_table_path() -> Optional[Path]:
     """``../shared/data/nb201/nb201_accuracies.csv.gz`` relative to the checkout (or to the
     working directory), if it exists."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[4]  # python/gaea_nas/spaces/nb201/table.py
     for base in (repo, Path.cwd()):
         p = base.parent / "shared" / "data" / "nb201" / FILE_NAME
         if p.is_file():

@@ -1,6 +1,6 @@
 """Architecture parameters of one cell type, kept apart from the network weights.
 
-Spec: ../shared/docs/method.md sections 2.1-2.4 and 3.
+Spec: docs/method.md §2.1-2.4 and §3.
 
 Parameterisations (`kind`):
 
@@ -21,8 +21,8 @@ GDAS sampling fetches the sampled indices of *all* edges to the host in one copy
 ``.tolist()`` of a small device tensor, which also carries the "non-finite, resample" flag);
 :func:`sample_op_weights` does the same for several cell types together (one copy in all).
 
-Supernets register their ``ArchParameters`` under attribute names starting with ``arch_``
-and implement ``arch_parameters()`` / ``weight_parameters()`` with the helpers below.
+Supernets register their ``ArchParameters`` under attribute names starting with ``arch_``;
+:func:`arch_parameters` / :func:`weight_parameters` split any module's parameters.
 """
 from typing import List, Optional, Sequence
 
@@ -147,6 +147,17 @@ class ArchParameters(nn.Module):
         hard = one_hot - probs.detach() + probs
         bad = (~torch.isfinite(gumbels)).any() | (~torch.isfinite(probs.detach())).any()
         return hard, index, bad
+
+    @torch.no_grad()
+    def derivation_weights(self) -> torch.Tensor:
+        """The ``[num_edges, num_ops]`` weights a discrete cell is derived from (float64, CPU,
+        no sampling): ``softmax(alpha)`` (softmax, gdas) or theta itself (simplex, gaea-gdas),
+        times the edge weights when they are learned (docs/method.md §4.1-4.2)."""
+        alpha = self.alpha.detach().double().cpu()
+        w = torch.softmax(alpha, dim=-1) if self.kind in ("softmax", "gdas") else alpha
+        if self.beta is not None:
+            w = w * self.edge_weights().detach().double().cpu()[:, None]
+        return w
 
     def probabilities(self) -> torch.Tensor:
         """The categorical distribution per edge (theta normalised, or softmax(alpha)); for

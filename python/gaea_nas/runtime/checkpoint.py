@@ -1,15 +1,9 @@
-"""Crash-safe checkpoints: atomic writes, clear errors on bad files, RNG state capture.
-
-A checkpoint is written to a temporary file in the destination folder, flushed and
-fsync'ed, then renamed over the destination (``os.replace`` is atomic on POSIX), and the
-folder is fsync'ed so the rename itself survives a power loss. A reader therefore sees
-either the previous complete file or the new complete file, never a partial one.
-"""
+"""Crash-safe checkpoints: atomic writes (:mod:`.files`), clear errors on bad files, RNG
+state capture, and the run folder's checkpointer."""
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -25,50 +19,19 @@ __all__ = [
     "restore_rng_state",
 ]
 
+from .files import TMP_SUFFIX, atomic_write
+
 PathLike = Union[str, os.PathLike]
-_TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not loadable; the message names it."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename in it is durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: temp file in the same folder, flush,
-    fsync, ``os.replace``, fsync the folder. On any error the temp file is removed and
-    whatever was at ``path`` before is left untouched. Returns the path written."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-    return path
+    """``torch.save(obj)`` to ``path`` atomically (:func:`~gaea_nas.runtime.files.atomic_write`).
+    Returns the path written."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
@@ -197,7 +160,7 @@ class Checkpointer:
     def remove_stale_temp_files(self) -> int:
         """Delete leftover ``.<name>.*.tmp`` files of interrupted writes; returns how many."""
         n = 0
-        for p in self.run_dir.glob(f".*.pt.*{_TMP_SUFFIX}"):
+        for p in self.run_dir.glob(f".*.pt.*{TMP_SUFFIX}"):
             try:
                 p.unlink()
                 n += 1

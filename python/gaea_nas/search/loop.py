@@ -1,6 +1,7 @@
-"""The search loop: epochs of :func:`~gaea_nas.search_step.search_iteration` over seeded
+"""The search loop: epochs of :func:`~gaea_nas.search.step.search_iteration` over seeded
 device-resident batch streams, with per-epoch metrics, atomic checkpoints, clean stops on
-SIGINT/SIGTERM, exact resume and data-parallel runs (method.md sections 2, 5 and 7).
+SIGINT/SIGTERM, exact resume and data-parallel runs (docs/method.md §2, §5 and §7). It knows
+supernets only through the :class:`~gaea_nas.spaces.supernet.SuperNet` protocol.
 
 A run folder holds ``config.json`` (the search config, the run options, the release notes),
 ``metrics.jsonl`` (one JSON line per finished epoch), ``log.txt``, ``last.pt`` (the latest
@@ -14,32 +15,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import random
 import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from .builders import arch_modules, build_arch_optimizer, build_supernet, build_weight_optimizer, set_tau
-from .checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
-from .data import Dataset, load_dataset, search_streams
-from .distributed import Distributed, init_distributed, wrap_ddp
-from .search_config import SearchConfig, release_notes
-from .search_step import NonFiniteLossError, search_iteration
+from ..data import Dataset, load_dataset, search_streams
+from ..runtime import (
+    Checkpointer,
+    Distributed,
+    FaultInjector,
+    MetricsLog,
+    RunLog,
+    StopRequest,
+    capture_rng_state,
+    device_name,
+    init_distributed,
+    load_checkpoint,
+    progress_bar,
+    resolve_device,
+    restore_rng_state,
+    seed_everything,
+    wrap_ddp,
+    write_json,
+)
+from ..spaces import SuperNet, supernet_class
+from .builders import build_arch_optimizer, build_supernet, build_weight_optimizer
+from .config import SearchConfig, release_notes
+from .step import NonFiniteLossError, search_iteration
 
 __all__ = ["RunOptions", "SearchError", "SearchInterrupted", "arch_summary", "load_run", "resolve_device", "run_search"]
 
 CHECKPOINT_FORMAT = 1
-# Fault injection for the interrupt/resume tests: "SIGKILL@N" (or SIGTERM/SIGINT) makes the
-# process send itself that signal right after its N-th step (counted from this process's start).
-FAULT_ENV = "GAEA_FAULT_INJECT"
 AMP_DTYPES = {"bf16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # torch.compile backend of --compile (inductor); tests use "aot_eager" to skip code generation
@@ -105,21 +116,6 @@ class RunOptions:
         return cls(**d)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: only cpu and cuda are supported, got {name!r}")
-    return dev
-
-
 def check_layout_supported(cfg: SearchConfig, opts: RunOptions, device: torch.device) -> None:
     """Refuse channels_last with partial channels on the CPU: the oneDNN backward of the
     quarter-channel convolutions is pathologically slow there and can corrupt the heap
@@ -128,13 +124,6 @@ def check_layout_supported(cfg: SearchConfig, opts: RunOptions, device: torch.de
         raise ValueError("--channels-last with partial channels (PC-DARTS) is not supported on the CPU: PyTorch's "
                          "oneDNN convolution backward on those channel slices is extremely slow and can crash; "
                          "drop --channels-last or run on CUDA")
-
-
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the device the search ran on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,122 +135,39 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-30).log()).sum(-1)
 
 
-def arch_summary(model: nn.Module, space: str, exclude_none: bool = False) -> Dict[str, Any]:
-    """``{'arch', 'ops', 'arch_weights', 'entropy'}`` of a supernet now: the derived cell (NB201 arch
-    string or DARTS genotype literal), the op names, the mixing distributions per cell type (and the edge
+def arch_summary(model: SuperNet, exclude_none: bool = False) -> Dict[str, Any]:
+    """``{'arch', 'ops', 'arch_weights', 'entropy'}`` of a supernet now: the derived
+    architecture as text, the op names, the mixing distributions per cell type (and the edge
     weights when learned) as nested lists, and the mean per-edge entropy of the op
-    distributions (nats)."""
-    names = ["normal", "reduce"]
+    distributions (nats); with more than one cell type also ``entropy_by_cell``."""
     weights: Dict[str, Any] = {}
-    ents = []
-    for name, m in zip(names, arch_modules(model)):
+    ents = {}
+    for name, m in model.arch_cells().items():
         with torch.no_grad():
             p = m.probabilities().detach().double().cpu()
             weights[name] = p.tolist()
-            ents.append(_entropy(p))
+            ents[name] = _entropy(p)
             e = m.edge_weights()
             if e is not None:
                 weights[f"edges_{name}"] = e.detach().double().cpu().tolist()
-    arch = model.genotype(exclude_none=exclude_none) if space == "nb201" else str(model.genotype())
-    ops = list(model.ops if space == "nb201" else model.op_names)
-    out = {"arch": arch, "ops": ops, "arch_weights": weights, "entropy": float(torch.cat(ents).mean())}
+    out = {"arch": model.derived_arch(exclude_none=exclude_none), "ops": list(model.op_names),
+           "arch_weights": weights, "entropy": float(torch.cat(list(ents.values())).mean())}
     if len(ents) > 1:
-        out["entropy_by_cell"] = {n: float(e.mean()) for n, e in zip(names, ents)}
+        out["entropy_by_cell"] = {n: float(e.mean()) for n, e in ents.items()}
     return out
 
 
 def _load_table(cfg: SearchConfig, opts: RunOptions, log: Callable[[str], None]):
-    if cfg.space != "nb201":
-        return None
-    from .nb201_table import NB201Table
     try:
-        table = NB201Table(opts.table)
+        table = supernet_class(cfg.space).lookup_table(opts.table)
     except FileNotFoundError as e:
         if opts.table is not None:
             raise
-        log(f"NAS-Bench-201 table not found; the cells found will not be looked up ({str(e).split('. ')[0]})")
+        log(f"{cfg.space} results table not found; the cells found will not be looked up ({str(e).split('. ')[0]})")
         return None
-    log(f"NAS-Bench-201 table: {table.path}")
+    if table is not None:
+        log(f"results table: {table.path}")
     return table
-
-
-class _RunLog:
-    """Lines to the console and ``log.txt`` (rank 0 only)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, echo: Callable[[str], None]):
-        self.path = run_dir / "log.txt"
-        self.enabled, self.echo = enabled, echo
-
-    def __call__(self, line: str) -> None:
-        if not self.enabled:
-            return
-        self.echo(line)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM handlers that ask the loop to checkpoint and stop at the next step; a
-    second signal falls back to the default behaviour."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._old: Dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # second signal: stop now
-            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
-
-
-def _parse_fault(text: Optional[str]):
-    if not text:
-        return None
-    name, _, n = text.partition("@")
-    return signal.Signals[name.strip().upper()], int(n)
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_metrics(path: Path, metrics: List[Dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        for m in metrics:
-            f.write(json.dumps(m, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 _SUMS = ("train_loss", "train_acc", "search_loss", "search_acc")
@@ -282,7 +188,7 @@ def run_search(cfg: SearchConfig, opts: RunOptions, run_dir, *, resume: bool = F
 
     Raises :class:`SearchInterrupted` after checkpointing on SIGINT/SIGTERM,
     :class:`SearchError` on a non-finite loss, ``DatasetError`` / ``FileNotFoundError`` /
-    :class:`~gaea_nas.checkpoint.CheckpointError` for missing or corrupt inputs and
+    :class:`~gaea_nas.runtime.checkpoint.CheckpointError` for missing or corrupt inputs and
     ``ValueError`` for bad options."""
     run_dir = Path(run_dir)
     device = resolve_device(opts.device)
@@ -306,7 +212,7 @@ class _Search:
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         ctx.barrier()
-        self.log = _RunLog(run_dir, ctx.is_main, echo)
+        self.log = RunLog(run_dir, ctx.is_main, echo)
         self.checkpointer = Checkpointer(run_dir, opts.keep_epoch_checkpoints) if ctx.is_main else None
         self.state = None
         if resume:
@@ -315,7 +221,7 @@ class _Search:
             if saved != cfg.to_dict():
                 raise ValueError(f"{run_dir}: the checkpoint was written by a different search config; "
                                  "resume with the run folder's own config.json")
-        _seed_everything(cfg.seed, cfg.deterministic)
+        seed_everything(cfg.seed, cfg.deterministic)
         self.dataset = dataset if dataset is not None else load_dataset(cfg.dataset, root=opts.data_root)
         self.table = _load_table(cfg, opts, self.log)
 
@@ -353,7 +259,8 @@ class _Search:
         self.search_stream.load_state_dict(s["streams"]["search"])
         restore_rng_state(s["rng"])
         self.epoch, self.position = int(s["epoch"]), int(s["position"])
-        self.metrics, self.sums = list(s["metrics"]), dict(s["sums"])
+        self.metrics = MetricsLog(self.run_dir, self.ctx.is_main, s["metrics"])
+        self.sums = dict(s["sums"])
         self.wall_before = float(s["wall_time_s"])
 
     def _checkpoint(self, finished: bool = False) -> Optional[Path]:
@@ -363,7 +270,7 @@ class _Search:
             "model": self.model.state_dict(), "arch_optimizer": self.arch_opt.state_dict(),
             "weight_optimizer": self.weight_opt.state_dict(),
             "streams": {"train": self.train_stream.state_dict(), "search": self.search_stream.state_dict()},
-            "rng": capture_rng_state(), "metrics": self.metrics, "sums": self.sums,
+            "rng": capture_rng_state(), "metrics": self.metrics.records, "sums": self.sums,
             "wall_time_s": self._wall(),
         }
         self._last_save = time.monotonic()
@@ -380,7 +287,7 @@ class _Search:
         cfg, ctx = self.cfg, self.ctx
         self._build()
         self.epoch, self.position = 0, 0
-        self.metrics: List[Dict[str, Any]] = []
+        self.metrics = MetricsLog(self.run_dir, ctx.is_main)
         self.sums = _empty_sums()
         self.wall_before = 0.0
         if self.state is not None:
@@ -389,10 +296,10 @@ class _Search:
         else:
             self._start_log()
         self.t0 = self._last_save = time.monotonic()
-        self._steps_here, self._fault = 0, _parse_fault(os.environ.get(FAULT_ENV))
+        self.faults = FaultInjector()
         steps = len(self.train_stream)
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 while self.epoch < cfg.epochs:
                     self._run_epoch(steps, stop)
         except NonFiniteLossError as e:
@@ -410,14 +317,12 @@ class _Search:
                  f"weight-step images, {len(self.search_stream.indices)} arch-step images, "
                  f"{self.dataset.num_classes} classes), seed {cfg.seed}, device {device_name(self.device)}"
                  + (f", {self.ctx.world_size} ranks" if self.ctx.enabled else ""))
-        self.log(f"supernet: C={cfg.channels}, {'N=%d' % cfg.cells if cfg.space == 'nb201' else '%d cells' % cfg.layers}, "
+        self.log(f"supernet: {self.model.describe()}, "
                  f"{n_params / 1e6:.3f} M weights; {len(self.train_stream)} steps/epoch of batch {cfg.batch_size}")
         for line in release_notes(cfg):
             self.log(f"  {line}")
 
-    def _run_epoch(self, steps: int, stop: _StopRequest) -> None:
-        from tqdm import tqdm
-
+    def _run_epoch(self, steps: int, stop: StopRequest) -> None:
         cfg, opts, ctx = self.cfg, self.opts, self.ctx
         epoch = self.epoch
         lr = cfg.weight_lr(epoch)
@@ -425,14 +330,13 @@ class _Search:
             g["lr"] = lr
         tau = cfg.tau(epoch) if cfg.is_gdas else None
         if tau is not None:
-            set_tau(self.model, tau)
+            self.model.set_tau(tau)
         update_arch = epoch >= cfg.arch_warmup_epochs
         self.model.train()
         amp = (torch.autocast(self.device.type, dtype=AMP_DTYPES[opts.amp]) if opts.amp
                else contextlib.nullcontext())
         images = cfg.batch_size * ctx.world_size
-        bar = tqdm(total=steps, initial=self.position, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (opts.progress and ctx.is_main), leave=False, dynamic_ncols=True)
+        bar = progress_bar(steps, self.position, f"epoch {epoch + 1}/{cfg.epochs}", opts.progress and ctx.is_main)
         every, minutes = opts.checkpoint_every_steps, opts.checkpoint_minutes
         with bar:
             while self.position < steps:
@@ -457,9 +361,7 @@ class _Search:
                 s["search_steps"] += 1 if update_arch else 0
                 s["seconds"] += dt
                 self.position += 1
-                self._steps_here += 1
-                if self._fault and self._steps_here == self._fault[1]:
-                    os.kill(os.getpid(), self._fault[0])
+                self.faults.step_done()
                 bar.set_postfix(loss=f"{s['train_loss'] / s['train_steps']:.3f}",
                                 acc=f"{s['train_acc'] / s['train_steps']:.3f}",
                                 img_s=f"{images * s['train_steps'] / max(s['seconds'], 1e-9):.0f}", refresh=False)
@@ -473,7 +375,7 @@ class _Search:
         cfg, ctx = self.cfg, self.ctx
         s = ctx.sum_values(self.sums, self.device)
         n_train, n_search = max(s["train_steps"], 1), max(s["search_steps"], 1)
-        summary = arch_summary(self.model, cfg.space, cfg.exclude_none)
+        summary = arch_summary(self.model, cfg.exclude_none)
         record: Dict[str, Any] = {
             "epoch": self.epoch + 1, "lr": lr, "arch_updated": update_arch,
             "train_loss": s["train_loss"] / n_train, "train_acc": s["train_acc"] / n_train,
@@ -485,11 +387,9 @@ class _Search:
         record["nb201"] = self.table.summary(record["arch"]) if self.table is not None else None
         self.metrics.append(record)
         self.epoch, self.position, self.sums = self.epoch + 1, 0, _empty_sums()
-        if ctx.is_main:
-            _write_metrics(self.run_dir / "metrics.jsonl", self.metrics)
         self._checkpoint()
         nb = record["nb201"]
-        left = (cfg.epochs - self.epoch) * (self._wall() - self.wall_before) / max(len(self.metrics), 1)
+        left = (cfg.epochs - self.epoch) * (self._wall() - self.wall_before) / max(len(self.metrics.records), 1)
         self.log(f"epoch {record['epoch']:3d}/{cfg.epochs}  train loss {record['train_loss']:.3f} acc "
                  f"{100 * record['train_acc']:.1f}%"
                  + (f"  search loss {record['search_loss']:.3f} acc {100 * record['search_acc']:.1f}%"
@@ -503,7 +403,7 @@ class _Search:
     def _finish(self) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
         identical = ctx.identical(self.model.arch_parameters()) if ctx.enabled else None
-        last = self.metrics[-1] if self.metrics else arch_summary(self.model, cfg.space, cfg.exclude_none)
+        last = self.metrics.records[-1] if self.metrics.records else arch_summary(self.model, cfg.exclude_none)
         result = {
             "arch": last["arch"], "ops": last["ops"], "arch_weights": last["arch_weights"], "entropy": last["entropy"],
             "nb201": last.get("nb201") if self.table is not None else None,

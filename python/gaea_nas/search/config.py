@@ -1,5 +1,5 @@
 """Every knob of a search in one frozen, validated, JSON-serialisable dataclass, and the
-per-space, per-method defaults of method.md section 5 (``default_config``).
+per-space, per-method defaults of docs/method.md §5 (``default_config``).
 
 Presets: ``default`` follows the released hyper-parameters with the release's accidental
 quirks fixed (the LR schedule spans the run's own epochs, the GDAS temperature reaches its
@@ -246,7 +246,7 @@ def _validate(c: SearchConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# defaults (method.md section 5)
+# defaults (docs/method.md §5)
 
 
 def _base(space: str, method: str) -> Dict[str, Any]:

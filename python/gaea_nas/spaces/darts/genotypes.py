@@ -13,9 +13,10 @@ Published cells (copied from the public repositories, names as there):
 - ``PC_DARTS_cifar``, ``PC_DARTS_image`` (``yuhuixu1993/PC-DARTS genotypes.py``);
   ``PCDARTS = PC_DARTS_cifar``.
 - ``GAEA_PC_DARTS_image``: GAEA PC-DARTS searched on ImageNet, as reproduced in
-  ``determined-ai/determined examples/nas/gaea_pytorch/eval/model_def.py`` (method.md section 6).
+  ``determined-ai/determined examples/nas/gaea_pytorch/eval/model_def.py`` (docs/method.md §6).
 
-GAEA's CIFAR-10 cell is not stated in method.md, so it is not included (none is made up).
+GAEA's CIFAR-10 cell is not published in a form we could verify, so it is not included (none is
+made up).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .darts_ops import DARTS_OPS, OPS
+from ..supernet import SuperNet
+from .ops import DARTS_OPS, OPS
 
 __all__ = [
     "Genotype",
@@ -235,42 +237,17 @@ def derive_darts_cell(weights, op_names: Sequence[str] = PRIMITIVES, steps: int 
     return gene
 
 
-def _deterministic_cell_weights(arch) -> torch.Tensor:
-    """Mixing weights of an ArchParameters used for discretisation (no Gumbel sampling):
-    softmax(alpha) for softmax/gdas, theta itself for simplex/gaea-gdas; times the edge weights
-    (per-node softmax or simplex beta) when edges are learned."""
-    kind = getattr(arch, "kind", "simplex")
-    alpha = arch.alpha.detach()
-    w = torch.softmax(alpha.double(), dim=-1) if kind in ("softmax", "gdas") else alpha.double()
-    if getattr(arch, "beta", None) is not None:
-        with torch.no_grad():
-            beta = arch.edge_weights()
-        w = w * beta.detach().double()[:, None]
-    return w
+def derive_genotype(supernet: SuperNet, exclude_none: Optional[bool] = None):
+    """The discrete architecture of a supernet (its :meth:`~gaea_nas.spaces.supernet.SuperNet.derive`):
 
-
-def derive_genotype(supernet, exclude_none: Optional[bool] = None):
-    """The discrete architecture of a supernet.
-
-    - :class:`~gaea_nas.darts_space.DartsSuperNet` -> :class:`Genotype` by the DARTS rule (see
-      :func:`derive_darts_cell`; ``none`` is never chosen, whatever ``exclude_none`` says). Weights: ``softmax(alpha)`` (DARTS,
-      GDAS), ``theta`` (GAEA kinds), times the edge weights when learned (``softmax_node(beta)``
-      for PC-DARTS, ``beta`` for GAEA), as ``Architect.get_weights`` does.
-    - :class:`~gaea_nas.nb201_space.NB201SuperNet` -> its NB201 arch string: argmax per edge
-      (``theta * edge`` / raw ``alpha``); ``none`` can be chosen unless ``exclude_none=True``
-      (default False, as in AutoDL/GAEA).
+    - a DARTS supernet -> :class:`Genotype` by the DARTS rule (:func:`derive_darts_cell` over
+      its derivation weights; ``none`` is never chosen, whatever ``exclude_none`` says);
+    - an NB201 supernet -> its NB201 arch string: argmax per edge; ``none`` can be chosen
+      unless ``exclude_none=True`` (default False, as in AutoDL/GAEA).
     """
-    if hasattr(supernet, "arch_normal") and hasattr(supernet, "arch_reduce") and hasattr(supernet, "op_names"):
-        steps = getattr(supernet, "steps", 4)
-        normal = derive_darts_cell(_deterministic_cell_weights(supernet.arch_normal), supernet.op_names, steps)
-        reduce = derive_darts_cell(_deterministic_cell_weights(supernet.arch_reduce), supernet.op_names, steps)
-        multiplier = getattr(supernet, "multiplier", 4)
-        concat = range(2 + steps - multiplier, steps + 2)
-        return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
-    from .nb201_space import NB201SuperNet, derive_nb201_arch
-    if isinstance(supernet, NB201SuperNet):
-        return derive_nb201_arch(supernet, exclude_none=bool(exclude_none))
-    raise TypeError(f"derive_genotype: expected a DartsSuperNet or an NB201SuperNet, got {type(supernet).__name__}")
+    if not isinstance(supernet, SuperNet):
+        raise TypeError(f"derive_genotype: expected a gaea_nas supernet, got {type(supernet).__name__}")
+    return supernet.derive(exclude_none=bool(exclude_none))
 
 
 def genotype_to_weights(pairs: Sequence[tuple], op_names: Sequence[str] = PRIMITIVES, steps: int = 4,

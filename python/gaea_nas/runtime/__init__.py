@@ -1,0 +1,43 @@
+"""What long runs (searches, and evaluation training) share: atomic file writes, checkpoints
+and RNG state, the run folder's logs, clean stops on signals, seeding, devices,
+data-parallel helpers (DDP under ``torchrun``) and progress bars."""
+from . import checkpoint, devices, distributed, files, progress, run_log, seeding, signals
+from .checkpoint import CheckpointError, Checkpointer, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from .devices import device_name, resolve_device
+from .distributed import Distributed, init_distributed, wrap_ddp
+from .files import atomic_write, write_json, write_jsonl
+from .progress import progress_bar
+from .run_log import MetricsLog, RunLog
+from .seeding import seed_everything
+from .signals import FaultInjector, StopRequest
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "Distributed",
+    "FaultInjector",
+    "MetricsLog",
+    "RunLog",
+    "StopRequest",
+    "atomic_save",
+    "atomic_write",
+    "capture_rng_state",
+    "checkpoint",
+    "device_name",
+    "devices",
+    "distributed",
+    "files",
+    "init_distributed",
+    "load_checkpoint",
+    "progress",
+    "progress_bar",
+    "resolve_device",
+    "restore_rng_state",
+    "run_log",
+    "seed_everything",
+    "seeding",
+    "signals",
+    "wrap_ddp",
+    "write_json",
+    "write_jsonl",
+]
