@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
@@ -110,12 +110,16 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["gaea_ext", "gaea_nas", "gaea_nas.data"],
+    packages=["gaea_ext"] + find_packages(where="python", include=["gaea_nas", "gaea_nas.*"]),
     package_dir={"gaea_ext": "gaea_ext", "gaea_nas": "python/gaea_nas"},
     ext_modules=[] if os.environ.get("GAEA_EXT_SKIP_BUILD") == "1" else [extension()],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=["torch>=2.4", "numpy", "pillow", "tqdm", "matplotlib"],
-    extras_require={"dev": ["pytest", "pytest-benchmark", "hypothesis"]},
+    # The ops need only torch and numpy; the NAS layer's data, progress and plots need the extra.
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "nas": ["pillow", "tqdm", "matplotlib"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
+    },
     entry_points={"console_scripts": ["gaea = gaea_nas.cli:main"]},
     zip_safe=False,
 )
