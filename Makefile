@@ -50,8 +50,10 @@ build: $(BUILD_STAMP)
 search: build
 	$(PY) -m gaea_nas search --dataset $(CIFAR10) $(SEARCH_ARGS) --out $(SEARCH_OUT)
 
+# The suite stops at once, in one line, when the compiled kernels did not load (tests/conftest.py);
+# GAEA_EXT_BACKEND=reference runs it on the pure-PyTorch references on purpose.
 test: build
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -ra --durations=25
 	$(MAKE) --no-print-directory test-cuda-emulation
 	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu and not compile"
 	$(PY) -m gaea_ext.bench --quick --device cpu
