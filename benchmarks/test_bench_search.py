@@ -33,7 +33,7 @@ def test_search_step_benchmark_darts_spaces_smoke(tmp_path):
 
 @pytest.mark.perf
 def test_target_cpu_nb201_iteration_1p8x_baseline_and_0p7x_memory(tmp_path):
-    """Issue 5, CPU at 1 thread: GAEA NB201 search iteration >= 1.8x the baseline's images/s
+    """CPU at 1 thread: GAEA NB201 search iteration >= 1.8x the baseline's images/s
     with <= 0.7x its memory (C=16, N=5, batch 64)."""
     out = tmp_path / "e2e.json"
     search_step.main(["--threads", "1", "--variants", "baseline", "fused", "--json", str(out)])

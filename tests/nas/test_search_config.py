@@ -1,4 +1,4 @@
-"""SearchConfig defaults (method.md section 5), release preset, JSON round trip, validation."""
+"""SearchConfig defaults (docs/method.md §5), release preset, JSON round trip, validation."""
 import dataclasses
 import json
 
@@ -62,7 +62,7 @@ def test_release_preset_nb201():
     assert diff == {"preset", "lr_schedule", "scheduler_epochs", "channels", "exclude_none", "deterministic",
                     "search_sampling", "tau_release_denominator"}
     assert (c.lr_schedule, c.scheduler_epochs, c.channels, c.exclude_none) == ("cosine_power", 50, 24, True)
-    assert c.weight_lr(24) == pytest.approx(0.0138, abs=5e-5)  # method.md 5
+    assert c.weight_lr(24) == pytest.approx(0.0138, abs=5e-5)  # docs/method.md §5
     text = "\n".join(notes)
     assert "scheduler_epochs=50" in text and "0.01375" in text and "exclude_none" in text and "C=24" in text
 

@@ -1,4 +1,4 @@
-"""Seeded subsets and splits, and the two batch streams a search step uses (method.md 2.7).
+"""Seeded subsets and splits, and the two batch streams a search step uses (docs/method.md §2.7).
 
 - ERM: weights and architecture both draw from the full (or subset) train set, as two
   independently shuffled streams with different seeds.

@@ -38,7 +38,12 @@ FUSE_PARAMETER_FREE = True  # False: call the parameter-free ops and mix with we
 #: The kinds an op table may declare; "tensor" means the op runs as a module.
 FUSED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "avg_pool_3x3_bn", "max_pool_3x3_bn", "tensor")
 
-__all__ = ["FUSED_KINDS", "FUSE_PARAMETER_FREE", "USE_FUSED", "mix_node"]
+__all__ = ["FUSED_KINDS", "FUSE_PARAMETER_FREE", "USE_FUSED", "mix_node", "use_fused_ops"]
+
+
+def use_fused_ops() -> bool:
+    """The module-level switch :data:`USE_FUSED`, read at call time."""
+    return USE_FUSED
 
 
 def _edge_kinds(kinds, num_edges: int, num_ops: int) -> List[List[str]]:

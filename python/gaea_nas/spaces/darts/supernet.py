@@ -26,7 +26,7 @@ with the edge weights ``beta_j``. ``cat`` and the channel shuffle are fixed line
 which is what this module computes: one fused mixing call over all (edge, op) pairs of the node
 on the ``C/K``-channel slices (via ``mix_node``), then one ``gaea_ext.partial_channel_node``
 call that sums the bypasses with the edge weights (pooling the stride-2 ones) and writes them
-and the mixed part straight into their shuffled positions (with ``mixing.USE_FUSED = False``:
+and the mixed part straight into their shuffled positions (with ``gaea_nas.spaces.mixing.USE_FUSED = False``:
 one ``weighted_sum`` of the bypass tensors, one ``cat`` and one shuffle per node). It is
 the same function (only the floating-point summation order differs), and it is tested against a
 per-edge PyTorch reference. ``bypass_j`` is the identity on stride-1 edges and
@@ -41,9 +41,8 @@ import torch.nn as nn
 
 import gaea_ext
 
-from .. import mixing
 from ..arch_params import ArchParameters, sample_op_weights
-from ..mixing import mix_node
+from ..mixing import mix_node, use_fused_ops
 from ..supernet import SuperNet
 from .genotypes import Genotype, derive_darts_cell, genotype_to_weights, get_genotype
 from .ops import FactorizedReduce, ReLUConvBN, darts_fused_kinds, darts_op_names, search_op
@@ -133,7 +132,7 @@ class DartsSearchCell(nn.Module):
         q = self.C_op
         mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw)
         bw = torch.ones(hi - lo, dtype=w.dtype, device=w.device) if ew is None else ew[lo:hi]
-        if mixing.USE_FUSED:  # bypass sum, 2x2 pools, cat and shuffle in one pass
+        if use_fused_ops():  # bypass sum, 2x2 pools, cat and shuffle in one pass
             ins = [s if s.dtype == mixed.dtype else s.to(mixed.dtype) for s in states]
             return gaea_ext.partial_channel_node(mixed, ins, bw, self.strides[lo:hi], self.k)
         tails = []

@@ -10,6 +10,7 @@ from ..mixing import mix_node
 from ..supernet import SuperNet
 from .arch import NB201_EDGES, NB201_NUM_EDGES, NODE_SLICES, ArchLike, derive_nb201_arch, parse_arch
 from .ops import NB201_OPS, build_macro, build_nb201_op, check_macro_args, check_nb201_ops, nb201_fused_kinds
+from .table import NB201Table
 
 __all__ = ["NB201SearchCell", "NB201SuperNet"]
 
@@ -113,7 +114,6 @@ class NB201SuperNet(SuperNet):
     @classmethod
     def lookup_table(cls, path=None):
         """The NAS-Bench-201 table (:class:`~gaea_nas.spaces.nb201.table.NB201Table`)."""
-        from .table import NB201Table  # reads a large file: only when asked for
         return NB201Table(path)
 
     def forward(self, x):
