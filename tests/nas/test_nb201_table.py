@@ -131,7 +131,7 @@ def test_small_table_from_csv(tmp_path):
     a0 = format_arch(["nor_conv_3x3"] * 6)
     a1 = format_arch(["skip_connect"] * 6)
     p.write_text(f"{cols}\n0,{a0},90,93,70,71,40,41\n1,{a1},80,95,60,61,45,42\n")
-    t = NB201Table(p)
+    t = NB201Table(p, allow_partial=True)
     assert len(t) == 2 and t.query_index_by_arch(a1) == 1
     assert t.query_index_by_arch(format_arch(["none"] * 6)) == -1
     assert t.find_best("cifar10", "ori-test") == (1, 95.0)
@@ -145,3 +145,87 @@ def test_no_table_anywhere(monkeypatch):
     monkeypatch.setattr(nb201_table, "default_table_path", lambda: None)
     with pytest.raises(FileNotFoundError, match="not committed.*GAEA_NB201_TABLE"):
         NB201Table()
+
+
+# -- malformed files: one ValueError (NB201TableError) naming the file and the line ----------
+from gaea_nas.spaces.nb201.table import NUM_CELLS, NB201TableError  # noqa: E402
+
+HEADER = "index,arch_str,cifar10_valid,cifar10_test,cifar100_valid,cifar100_test,imagenet16_valid,imagenet16_test"
+
+
+def _rows(n):
+    return [f"{k},|nor_conv_3x3~0|+|skip_connect~{k}|,90,93,70,71,40,41.5" for k in range(n)]
+
+
+def _write(path, lines, gz=None):
+    text = "\n".join([HEADER, *lines]) + "\n"
+    if gz if gz is not None else path.name.endswith(".gz"):
+        with gzip.open(path, "wt", newline="") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_full_table_must_have_every_cell(tmp_path):
+    small = _write(tmp_path / "ten.csv", _rows(10))
+    with pytest.raises(NB201TableError, match=rf"ten.csv: 10 rows.*exactly {NUM_CELLS}"):
+        NB201Table(small)
+    assert len(NB201Table(small, allow_partial=True)) == 10
+    full = _write(tmp_path / "full.csv.gz", _rows(NUM_CELLS))
+    t = NB201Table(full)
+    assert len(t) == NUM_CELLS and t.get_more_info(NUM_CELLS - 1, "ImageNet16-120")["test-accuracy"] == 41.5
+    with pytest.raises(NB201TableError, match=rf"line {NUM_CELLS + 2}: more than {NUM_CELLS} rows"):
+        NB201Table(_write(tmp_path / "extra.csv.gz", _rows(NUM_CELLS + 1)), allow_partial=True)
+
+
+def _short_row(rows):
+    rows[2] = "2,|x~0|,90,93"
+    return rows, "line 4 .*has 4 fields"
+
+
+def _huge_field(rows):
+    rows[1] = "1,|" + "a" * 2_000_000 + "|,90,93,70,71,40,41"
+    return rows, "line 3 is longer than"
+
+
+def _not_a_number(rows):
+    rows[3] = rows[3].replace(",70,", ",seventy,")
+    return rows, r"line 5 \(row 3\): column 'cifar100_valid' is not a number"
+
+
+def _nan(rows):
+    rows[0] = rows[0].replace(",90,", ",nan,")
+    return rows, r"line 2 \(row 0\): column 'cifar10_valid' = nan"
+
+
+def _index_gap(rows):
+    del rows[4]
+    return rows, r"line 6 \(row 4\): index '5', expected 4"
+
+
+def _duplicate_arch(rows):
+    rows[5] = rows[5].replace("~5|", "~4|")
+    return rows, r"line 7 \(row 5\): duplicate arch_str"
+
+
+@pytest.mark.parametrize("spoil", [_short_row, _huge_field, _not_a_number, _nan, _index_gap, _duplicate_arch])
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
+def test_malformed_rows_name_file_and_line(tmp_path, spoil, name):
+    rows, pattern = spoil(_rows(8))
+    p = _write(tmp_path / name, rows)
+    with pytest.raises(NB201TableError, match=rf"{name}.*{pattern}") as e:
+        NB201Table(p, allow_partial=True)
+    assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.7, 0.99])
+def test_truncated_or_binary_gzip(tmp_path, cut):
+    data = _write(tmp_path / "full.csv.gz", _rows(2000)).read_bytes()
+    p = tmp_path / "cut.csv.gz"
+    p.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(NB201TableError, match=r"cut.csv.gz: line \d+: unreadable .*truncated or corrupt"):
+        NB201Table(p, allow_partial=True)
+    p.write_bytes(gzip.compress(bytes(range(256)) * 10))
+    with pytest.raises(NB201TableError, match="cut.csv.gz"):
+        NB201Table(p, allow_partial=True)

@@ -154,4 +154,39 @@ def test_from_json_errors():
     with pytest.raises(ValueError, match="unknown field"):
         SearchConfig.from_json(json.dumps({"space": "nb201", "wings": 2}))
     with pytest.raises(ValueError, match=r"SearchConfig\.method"):
-        SearchConfig.from_json(json.dumps({"method": "random"}))
+        SearchConfig.from_json(json.dumps({"method": "random"}), partial=True)
+    assert SearchConfig.from_json(json.dumps({"epochs": 3}), partial=True).epochs == 3
+
+
+def _saved():
+    return default_config("nb201", "gaea")[0].to_dict()
+
+
+@pytest.mark.parametrize("key", ["space", "epochs", "arch_betas", "deterministic"])
+def test_saved_config_missing_key_is_named(key):
+    d = _saved()
+    del d[key]
+    with pytest.raises(ValueError, match=rf"SearchConfig\.{key}: missing"):
+        SearchConfig.from_dict(d)
+    with pytest.raises(ValueError, match=rf"SearchConfig\.{key}: missing"):
+        SearchConfig.from_json(json.dumps(d))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("epochs", "25"), ("epochs", None), ("lr", "0.1"), ("lr", [0.1]), ("arch_betas", 0.5),
+    ("arch_betas", ["a", "b"]), ("arch_betas", {"b1": 0.5}), ("space", ["nb201"]), ("method", {}),
+    ("dataset", 10), ("nesterov", 1), ("arch_grad_clip", "none"), ("seed", 1.5), ("order", None),
+])
+def test_saved_config_wrong_type_is_named(key, value):
+    d = _saved()
+    d[key] = value
+    with pytest.raises(ValueError, match=rf"SearchConfig\.{key}"):
+        SearchConfig.from_json(json.dumps(d))
+
+
+@pytest.mark.parametrize("text", [b"\xff\xfe{", "[" * 100_000, '{"seed": 1' + "0" * 5000 + "}", 42, "null"])
+def test_from_json_never_raises_other_types(text):
+    with pytest.raises(ValueError, match="SearchConfig"):
+        SearchConfig.from_json(text)
+    with pytest.raises(ValueError, match="field names must be strings"):
+        SearchConfig.from_dict({**_saved(), 3: 1})

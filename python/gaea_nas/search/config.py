@@ -133,22 +133,42 @@ class SearchConfig:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SearchConfig":
+    def from_dict(cls, d: Dict[str, Any], *, partial: bool = False) -> "SearchConfig":
+        """The config saved as ``d`` (a ``to_dict()`` result, e.g. a run's ``config.json``).
+
+        Every field must be present, since a saved config names them all and a silently
+        defaulted field would change the search; ``partial=True`` lets missing fields take the
+        dataclass defaults. Any fault (not an object, a missing, unknown or non-string key, a
+        value of the wrong type or out of range) raises one ``ValueError`` naming the key."""
         if not isinstance(d, dict):
             raise ValueError(f"SearchConfig: expected a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        odd = [k for k in d if not isinstance(k, str)]
+        if odd:
+            raise ValueError(f"SearchConfig: field names must be strings, got {odd[0]!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
         if unknown:
             raise ValueError(f"SearchConfig: unknown field(s) {unknown}")
-        return cls(**d)
+        missing = [k for k in known if k not in d]
+        if missing and not partial:
+            raise ValueError(f"SearchConfig.{missing[0]}: missing from the saved config ({len(missing)} field(s) "
+                             f"missing: {missing[:6]}); every field must be present")
+        try:
+            return cls(**d)
+        except TypeError as e:  # not expected after the checks above; still one ValueError
+            raise ValueError(f"SearchConfig: {e}") from e
 
     @classmethod
-    def from_json(cls, text: Union[str, bytes]) -> "SearchConfig":
+    def from_json(cls, text: Union[str, bytes], *, partial: bool = False) -> "SearchConfig":
+        """:meth:`from_dict` of a JSON text; invalid JSON (also undecodable bytes or nesting too
+        deep to parse) raises ``ValueError``."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ValueError(f"SearchConfig: expected JSON text, got {type(text).__name__}")
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"SearchConfig: invalid JSON ({e})") from e
-        return cls.from_dict(d)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int digits
+            raise ValueError(f"SearchConfig: invalid JSON ({type(e).__name__}: {str(e)[:200]})") from e
+        return cls.from_dict(d, partial=partial)
 
     def replace(self, **changes) -> "SearchConfig":
         """A copy with ``changes`` applied (validated again)."""

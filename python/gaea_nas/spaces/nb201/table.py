@@ -26,15 +26,18 @@ The usual "CIFAR-10 valid / test" columns of NAS-Bench-201 result tables are
 import csv
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from .arch import ArchLike, format_arch
 
-__all__ = ["NB201Table", "NB201_DATASETS", "default_table_path"]
+__all__ = ["MAX_LINE_CHARS", "NB201Table", "NB201TableError", "NB201_DATASETS", "NUM_CELLS", "default_table_path"]
 
 ENV_VAR = "GAEA_NB201_TABLE"
 FILE_NAME = "nb201_accuracies.csv.gz"
+NUM_CELLS = 15625
+MAX_LINE_CHARS = 4096  # the longest official line is ~215 characters
 # dataset -> {metric_on_set: csv column}
 _COLUMNS: Dict[str, Dict[str, str]] = {
     "cifar10-valid": {"x-valid": "cifar10_valid"},
@@ -75,11 +78,25 @@ def _check_hp(hp) -> None:
         raise ValueError(f"this table holds only the 200-epoch schedule (hp='200'), got hp={hp!r}")
 
 
+class NB201TableError(ValueError):
+    """A malformed table file; the message (one line) names the file and the line / row."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
 class NB201Table:
     """Final accuracies (percent) of the 15,625 NAS-Bench-201 cells, indexed as in the
-    benchmark. See the module docstring for the datasets and sets."""
+    benchmark. See the module docstring for the datasets and sets.
 
-    def __init__(self, path: Optional[Union[str, os.PathLike]] = None):
+    A CSV table must have exactly :data:`NUM_CELLS` rows with ``index`` 0..15624 in order,
+    distinct ``arch_str`` and accuracies in [0, 100]; ``allow_partial=True`` accepts fewer
+    rows (still indexed 0..n-1, for small hand-made tables in tests). Lines are capped at
+    :data:`MAX_LINE_CHARS` characters. Any fault (short rows, huge fields, non-numeric values,
+    a truncated gzip, too many or too few rows) raises one :class:`NB201TableError` (a
+    ``ValueError``) naming the file and line."""
+
+    def __init__(self, path: Optional[Union[str, os.PathLike]] = None, *, allow_partial: bool = False):
         if path is None:
             path = os.environ.get(ENV_VAR) or default_table_path()
             if path is None:
@@ -88,7 +105,9 @@ class NB201Table:
         if not path.exists():
             raise FileNotFoundError(f"NAS-Bench-201 table not found at {str(path)!r}. {_HOW_TO_GET}")
         self.path = path
+        self.allow_partial = allow_partial
         self._api = None
+        self._index: Dict[str, int] = {}
         name = path.name.lower()
         if path.is_file() and (name.endswith(".csv") or name.endswith(".csv.gz")):
             self._load_csv(path)
@@ -97,23 +116,78 @@ class NB201Table:
 
     # -- loading ---------------------------------------------------------------------------
     def _load_csv(self, path: Path) -> None:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", newline="") as f:
-            reader = csv.DictReader(f)
-            needed = ["index", "arch_str"] + [c for d in _COLUMNS.values() for c in d.values()]
-            missing = [c for c in needed if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{str(path)!r} is not a NAS-Bench-201 table: missing columns {missing}")
-            rows = list(reader)
+        needed = ["index", "arch_str"] + [c for d in _COLUMNS.values() for c in d.values()]
+        rows = self._read_rows(path, needed)
         self._archs: List[str] = []
         self._values: Dict[str, List[float]] = {c: [] for c in needed[2:]}
-        for k, r in enumerate(rows):
-            if int(r["index"]) != k:
-                raise ValueError(f"{str(path)!r}: row {k} has index {r['index']}; rows must be in index order")
-            self._archs.append(r["arch_str"])
+        for line, r in rows:
+            k = len(self._archs)
+            where = f"{path}: line {line} (row {k})"
+            if r["index"].strip() != str(k):
+                raise NB201TableError(f"{where}: index {r['index'][:40]!r}, expected {k}; rows must be "
+                                      "indexed 0, 1, 2, ... in order")
+            arch = r["arch_str"]
+            if not arch or arch in self._index:
+                raise NB201TableError(f"{where}: {'empty' if not arch else 'duplicate'} arch_str")
+            self._index[arch] = k
+            self._archs.append(arch)
             for c in self._values:
-                self._values[c].append(float(r[c]))
-        self._index = {a: i for i, a in enumerate(self._archs)}
+                try:
+                    v = float(r[c])
+                except ValueError:
+                    raise NB201TableError(f"{where}: column {c!r} is not a number: {r[c][:40]!r}") from None
+                if not 0.0 <= v <= 100.0:  # also refuses nan and inf
+                    raise NB201TableError(f"{where}: column {c!r} = {v!r} is not a percentage in [0, 100]")
+                self._values[c].append(v)
+        n = len(self._archs)
+        if not self.allow_partial and n != NUM_CELLS:
+            raise NB201TableError(f"{path}: {n} rows; a NAS-Bench-201 table has exactly {NUM_CELLS} (indices "
+                                  f"0..{NUM_CELLS - 1})")
+        if n == 0:
+            raise NB201TableError(f"{path}: no rows")
+
+    @staticmethod
+    def _read_rows(path: Path, needed: List[str]) -> List[Tuple[int, Dict[str, str]]]:
+        """``(line number, row)`` pairs; every line is read with a length cap
+        (:data:`MAX_LINE_CHARS`), at most :data:`NUM_CELLS` rows are accepted, and any fault
+        (short or long row, undecodable bytes, truncated gzip) raises :class:`NB201TableError`."""
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        out: List[Tuple[int, Dict[str, str]]] = []
+        line = 0
+        try:
+            with opener(path, "rt", newline="", encoding="utf-8") as f:
+                header: Optional[List[str]] = None
+                while True:
+                    text = f.readline(MAX_LINE_CHARS + 1)
+                    if not text:
+                        break
+                    line += 1
+                    if len(text) > MAX_LINE_CHARS:
+                        raise NB201TableError(f"{path}: line {line} is longer than {MAX_LINE_CHARS} characters")
+                    text = text.rstrip("\r\n")
+                    if header is None:
+                        header = [h.strip() for h in text.split(",")]
+                        missing = [c for c in needed if c not in header]
+                        if missing:
+                            raise NB201TableError(f"{str(path)!r} is not a NAS-Bench-201 table: missing columns {missing}")
+                        continue
+                    if not text:
+                        continue
+                    if len(out) >= NUM_CELLS:
+                        raise NB201TableError(f"{path}: line {line}: more than {NUM_CELLS} rows")
+                    fields = next(csv.reader([text]))
+                    if len(fields) != len(header):
+                        raise NB201TableError(f"{path}: line {line} (row {len(out)}) has {len(fields)} fields, "
+                                              f"the header {len(header)}")
+                    out.append((line, dict(zip(header, fields))))
+                if header is None:
+                    raise NB201TableError(f"{str(path)!r} is not a NAS-Bench-201 table: missing columns {needed}")
+        except NB201TableError:
+            raise
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as e:
+            raise NB201TableError(f"{path}: line {line + 1}: unreadable ({type(e).__name__}: {e}); "
+                                  "the file is truncated or corrupt") from e
+        return out
 
     def _load_nats(self, path: Path) -> None:
         try:
