@@ -8,10 +8,10 @@ from typing import Optional, Union
 import numpy as np
 
 from .cache import cached_arrays, default_cache_dir
-from .cifar import CIFAR_SPECS, find_cifar, read_cifar
+from .cifar import CIFAR_SPECS, find_cifar, read_cifar, resolve_cifar
 from .dataset import Dataset, channel_stats
 from .errors import DatasetError
-from .image_folder import is_archive, read_image_folder
+from .image_folder import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, is_archive, read_image_folder
 from .imagenet16 import find_imagenet16, read_imagenet16
 
 __all__ = ["DATASET_NAMES", "load_dataset"]
@@ -35,18 +35,23 @@ def _detect(path: Path) -> str:
     """The format of an existing path: cifar10, cifar100, imagenet16-120 or image-folder."""
     name = path.name.lower()
     for key, spec in CIFAR_SPECS.items():
-        if name in (spec.folder, spec.tarball) or (path.is_dir() and (path / spec.folder).is_dir()):
+        if name in (spec.folder, spec.tarball):
+            return key
+        if path.is_dir() and ((path / spec.folder).is_dir() or (path / spec.tarball).is_file()):
             return key
     if path.is_dir() and (path / "data_batch_1").is_file():
         return "cifar10"
-    if path.is_dir() and (path / "val_data").is_file() and (path / "train_data_batch_1").is_file():
-        return "imagenet16-120"
+    for c in (path, path / "ImageNet16", path / "imagenet16"):
+        if c.is_dir() and (c / "val_data").is_file() and (c / "train_data_batch_1").is_file():
+            return "imagenet16-120"
     return "image-folder"
 
 
 def load_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
                  cache_dir: Optional[PathLike] = None, download: bool = True,
-                 limit_per_class: Optional[int] = None, use_cache: bool = True) -> Dataset:
+                 limit_per_class: Optional[int] = None, use_cache: bool = True, *,
+                 max_batch_bytes: Optional[int] = None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Dataset:
     """Load ``cifar10``, ``cifar100``, ``imagenet16-120`` (from ``root``) or a path.
 
     A path may be an image folder / tar(.gz) with ``train/<class>/*`` and ``test/<class>/*``,
@@ -54,7 +59,15 @@ def load_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
     ``<cache_dir>/downloads``; CIFAR is downloaded there when absent and ``download`` is true.
     Decoded arrays are cached under ``cache_dir`` (see :func:`default_cache_dir`).
     ``limit_per_class`` applies to image folders only. Raises :class:`DatasetError` on a
-    missing path, unknown name or corrupt file.
+    missing path, unknown name, corrupt file or a file over a size cap.
+
+    Size caps (they bound memory on untrusted files; raise them for genuine larger data; they
+    do not change the decoded arrays, so they are not part of the cache key):
+    ``max_batch_bytes`` caps one CIFAR / ImageNet16 batch file (default derived from the
+    format, see :func:`~gaea_nas.data.cifar.read_cifar` and
+    :func:`~gaea_nas.data.imagenet16.read_imagenet16`); ``max_member_bytes`` (16 MiB) and
+    ``max_image_pixels`` (4096 x 4096) cap one image of an image folder (see
+    :func:`~gaea_nas.data.image_folder.read_image_folder`).
     """
     key = str(name_or_path)
     kind = _ALIASES.get(key.lower()) if not isinstance(name_or_path, Path) else None
@@ -69,17 +82,22 @@ def load_dataset(name_or_path: PathLike, root: Optional[PathLike] = None,
             raise DatasetError(f"unknown dataset {key!r}: expected one of {', '.join(DATASET_NAMES)} "
                                "or the path of an image folder / tar archive")
         kind = _detect(source)
+        if kind in CIFAR_SPECS:
+            source = resolve_cifar(source, kind)  # DIR holding cifar-10-batches-py/ reads that folder
+        elif kind == "imagenet16-120":
+            source = find_imagenet16(source)
 
     options: dict = {}
     if kind in CIFAR_SPECS:
-        build = lambda: read_cifar(source, kind)  # noqa: E731
+        build = lambda: read_cifar(source, kind, max_batch_bytes=max_batch_bytes)  # noqa: E731
     elif kind == "imagenet16-120":
-        build = lambda: read_imagenet16(source, 120)  # noqa: E731
+        build = lambda: read_imagenet16(source, 120, max_batch_bytes=max_batch_bytes)  # noqa: E731
     else:
         options = {"limit_per_class": limit_per_class}
 
         def build():
-            arrays = read_image_folder(source, limit_per_class)
+            arrays = read_image_folder(source, limit_per_class, max_member_bytes=max_member_bytes,
+                                       max_image_pixels=max_image_pixels)
             arrays["mean"], arrays["std"] = channel_stats(arrays["train_images"])
             return arrays
 
