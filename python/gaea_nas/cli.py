@@ -1,7 +1,9 @@
 """The ``gaea`` command: ``search``, ``lookup``, ``info`` and ``plot``.
 
-Exit status: 0 done; 1 a missing or corrupt input (dataset, table, checkpoint) or a search
-that cannot go on (non-finite loss), reported in one line; 2 bad arguments (with the usage);
+Exit status: 0 done; 1 a missing, corrupt or unwritable file (dataset, table, checkpoint, run
+config, a full disk), a dataset changed under a resumed run, or a search that cannot go on
+(non-finite loss), reported in one line naming the file; 2 bad arguments (with the usage, or
+in one line when found only once the dataset is loaded, e.g. a cutout larger than its images);
 128 + signal number when SIGINT/SIGTERM stopped a search after checkpointing it.
 Set ``GAEA_DEBUG=1`` to get tracebacks instead of one-line errors.
 """
@@ -20,25 +22,35 @@ EXIT_USAGE = 2
 
 # options a resumed search may change (the rest come from the run folder's config.json)
 _RESUME_OK = {"device", "threads", "no_progress", "data", "table", "checkpoint_every_steps", "checkpoint_minutes",
-              "keep_epoch_checkpoints", "resume", "command"}
+              "keep_epoch_checkpoints", "resume", "command", "allow_data_change"}
+_INT_LIMIT = 2 ** 63  # no integer option reaches it (torch and numpy take int64)
 
 
-def _number(kind, minimum, what):
-    """An argparse type: ``kind(text)`` that must be >= ``minimum``."""
+def _number(kind, minimum, what, limit=None):
+    """An argparse type: ``kind(text)`` that must be >= ``minimum`` (and below ``limit``, a
+    number or a function giving one)."""
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not v >= minimum:
+        top = limit() if callable(limit) else limit
+        if not v >= minimum or (top is not None and not v < top):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
     return parse
 
 
-_positive_int = _number(int, 1, "a positive integer")
-_nonneg_int = _number(int, 0, "an integer >= 0")
+def _thread_limit() -> int:
+    from .runtime import max_threads
+    return max_threads() + 1
+
+
+_positive_int = _number(int, 1, "a positive integer below 2**63", _INT_LIMIT)
+_nonneg_int = _number(int, 0, "an integer >= 0 and below 2**63", _INT_LIMIT)
 _nonneg_float = _number(float, 0.0, "a number >= 0")
+_seed = _number(int, 0, "an integer in [0, 2**63)", _INT_LIMIT)
+_threads = _number(int, 1, f"1 .. 4 x the CPUs of this machine ({os.cpu_count()})", _thread_limit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive_int)
     s.add_argument("--batch-size", type=_positive_int, help="per process under torchrun")
     s.add_argument("--objective", choices=OBJECTIVES, help="erm: both steps on the training set; bilevel: a 50/50 split")
-    s.add_argument("--seed", type=_nonneg_int)
+    s.add_argument("--seed", type=_seed, help="0 <= SEED < 2**63 (default 0)")
     s.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<space>-<method>-<dataset>-seed<S>-<time>)")
     s.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
     s.add_argument("--amp", choices=["bf16"], help="bfloat16 autocast (arch weights and EG state stay float32)")
@@ -71,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
                    metavar="MODE", help="torch.compile the supernet (MODE default | reduce-overhead | max-autotune)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    s.add_argument("--allow-data-change", action="store_true", default=None,
+                   help="with --resume: continue even though the dataset's content changed since the checkpoint")
     s.add_argument("--channels", type=_positive_int, help="supernet width C")
     s.add_argument("--cells", type=_positive_int, help="NB201: search cells per stage (N); DARTS: cells in the supernet")
     s.add_argument("--train-images", type=_positive_int, help="use a seeded subset of this many training images")
-    s.add_argument("--cutout", type=_nonneg_int, help="cutout length (default 0: off)")
+    s.add_argument("--cutout", type=_nonneg_int, help="cutout length, at most the image size (default 0: off)")
     s.add_argument("--table", metavar="PATH", help="NAS-Bench-201 table (default: $GAEA_NB201_TABLE or "
                                                      "../shared/data/nb201/nb201_accuracies.csv.gz)")
     s.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
@@ -82,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every-steps", type=_nonneg_int, help="also checkpoint every N steps (default 0: off)")
     s.add_argument("--checkpoint-minutes", type=_nonneg_float, help="also checkpoint at least this often (default 10)")
     s.add_argument("--keep-epoch-checkpoints", action="store_true", default=None)
-    s.add_argument("--threads", type=_positive_int, help="CPU threads (torch.set_num_threads)")
+    s.add_argument("--threads", type=_threads, help="CPU threads (torch.set_num_threads), at most 4 x the CPUs")
     s.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
 
     lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of a cell",
@@ -100,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     p.search_parser = s  # for usage messages of semantic errors
     return p
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error's message (its type when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
@@ -133,6 +153,10 @@ def _new_search(args, parser):
     from .search import RunOptions, default_config
     from .spaces import supernet_class
 
+    from .runtime import check_seed
+
+    if args.allow_data_change:
+        raise ValueError("--allow-data-change applies only with --resume")
     space = args.space or "nb201"
     method = args.method or "gaea"
     overrides = _parse_overrides(args.overrides)
@@ -149,6 +173,7 @@ def _new_search(args, parser):
                 raise ValueError(f"--set {k}=... repeats a flag given on its own; use one of them")
             overrides[k] = v
     cfg, notes = default_config(space, method, args.preset or "default", **overrides)
+    check_seed(cfg.seed)
     opts = RunOptions(data_root=args.data, train_images=args.train_images, cutout=args.cutout or 0,
                       device=args.device or "auto", amp=args.amp, channels_last=bool(args.channels_last),
                       compile=args.compile, table=args.table,
@@ -173,8 +198,6 @@ def _resumed_search(args):
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ValueError(f"--resume takes the search settings from RUN_DIR/config.json; drop {flags}")
     run_dir = Path(args.resume)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
     saved = load_run(run_dir)
     opts = saved["run"]
     changes = {k: v for k, v in (("device", args.device), ("threads", args.threads), ("data_root", args.data),
@@ -192,26 +215,32 @@ def cmd_search(args, parser) -> int:
     from .data import DatasetError
     from .runtime import CheckpointError, resolve_device
     from .search import SearchError, SearchInterrupted, run_search
-    from .search.loop import check_layout_supported
+    from .search.loop import OptionError, RunFolderError, check_layout_supported
 
     sub = parser.search_parser
     try:
         cfg, opts, run_dir = _resumed_search(args) if args.resume else _new_search(args, parser)
         check_layout_supported(cfg, opts, resolve_device(opts.device))
+    except (FileNotFoundError, CheckpointError, RunFolderError, OSError) as e:
+        return _fail(_one_line(e))
     except ValueError as e:
         sub.print_usage(sys.stderr)
-        return _fail(str(e), EXIT_USAGE)
-    except (FileNotFoundError, CheckpointError) as e:
-        return _fail(str(e))
+        return _fail(_one_line(e), EXIT_USAGE)
     try:
-        result = run_search(cfg, opts, run_dir, resume=bool(args.resume))
+        result = run_search(cfg, opts, run_dir, resume=bool(args.resume),
+                            allow_data_change=bool(args.allow_data_change))
     except SearchInterrupted as e:
         print(f"gaea: {e}\ngaea: resume with: gaea search --resume {run_dir}", file=sys.stderr)
         return 128 + int(e.signum)
-    except (DatasetError, FileNotFoundError, CheckpointError, SearchError, ValueError, OSError) as e:
+    except OptionError as e:  # found only once the dataset is loaded: a usage error, in one line
         if os.environ.get("GAEA_DEBUG"):
             raise
-        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return _fail(_one_line(e), EXIT_USAGE)
+    except (DatasetError, FileNotFoundError, CheckpointError, RunFolderError, SearchError, ValueError,
+            OSError) as e:
+        if os.environ.get("GAEA_DEBUG"):
+            raise
+        return _fail(_one_line(e))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run_dir}")
         print(f"cell: {result['arch']}")

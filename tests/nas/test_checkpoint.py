@@ -1,4 +1,5 @@
 """Atomic checkpoints, corrupt-file errors and RNG round trips (gaea_nas.runtime.checkpoint)."""
+import errno
 import os
 import random
 import signal
@@ -12,14 +13,17 @@ import pytest
 import torch
 
 from gaea_nas import checkpoint as ckpt_mod
+from gaea_nas.runtime import files as files_mod
 from gaea_nas.runtime.checkpoint import (
     CheckpointError,
     Checkpointer,
     atomic_save,
     capture_rng_state,
+    content_hash,
     load_checkpoint,
     restore_rng_state,
 )
+from gaea_nas.runtime.files import WriteError, write_json, write_jsonl
 
 
 def _tmp_files(folder):
@@ -178,3 +182,96 @@ def test_sigkill_while_writing_never_corrupts(tmp_path):
     assert out["i"] >= 0 and torch.equal(out["w"], torch.full((20000,), float(out["i"])))
     Checkpointer(tmp_path)  # cleans any temp file the killed writer left
     assert _tmp_files(tmp_path) == []
+
+
+def test_content_hash_is_stable_through_a_file(tmp_path):
+    obj = {"w": torch.randn(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16), "s": torch.tensor(7),
+           "t": (1, 2.5, "x", None, True), 3: [torch.arange(5)]}
+    atomic_save(obj, tmp_path / "c.pt")
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert raw[ckpt_mod.HASH_KEY] == content_hash(obj) == content_hash(load_checkpoint(tmp_path / "c.pt"))
+    assert content_hash({"w": torch.ones(2)}) != content_hash({"w": torch.ones(1, 2)})  # shape counts
+    assert content_hash({"w": torch.ones(2)}) != content_hash({"w": torch.ones(2, dtype=torch.float64)})
+
+
+def test_flipped_bit_in_a_tensor_is_refused(tmp_path):
+    w = torch.linspace(1, 2, 4096)
+    path = atomic_save({"model": {"w": w}, "epoch": 1}, tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(w.numpy().tobytes())
+    assert at > 0
+    data[at + 1000] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"last\.pt.*(sha256|corrupt)"):
+        load_checkpoint(path)
+
+
+def test_unhashed_checkpoint_is_refused(tmp_path):
+    torch.save({"epoch": 1}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt carries no content hash"):
+        load_checkpoint(tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:778] . "
+                                                "PytorchStreamWriter failed writing file data/0: file write failed\n"
+                                                "more")])
+def test_full_disk_at_checkpoint_keeps_previous_and_no_temp(tmp_path, monkeypatch, error):
+    path = tmp_path / "last.pt"
+    atomic_save({"epoch": 1}, path)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise error
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    with pytest.raises((OSError, CheckpointError)) as e:
+        Checkpointer(tmp_path).save({"epoch": 2})
+    msg = str(e.value)
+    assert "last.pt" in msg and len(msg.splitlines()) == 1
+    if isinstance(error, OSError):
+        assert isinstance(e.value, WriteError) and e.value.errno == errno.ENOSPC and "No space left" in msg
+    assert path.read_bytes() == before and _tmp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("writer", ["json", "jsonl"])
+def test_full_disk_in_json_writers_names_file_and_cleans_up(tmp_path, monkeypatch, writer):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files_mod.os, "fsync", full)
+    target = tmp_path / ("config.json" if writer == "json" else "metrics.jsonl")
+    with pytest.raises(WriteError, match=f"cannot write .*{target.name}: No space left on device") as e:
+        (write_json(target, {"a": 1}) if writer == "json" else write_jsonl(target, [{"a": 1}]))
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_checkpointer_removes_every_stale_temp_file(tmp_path):
+    for name in (".last.pt.x1.tmp", ".config.json.123.tmp", ".metrics.jsonl.ab.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    (tmp_path / "keep.tmp").write_bytes(b"not ours")
+    Checkpointer(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["keep.tmp"]
+
+
+@pytest.mark.parametrize("field,damage", [
+    ("python", lambda s: s.update(python=(3, (1, 2), None))),
+    ("numpy", lambda s: s["numpy"].update(keys=torch.zeros(10, dtype=torch.int64))),
+    ("numpy.pos", lambda s: s["numpy"].update(pos=10 ** 9)),
+    ("torch", lambda s: s.update(torch=torch.zeros(7, dtype=torch.uint8))),
+    ("torch", lambda s: s.pop("torch")),
+    ("generators", lambda s: s.update(generators=[torch.zeros(3)])),
+])
+def test_malformed_rng_state_is_refused_before_restoring(field, damage):
+    state = capture_rng_state()
+    damage(state)
+    random.seed(1)
+    expected = random.random()
+    random.seed(1)
+    with pytest.raises(ValueError, match=f"rng.{field}"):
+        restore_rng_state(state)
+    assert random.random() == expected  # nothing was restored

@@ -13,6 +13,7 @@ from PIL import Image
 
 from gaea_nas.cli import main
 from gaea_nas.data import load_dataset, search_streams
+from gaea_nas.runtime import load_checkpoint
 from conftest import shared_data
 from gaea_nas.spaces.nb201 import NB201_EDGES, NB201_OPS, format_arch
 from gaea_nas.spaces.nb201.table import default_table_path
@@ -40,7 +41,7 @@ def _search(data_dir, out, *extra, epochs=2):
 
 
 def _final_state(run_dir):
-    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    return load_checkpoint(run_dir / "last.pt")
 
 
 def test_search_writes_the_run_folder(data_dir, tmp_path, capsys):

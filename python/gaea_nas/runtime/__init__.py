@@ -2,13 +2,22 @@
 and RNG state, the run folder's logs, clean stops on signals, seeding, devices,
 data-parallel helpers (DDP under ``torchrun``) and progress bars."""
 from . import checkpoint, devices, distributed, files, progress, run_log, seeding, signals
-from .checkpoint import CheckpointError, Checkpointer, atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
-from .devices import device_name, resolve_device
+from .checkpoint import (
+    CheckpointError,
+    Checkpointer,
+    atomic_save,
+    capture_rng_state,
+    check_rng_state,
+    content_hash,
+    load_checkpoint,
+    restore_rng_state,
+)
+from .devices import device_name, max_threads, resolve_device
 from .distributed import Distributed, init_distributed, wrap_ddp
-from .files import atomic_write, write_json, write_jsonl
+from .files import WriteError, atomic_write, write_json, write_jsonl
 from .progress import progress_bar
 from .run_log import MetricsLog, RunLog
-from .seeding import seed_everything
+from .seeding import check_seed, seed_everything
 from .signals import FaultInjector, StopRequest
 
 __all__ = [
@@ -19,16 +28,21 @@ __all__ = [
     "MetricsLog",
     "RunLog",
     "StopRequest",
+    "WriteError",
     "atomic_save",
     "atomic_write",
     "capture_rng_state",
+    "check_rng_state",
+    "check_seed",
     "checkpoint",
+    "content_hash",
     "device_name",
     "devices",
     "distributed",
     "files",
     "init_distributed",
     "load_checkpoint",
+    "max_threads",
     "progress",
     "progress_bar",
     "resolve_device",

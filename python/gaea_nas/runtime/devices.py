@@ -1,9 +1,18 @@
 """Which device a run uses, and its name for logs and results."""
+import os
 import platform
 
 import torch
 
-__all__ = ["device_name", "resolve_device"]
+__all__ = ["THREADS_PER_CPU", "device_name", "max_threads", "resolve_device"]
+
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    """The most CPU threads a run may ask for: ``THREADS_PER_CPU`` x this machine's CPUs
+    (far more makes the OpenMP runtime crash)."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,7 +4,8 @@ a partial one, even after a crash or a power loss.
 Every write goes to a temporary file in the destination folder, is flushed and fsync'ed, and
 is renamed over the destination (``os.replace`` is atomic on POSIX); the folder is then
 fsync'ed so the rename itself is durable. On any error the temporary file is removed and the
-destination is left as it was.
+destination is left as it was; an ``OSError`` (a full disk, a read-only folder) comes out as
+:class:`WriteError`, whose message names the destination.
 """
 from __future__ import annotations
 
@@ -14,10 +15,23 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Union
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "fsync_dir", "write_json", "write_jsonl"]
+__all__ = ["TMP_SUFFIX", "WriteError", "atomic_write", "fsync_dir", "write_json", "write_jsonl"]
 
 PathLike = Union[str, os.PathLike]
 TMP_SUFFIX = ".tmp"
+
+
+class WriteError(OSError):
+    """A file could not be written (``errno`` kept, e.g. ``ENOSPC``); the message names it."""
+
+    def __init__(self, path: PathLike, cause: BaseException):
+        err = getattr(cause, "errno", None)
+        reason = getattr(cause, "strerror", None) or (str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+        super().__init__(err, reason, str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.strerror}"
 
 
 def fsync_dir(folder: PathLike) -> None:
@@ -39,19 +53,24 @@ def atomic_write(path: PathLike, write: Callable[[IO], Any], binary: bool = True
     atomically (see the module docstring). Creates the folder. Returns the path written."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as e:
+        raise WriteError(path, e) from e
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from e
         raise
     fsync_dir(folder)
     return path

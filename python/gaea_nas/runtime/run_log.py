@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-from .files import write_jsonl
+from .files import WriteError, write_jsonl
 
 __all__ = ["MetricsLog", "RunLog"]
 
@@ -20,8 +20,11 @@ class RunLog:
         if not self.enabled:
             return
         self.echo(line)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise WriteError(self.path, e) from e
 
 
 class MetricsLog:

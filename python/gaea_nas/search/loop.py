@@ -9,12 +9,22 @@ complete checkpoint) and, when done, ``result.json``. Everything that decides th
 in the checkpoint (model, both optimisers, the two streams' positions, every RNG, the
 partial-epoch sums), so a run stopped anywhere - even by SIGKILL - and resumed from its last
 checkpoint ends bitwise where the uninterrupted run ends (same device and thread count).
+
+What is refused, before anything is created or restored: options out of range (threads above
+:func:`~gaea_nas.runtime.devices.max_threads`, seeds outside ``[0, 2**63)``, a cutout larger
+than the images); checkpoints that fail their content hash or whose fields (keys, types,
+shapes, ranges) do not fit this search; a dataset whose content differs from the one the
+checkpoint was written with (unless ``allow_data_change``). A new search that fails before its
+first checkpoint leaves no run folder behind; a resumed one leaves its folder as it was.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, fields
@@ -24,8 +34,10 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from ..data import Dataset, load_dataset, search_streams
+from ..data import Dataset, DatasetError, load_dataset, search_streams
+from ..data.cache import source_fingerprint
 from ..runtime import (
+    CheckpointError,
     Checkpointer,
     Distributed,
     FaultInjector,
@@ -33,9 +45,12 @@ from ..runtime import (
     RunLog,
     StopRequest,
     capture_rng_state,
+    check_rng_state,
+    check_seed,
     device_name,
     init_distributed,
     load_checkpoint,
+    max_threads,
     progress_bar,
     resolve_device,
     restore_rng_state,
@@ -48,9 +63,10 @@ from .builders import build_arch_optimizer, build_supernet, build_weight_optimiz
 from .config import SearchConfig, release_notes
 from .step import NonFiniteLossError, search_iteration
 
-__all__ = ["RunOptions", "SearchError", "SearchInterrupted", "arch_summary", "load_run", "resolve_device", "run_search"]
+__all__ = ["DataChangedError", "OptionError", "RunFolderError", "RunOptions", "SearchError", "SearchInterrupted",
+           "arch_summary", "dataset_fingerprint", "load_run", "resolve_device", "run_search"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 AMP_DTYPES = {"bf16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # torch.compile backend of --compile (inductor); tests use "aot_eager" to skip code generation
@@ -59,6 +75,18 @@ COMPILE_BACKEND_ENV = "GAEA_COMPILE_BACKEND"
 
 class SearchError(RuntimeError):
     """The search cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class DataChangedError(SearchError):
+    """The dataset's content differs from the one the checkpoint was written with."""
+
+
+class OptionError(ValueError):
+    """An option that is out of range for this machine or this dataset (a usage error)."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder's ``config.json`` is missing, unreadable or malformed; the message names it."""
 
 
 class SearchInterrupted(Exception):
@@ -165,12 +193,51 @@ def _load_table(cfg: SearchConfig, opts: RunOptions, log: Callable[[str], None])
             raise
         log(f"{cfg.space} results table not found; the cells found will not be looked up ({str(e).split('. ')[0]})")
         return None
+    except (OSError, ValueError):
+        raise
+    except Exception as e:  # a reader's unexpected error still names the table, in one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{opts.table or f'the {cfg.space} results table'}: cannot be read "
+                         f"({type(e).__name__}: {first})") from e
     if table is not None:
         log(f"results table: {table.path}")
     return table
 
 
 _SUMS = ("train_loss", "train_acc", "search_loss", "search_acc")
+
+
+def dataset_fingerprint(dataset: Dataset) -> Dict[str, Any]:
+    """What identifies the data a run searched on: ``sha256`` of the decoded images, labels
+    and class names (compared on resume), plus the source's path, size and mtime (for people)."""
+    h = hashlib.sha256()
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        a = getattr(dataset, name)
+        h.update(f"{name}{a.dtype}{tuple(a.shape)}|".encode())
+        h.update(memoryview(a.tobytes() if not a.flags.c_contiguous else a).cast("B"))
+    h.update(json.dumps(list(dataset.classes)).encode())
+    source = None
+    if dataset.source and Path(dataset.source).exists():
+        with contextlib.suppress(OSError):
+            source = source_fingerprint(dataset.source)
+    return {"sha256": h.hexdigest(), "name": dataset.name, "source": source}
+
+
+def _check_options(cfg: SearchConfig, opts: RunOptions) -> None:
+    """Refuse options out of range for this machine (before anything is loaded or created)."""
+    if opts.threads is not None and int(opts.threads) > max_threads():
+        raise OptionError(f"--threads {opts.threads}: at most {max_threads()} on this machine "
+                          f"({os.cpu_count()} CPUs)")
+    try:
+        check_seed(cfg.seed)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
+
+
+def _check_cutout(opts: RunOptions, dataset: Dataset) -> None:
+    h, w = dataset.image_size
+    if opts.cutout > min(h, w):
+        raise OptionError(f"--cutout {opts.cutout} is larger than the {h}x{w} images of {dataset.name}")
 
 
 def _empty_sums() -> Dict[str, float]:
@@ -182,48 +249,110 @@ def _empty_sums() -> Dict[str, float]:
 
 
 def run_search(cfg: SearchConfig, opts: RunOptions, run_dir, *, resume: bool = False,
-               dataset: Optional[Dataset] = None, echo: Callable[[str], None] = print) -> Dict[str, Any]:
+               dataset: Optional[Dataset] = None, echo: Callable[[str], None] = print,
+               allow_data_change: bool = False) -> Dict[str, Any]:
     """Run (or, with ``resume``, continue) the search ``cfg`` into ``run_dir``; returns the
     result dict also written to ``result.json``.
 
     Raises :class:`SearchInterrupted` after checkpointing on SIGINT/SIGTERM,
-    :class:`SearchError` on a non-finite loss, ``DatasetError`` / ``FileNotFoundError`` /
-    :class:`~gaea_nas.runtime.checkpoint.CheckpointError` for missing or corrupt inputs and
-    ``ValueError`` for bad options."""
+    :class:`SearchError` on a non-finite loss, :class:`DataChangedError` when resuming on a
+    dataset whose content changed (unless ``allow_data_change``), ``DatasetError`` /
+    ``FileNotFoundError`` / :class:`~gaea_nas.runtime.checkpoint.CheckpointError` /
+    ``OSError`` (:class:`~gaea_nas.runtime.files.WriteError`) for missing, corrupt or
+    unwritable files, :class:`OptionError` for options out of range and ``ValueError`` for
+    other bad options. A new search that fails before its first checkpoint removes its run
+    folder (and the folders above it that it created)."""
     run_dir = Path(run_dir)
+    _check_options(cfg, opts)
     device = resolve_device(opts.device)
     ctx = init_distributed(device.type)
     try:
-        return _Search(cfg, opts, run_dir, device, ctx, resume, dataset, echo).run()
+        search = _Search(cfg, opts, run_dir, device, ctx, resume, dataset, echo, allow_data_change)
+        try:
+            return search.run()
+        except BaseException:
+            search.discard_if_unsaved()
+            raise
     finally:
         ctx.close()
 
 
 class _Search:
     def __init__(self, cfg: SearchConfig, opts: RunOptions, run_dir: Path, device: torch.device,
-                 ctx: Distributed, resume: bool, dataset: Optional[Dataset], echo):
+                 ctx: Distributed, resume: bool, dataset: Optional[Dataset], echo, allow_data_change: bool):
+        """Load and check every input; nothing is created or changed on disk here."""
         self.cfg, self.opts, self.run_dir, self.ctx = cfg, opts, run_dir, ctx
+        self.allow_data_change = allow_data_change
+        self.created: Optional[Path] = None  # the top folder this search created, if any
+        self.new_files: List[Path] = []      # the files a new search adds to an existing folder
+        self.saved = False                   # whether this search wrote a checkpoint
         if ctx.enabled and device.type == "cuda":
             device = torch.device("cuda", ctx.local_rank)
             torch.cuda.set_device(device)
         self.device = device
         if opts.threads:
             torch.set_num_threads(int(opts.threads))
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        ctx.barrier()
-        self.log = RunLog(run_dir, ctx.is_main, echo)
-        self.checkpointer = Checkpointer(run_dir, opts.keep_epoch_checkpoints) if ctx.is_main else None
+        self.pending_log: List[str] = []
+        self.log: Callable[[str], None] = self.pending_log.append  # until the run folder is open
+        self.echo = echo
+        self.checkpointer: Optional[Checkpointer] = None
+        self.last_path = run_dir / Checkpointer.LAST
         self.state = None
         if resume:
-            self.state = load_checkpoint(run_dir / Checkpointer.LAST, map_location="cpu")
-            saved = self.state.get("config")
-            if saved != cfg.to_dict():
-                raise ValueError(f"{run_dir}: the checkpoint was written by a different search config; "
-                                 "resume with the run folder's own config.json")
+            self.state = load_checkpoint(self.last_path, map_location="cpu")
+            if not isinstance(self.state, dict):
+                raise CheckpointError(f"{self.last_path}: expected a dict of the search state, "
+                                      f"got {type(self.state).__name__}")
+            if self.state.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{self.last_path}: field format: {self.state.get('format')!r}, "
+                                      f"expected {CHECKPOINT_FORMAT}")
+            if self.state.get("config") != cfg.to_dict():
+                raise CheckpointError(f"{self.last_path}: the checkpoint was written by a different search "
+                                      f"config than {run_dir / 'config.json'}")
         seed_everything(cfg.seed, cfg.deterministic)
-        self.dataset = dataset if dataset is not None else load_dataset(cfg.dataset, root=opts.data_root)
+        self.dataset = dataset if dataset is not None else self._load_dataset()
+        _check_cutout(opts, self.dataset)
+        self.data = dataset_fingerprint(self.dataset)
         self.table = _load_table(cfg, opts, self.log)
+
+    def _load_dataset(self) -> Dataset:
+        cfg = self.cfg
+        try:
+            return load_dataset(cfg.dataset, root=self.opts.data_root)
+        except (DatasetError, OSError, ValueError):
+            raise
+        except Exception as e:  # a loader's unexpected error still names the dataset, in one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise DatasetError(f"{cfg.dataset}: cannot be loaded ({type(e).__name__}: {first})") from e
+
+    def _open_folder(self) -> None:
+        """Create the run folder (remembering what this search created) and start logging."""
+        if self.ctx.is_main:
+            top = self.run_dir.absolute()
+            while not top.parent.exists() and top.parent != top:
+                top = top.parent
+            if not top.exists():
+                self.created = top
+            self.new_files = [self.run_dir / n for n in ("config.json", "log.txt", MetricsLog.FILE, "result.json")
+                              if not (self.run_dir / n).exists()]
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.checkpointer = Checkpointer(self.run_dir, self.opts.keep_epoch_checkpoints)
+        self.ctx.barrier()
+        self.log = RunLog(self.run_dir, self.ctx.is_main, self.echo)
+        for line in self.pending_log:
+            self.log(line)
+
+    def discard_if_unsaved(self) -> None:
+        """After a failure: remove the folders this search created when it wrote no checkpoint
+        (an existing folder keeps what it held; temp files are never left)."""
+        if not self.ctx.is_main or self.saved or self.state is not None:
+            return
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        for p in self.new_files:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
     # -- set-up ----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -248,10 +377,103 @@ class _Search:
             self.arch_model = torch.compile(model, **kw)
             self.weight_model = self.arch_model if self.weight_model is model else torch.compile(self.weight_model, **kw)
 
+    def _check_state(self) -> None:
+        """Refuse a checkpoint whose keys, types, shapes or ranges do not fit this search, and
+        one written on other data (unless allowed): before anything is restored."""
+        s, path, cfg = self.state, self.last_path, self.cfg
+
+        def bad(field: str, problem: str):
+            raise CheckpointError(f"{path}: field {field}: {problem}")
+
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        need = {"epoch": int, "position": int, "finished": bool, "model": dict, "arch_optimizer": dict,
+                "weight_optimizer": dict, "streams": dict, "rng": dict, "metrics": list, "sums": dict,
+                "wall_time_s": (int, float), "data": dict}
+        for key, kind in need.items():
+            if key not in s:
+                bad(key, "missing")
+            if not isinstance(s[key], kind) or (kind is int and isinstance(s[key], bool)):
+                bad(key, f"expected {getattr(kind, '__name__', 'a number')}, got {type(s[key]).__name__}")
+        steps = len(self.train_stream)
+        epoch, position = s["epoch"], s["position"]
+        if not 0 <= epoch <= cfg.epochs:
+            bad("epoch", f"{epoch} outside 0..{cfg.epochs}")
+        if not 0 <= position < steps or (epoch == cfg.epochs and position):
+            bad("position", f"{position} outside 0..{steps - 1 if epoch < cfg.epochs else 0}")
+        if not is_num(s["wall_time_s"]) or s["wall_time_s"] < 0:
+            bad("wall_time_s", f"expected a finite number >= 0, got {s['wall_time_s']!r}")
+        if len(s["metrics"]) != epoch or not all(isinstance(m, dict) for m in s["metrics"]):
+            bad("metrics", f"expected {epoch} epoch record(s), got {len(s['metrics'])}")
+        if set(s["sums"]) != set(_empty_sums()) or not all(is_num(v) for v in s["sums"].values()):
+            bad("sums", f"expected the finite numbers {sorted(_empty_sums())}")
+        own = self.model.state_dict()
+        if set(s["model"]) != set(own):
+            diff = sorted(set(s["model"]) ^ set(own))
+            bad("model", f"its parameters differ from this supernet's ({', '.join(diff[:3])}...)")
+        for k, t in own.items():
+            v = s["model"][k]
+            if not torch.is_tensor(v) or v.shape != t.shape or v.dtype != t.dtype:
+                got = f"{v.dtype} {tuple(v.shape)}" if torch.is_tensor(v) else type(v).__name__
+                bad(f"model.{k}", f"expected {t.dtype} {tuple(t.shape)}, got {got}")
+        for name, opt in (("arch_optimizer", self.arch_opt), ("weight_optimizer", self.weight_opt)):
+            self._check_optimizer(name, s[name], opt, bad)
+        for name, stream in (("train", self.train_stream), ("search", self.search_stream)):
+            st = s["streams"].get(name)
+            if not isinstance(st, dict):
+                bad(f"streams.{name}", "missing")
+            for key in ("epoch", "position", "seed"):
+                if not is_int(st.get(key)):
+                    bad(f"streams.{name}.{key}", f"expected an int, got {st.get(key)!r}")
+            if not 0 <= st["epoch"] < 2 ** 62:
+                bad(f"streams.{name}.epoch", f"{st['epoch']} out of range")
+            if not 0 <= st["position"] < stream.batches_per_epoch:
+                bad(f"streams.{name}.position", f"{st['position']} outside 0..{stream.batches_per_epoch - 1}")
+            if st["seed"] != stream.seed:
+                bad(f"streams.{name}.seed", f"{st['seed']}, this stream has {stream.seed}")
+        try:
+            check_rng_state(s["rng"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: field {e}") from None
+        saved = s["data"].get("sha256")
+        if not isinstance(saved, str):
+            bad("data.sha256", "missing")
+        if saved != self.data["sha256"]:
+            where = self.dataset.source or self.dataset.name
+            if not self.allow_data_change:
+                raise DataChangedError(
+                    f"{where}: the dataset's content differs from the one {path} was written with "
+                    f"(sha256 {self.data['sha256'][:12]}... instead of {saved[:12]}...); pass "
+                    "--allow-data-change to resume on it anyway")
+            self.log(f"warning: the dataset's content changed since {path} was written (sha256 {saved[:12]}... "
+                     f"-> {self.data['sha256'][:12]}...); resuming on it as asked (--allow-data-change)")
+
+    @staticmethod
+    def _check_optimizer(name: str, sd: Dict[str, Any], opt: torch.optim.Optimizer, bad) -> None:
+        groups, state = sd.get("param_groups"), sd.get("state")
+        if not isinstance(groups, list) or not isinstance(state, dict):
+            bad(name, "expected 'state' and 'param_groups'")
+        if len(groups) != len(opt.param_groups):
+            bad(f"{name}.param_groups", f"{len(groups)} group(s), this optimiser has {len(opt.param_groups)}")
+        shapes = {}
+        for i, (g, own) in enumerate(zip(groups, opt.param_groups)):
+            ids = g.get("params") if isinstance(g, dict) else None
+            if not isinstance(ids, list) or len(ids) != len(own["params"]):
+                bad(f"{name}.param_groups[{i}]", f"expected {len(own['params'])} parameters")
+            shapes.update({pid: p.shape for pid, p in zip(ids, own["params"])})
+        for pid, entry in state.items():
+            if pid not in shapes or not isinstance(entry, dict):
+                bad(f"{name}.state", f"entry {pid!r} belongs to no parameter")
+            for key, v in entry.items():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape != shapes[pid]:
+                    bad(f"{name}.state[{pid}].{key}", f"shape {tuple(v.shape)}, parameter {tuple(shapes[pid])}")
+
     def _restore(self) -> None:
         s = self.state
-        if s.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.run_dir}: checkpoint format {s.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         self.model.load_state_dict(s["model"])
         self.arch_opt.load_state_dict(s["arch_optimizer"])
         self.weight_opt.load_state_dict(s["weight_optimizer"])
@@ -271,13 +493,15 @@ class _Search:
             "weight_optimizer": self.weight_opt.state_dict(),
             "streams": {"train": self.train_stream.state_dict(), "search": self.search_stream.state_dict()},
             "rng": capture_rng_state(), "metrics": self.metrics.records, "sums": self.sums,
-            "wall_time_s": self._wall(),
+            "wall_time_s": self._wall(), "data": self.data,
         }
         self._last_save = time.monotonic()
         if self.checkpointer is None:
             return None
         epoch_done = self.epoch if self.position == 0 else None
-        return self.checkpointer.save(state, epoch=epoch_done)
+        path = self.checkpointer.save(state, epoch=epoch_done)
+        self.saved = True
+        return path
 
     def _wall(self) -> float:
         return self.wall_before + time.monotonic() - self.t0
@@ -291,9 +515,12 @@ class _Search:
         self.sums = _empty_sums()
         self.wall_before = 0.0
         if self.state is not None:
+            self._check_state()
+            self._open_folder()
             self._restore()
             self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.position}")
         else:
+            self._open_folder()
             self._start_log()
         self.t0 = self._last_save = time.monotonic()
         self.faults = FaultInjector()
@@ -311,7 +538,8 @@ class _Search:
         cfg, opts = self.cfg, self.opts
         if self.ctx.is_main:
             write_json(self.run_dir / "config.json", {"config": cfg.to_dict(), "run": opts.to_dict(),
-                                                      "notes": release_notes(cfg), "torch": torch.__version__})
+                                                      "notes": release_notes(cfg), "torch": torch.__version__,
+                                                      "data": self.data})
         n_params = sum(p.numel() for p in self.model.weight_parameters())
         self.log(f"search: {cfg.method} on {cfg.space} / {self.dataset.name} ({len(self.train_stream.indices)} "
                  f"weight-step images, {len(self.search_stream.indices)} arch-step images, "
@@ -429,8 +657,17 @@ class _Search:
 
 
 def load_run(run_dir) -> Dict[str, Any]:
-    """``config.json`` of a run folder as ``{'config': SearchConfig, 'run': RunOptions, ...}``."""
+    """``config.json`` of a run folder as ``{'config': SearchConfig, 'run': RunOptions, ...}``;
+    :class:`RunFolderError` naming the file when it is missing, unreadable or malformed."""
     path = Path(run_dir) / "config.json"
-    with open(path) as f:
-        d = json.load(f)
-    return {**d, "config": SearchConfig.from_dict(d["config"]), "run": RunOptions.from_dict(d["run"])}
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir}: not a run folder (no config.json)")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+        return {**d, "config": SearchConfig.from_dict(d["config"]), "run": RunOptions.from_dict(d["run"])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise RunFolderError(f"{path}: not a readable run config ({type(e).__name__}: {first})") from e
