@@ -50,7 +50,8 @@ _positive_int = _number(int, 1, "a positive integer below 2**63", _INT_LIMIT)
 _nonneg_int = _number(int, 0, "an integer >= 0 and below 2**63", _INT_LIMIT)
 _nonneg_float = _number(float, 0.0, "a number >= 0")
 _seed = _number(int, 0, "an integer in [0, 2**63)", _INT_LIMIT)
-_threads = _number(int, 1, f"1 .. 4 x the CPUs of this machine ({os.cpu_count()})", _thread_limit)
+_threads = _number(int, 1, f"an integer from 1 to {4 * (os.cpu_count() or 1)} "
+                          f"(4 x this machine's {os.cpu_count() or 1} CPUs)", _thread_limit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,9 @@ class WriteError(OSError):
 
     def __init__(self, path: PathLike, cause: BaseException):
         err = getattr(cause, "errno", None)
-        reason = getattr(cause, "strerror", None) or (str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+        reason = getattr(cause, "strerror", None)
+        if not reason:
+            reason = str(cause).splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(err, reason, str(path))
         self.path = Path(path)
 
