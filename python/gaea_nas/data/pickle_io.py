@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import reprlib
+import struct
 from typing import IO, Any, Optional
 
 import numpy as np
@@ -46,16 +48,21 @@ class _Refused(pickle.UnpicklingError):
     pass
 
 
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxtuple, _repr.maxstring, _repr.maxother = 3, 8, 40, 40
+_short = _repr.repr  # bounded repr of file-controlled objects in messages
+
+
 def _check_dtype(dt: Any) -> np.dtype:
     if not isinstance(dt, np.dtype) or dt.kind not in "biuf" or dt.fields is not None or dt.subdtype is not None:
-        raise _Refused(f"disallowed array dtype {dt!r} (only numeric arrays)")
+        raise _Refused(f"disallowed array dtype {_short(dt)} (only numeric arrays)")
     return dt
 
 
 def _check_shape(shape: Any) -> tuple:
     if not isinstance(shape, tuple) or len(shape) > 8 or not all(
             isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 40 for s in shape):
-        raise _Refused(f"bad array shape {shape!r}")
+        raise _Refused(f"bad array shape {_short(shape)}")
     return shape
 
 
@@ -119,7 +126,7 @@ def _dtype(u: _RestrictedUnpickler, spec: Any, align: Any = False, copy: Any = F
     if isinstance(spec, bytes):
         spec = spec.decode("ascii", "replace")
     if spec not in ALLOWED_DTYPES:
-        raise _Refused(f"disallowed array dtype {spec!r} (only numeric arrays)")
+        raise _Refused(f"disallowed array dtype {_short(spec)} (only numeric arrays)")
     return np.dtype(spec, bool(align), bool(copy))
 
 
@@ -193,7 +200,7 @@ def load_batch_pickle(fileobj: IO[bytes], what: str, max_bytes: int = 256 * MiB,
     except _Refused as e:
         raise DatasetError(f"{what}: {e}; not an official batch file") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, OSError, OverflowError, RecursionError, MemoryError) as e:
+            IndexError, KeyError, OSError, OverflowError, RecursionError, MemoryError, struct.error) as e:
         raise DatasetError(f"{what}: corrupt or truncated pickle ({type(e).__name__}: {e}); "
                            "delete it and download it again") from e
 
