@@ -49,6 +49,8 @@ def exp_grad_step_(
     before anything changes: TypeError for a wrong type or dtype (param, grad, lr,
     min_value, entropic_reg, segments), ValueError for a wrong shape, value, length, layout
     (param must be contiguous) or device.
+    Bumps `param`'s version counter, as PyTorch's in-place ops do (on every backend), so a
+    backward that saved `param` before the step raises instead of using the new values.
     Returns `param` itself.
     """
     exp_grad_step_multi_(
@@ -167,6 +169,21 @@ def _simplices_valid(p: torch.Tensor, segments: List[int]) -> torch.Tensor:
 
 
 if HAS_EXTENSION:
+
+    # The schema marks `params` as written (Tensor(a!)[]), but an op defined in C++ gets a
+    # fallthrough ADInplaceOrView kernel, which bumps no version counter. This kernel bumps
+    # each param's (as PyTorch's own in-place ops do, so a backward that saved a param before
+    # a step raises "modified by an inplace operation") and passes the call on to the kernel
+    # of the backend (CPU, CUDA, or the emulated CUDA kernels).
+    _after_ad_inplace_or_view = torch._C._after_ADInplaceOrView_keyset
+    _exp_grad_step_op = torch.ops.gaea_ext.exp_grad_step_.default
+    _version_library = torch.library.Library("gaea_ext", "IMPL")
+
+    def _exp_grad_step_bump_versions(keyset, params, *args):
+        torch.autograd.graph.increment_version(list(params))
+        return _exp_grad_step_op.redispatch(keyset & _after_ad_inplace_or_view, params, *args)
+
+    _version_library.impl("exp_grad_step_", _exp_grad_step_bump_versions, "ADInplaceOrView", with_keyset=True)
 
     @torch.library.register_fake("gaea_ext::exp_grad_step_")
     def _exp_grad_step_fake(params, grads, lrs, segments, segment_counts, min_values, entropic_regs,

@@ -10,8 +10,12 @@ gradient is `sum(grad)`). The pools are computed inside the kernel from `x` and 
 materialised; the backward saves only the inputs and recomputes them.
 
 Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
-wrong shapes, lengths, indices, kinds or devices, raised before any kernel runs; RuntimeError
-when a backward through the kernels runs with create_graph=True (no double backward).
+wrong shapes, lengths, indices, kinds or devices, raised before any kernel runs.
+
+Double backward: a backward with create_graph=True differentiates the reference instead of
+running the backward kernel (gaea_ext._autograd.reference_grads), so second and higher
+derivatives (gradient penalties, DARTS' second-order step) are exact; the first-order
+backward runs the kernel.
 
 Kernels: csrc/cpu/mixed_node_cpu.cpp, csrc/cuda/mixed_node_cuda.cu (op `gaea_ext::mixed_node`).
 Reference: gaea_ext.reference.mixed_node. Tests: tests/test_mixed_node.py.
@@ -21,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import reference
-from ._autograd import by_need, refuse_double_backward
+from ._autograd import by_need, double_backward_enabled, reference_grads
 from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_mixed_node, check_norms
 from ._layout import empty_like_layout, memory_format_of
@@ -123,13 +127,24 @@ if HAS_EXTENSION:
                               *(outputs if keep_outputs else ()))
 
     def _backward(ctx, grad_out):
-        refuse_double_backward("mixed_node")
         needs = ctx.needs_input_grad  # no entry for `norm` when the call left it out
         xs_need, outputs_need, weights_need = needs[:3]
         norm_need = len(needs) > 5 and needs[5]
         weights, *rest = ctx.saved_tensors
         norm = rest.pop(0) if ctx.has_norm else None
         xs = rest[:ctx.num_xs]
+        if double_backward_enabled():
+            # The output is linear in each output tensor: unsaved ones are stood in for by zeros.
+            outputs = (rest[ctx.num_xs:] if ctx.kept_outputs
+                       else [torch.zeros_like(xs[0]) for _ in range(ctx.num_outputs)])
+            kinds = [KINDS[code] for code in ctx.kinds]
+
+            def recompute(xs, outputs, weights, norm):
+                return reference.mixed_node(xs, outputs, weights, kinds, ctx.sources, norm)
+
+            gx, gy, gw, gn = reference_grads(recompute, (list(xs), list(outputs), weights, norm),
+                                             (list(xs_need), list(outputs_need), weights_need, norm_need), grad_out)
+            return (gx, gy, gw, None, None) + (gn,) * (len(needs) - 5)
         outputs = rest[ctx.num_xs:] if ctx.kept_outputs else [grad_out] * ctx.num_outputs
         gx, gy, gw, gn = torch.ops.gaea_ext.mixed_node_backward(
             grad_out.contiguous(memory_format=memory_format_of(xs[0])), list(xs), list(outputs), weights,

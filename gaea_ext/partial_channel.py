@@ -12,8 +12,11 @@ one `gaea_ext.mixed_terms` call). This op writes the bypass sum straight into th
 positions next to `mixed`: no per-edge bypass, cat or shuffle tensor is made.
 
 Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
-wrong shapes, lengths, strides, groups or devices, raised before any kernel runs; RuntimeError
-when a backward through the kernels runs with create_graph=True (no double backward).
+wrong shapes, lengths, strides, groups or devices, raised before any kernel runs.
+
+Double backward: a backward with create_graph=True differentiates the reference instead of
+running the backward kernel (gaea_ext._autograd.reference_grads), so second and higher
+derivatives are exact; the first-order backward runs the kernel.
 
 Kernels: csrc/cpu/partial_channel_cpu.cpp, csrc/cuda/partial_channel_cuda.cu (op
 `gaea_ext::partial_channel_node`). Reference: gaea_ext.reference.partial_channel_node.
@@ -24,7 +27,7 @@ from typing import Sequence
 import torch
 
 from . import reference
-from ._autograd import by_need, refuse_double_backward
+from ._autograd import by_need, double_backward_enabled, reference_grads
 from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_partial_channel_node
 from ._layout import empty_like_layout, memory_format_of
@@ -64,9 +67,19 @@ if HAS_EXTENSION:
         ctx.save_for_backward(weights, *states)
 
     def _backward(ctx, grad_out):
-        refuse_double_backward("partial_channel_node")
         mixed_need, states_need, weights_need = ctx.needs_input_grad[:3]
         weights, *states = ctx.saved_tensors
+        if double_backward_enabled():
+            # The output is linear in `mixed` (not saved): zeros of its shape stand in for it.
+            n, c, ho, wo = grad_out.shape
+            mixed = grad_out.new_zeros((n, c // ctx.groups, ho, wo))
+
+            def recompute(mixed, states, weights):
+                return reference.partial_channel_node(mixed, states, weights, ctx.strides, ctx.groups)
+
+            gm, gs, gw = reference_grads(recompute, (mixed, list(states), weights),
+                                         (mixed_need, list(states_need), weights_need), grad_out)
+            return gm, gs, gw, None, None
         gm, gs, gw = torch.ops.gaea_ext.partial_channel_node_backward(
             grad_out.contiguous(), list(states), weights, ctx.strides, ctx.groups, bool(mixed_need),
             list(states_need), bool(weights_need))

@@ -8,8 +8,11 @@ turns them into the `[mean, 1/std]` norm that `mixed_terms` takes for a BN kind,
 `bn(pool(x))` would normalise in train or eval mode, and updates `bn`'s running statistics.
 
 Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for a
-wrong shape, kind or BatchNorm configuration, raised before any kernel runs; RuntimeError when a
-backward through the kernels runs with create_graph=True (no double backward).
+wrong shape, kind or BatchNorm configuration, raised before any kernel runs.
+
+Double backward: a backward with create_graph=True differentiates the reference instead of
+running the backward kernel (gaea_ext._autograd.reference_grads), so second and higher
+derivatives are exact; the first-order backward runs the kernel.
 
 Kernels: csrc/cpu/pool_stats_cpu.cpp, csrc/cuda/pool_stats_cuda.cu (ops `gaea_ext::pool_stats`,
 `gaea_ext::pool_stats_backward`). Reference: gaea_ext.reference.pool_stats.
@@ -18,7 +21,7 @@ Tests: tests/test_pool_batch_norm.py.
 import torch
 
 from . import reference
-from ._autograd import refuse_double_backward
+from ._autograd import double_backward_enabled, reference_grads
 from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_pool_stats
 from ._layout import empty_like_layout
@@ -83,10 +86,13 @@ if HAS_EXTENSION:
         ctx.save_for_backward(x, output)
 
     def _backward(ctx, grad_stats):
-        refuse_double_backward("pool_stats")
         x, stats = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None
+        if double_backward_enabled():
+            kind = reference.MIXED_KINDS[ctx.kind]
+            (gx,) = reference_grads(lambda x: reference.pool_stats(x, kind), (x,), (True,), grad_stats)
+            return gx, None
         return torch.ops.gaea_ext.pool_stats_backward(grad_stats.contiguous(), x, stats, ctx.kind), None
 
     torch.library.register_autograd("gaea_ext::pool_stats", _backward, setup_context=_setup_context)

@@ -1,8 +1,11 @@
 """gaea_ext.weighted_sum: the fused mixed-op sum `sum_k weights[k] * inputs[k]`.
 
 Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
-wrong shapes, lengths or devices, raised before any kernel runs; RuntimeError when a backward
-through the kernels runs with create_graph=True (no double backward).
+wrong shapes, lengths or devices, raised before any kernel runs.
+
+Double backward: a backward with create_graph=True differentiates the reference instead of
+running the backward kernel (gaea_ext._autograd.reference_grads), so second and higher
+derivatives are exact; the first-order backward runs the kernel.
 
 Kernels: csrc/cpu/weighted_sum_cpu.cpp, csrc/cuda/weighted_sum_cuda.cu.
 Reference: gaea_ext.reference.weighted_sum. Tests: tests/test_weighted_sum.py.
@@ -12,7 +15,7 @@ from typing import List, Sequence
 import torch
 
 from . import reference
-from ._autograd import by_need, refuse_double_backward
+from ._autograd import by_need, double_backward_enabled, reference_grads
 from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_weighted_sum
 from ._layout import empty_in_layout
@@ -57,9 +60,13 @@ if HAS_EXTENSION:
         ctx.save_for_backward(weights, *(ys if weights.requires_grad else ()))
 
     def _backward(ctx, grad_out):
-        refuse_double_backward("weighted_sum")
         inputs_need_grad, weights_need_grad = ctx.needs_input_grad
         weights, *ys = ctx.saved_tensors
+        if double_backward_enabled():
+            # The output is linear in each input: unsaved inputs are stood in for by zeros.
+            ys = ys or [torch.zeros_like(grad_out) for _ in range(ctx.num_inputs)]
+            return tuple(reference_grads(reference.weighted_sum, (list(ys), weights),
+                                         (list(inputs_need_grad), weights_need_grad), grad_out))
         if not ys:  # inputs were not saved; the kernel only reads their metadata
             ys = [grad_out] * ctx.num_inputs
         grad_list, grad_weights = torch.ops.gaea_ext.weighted_sum_backward(

@@ -427,3 +427,68 @@ def test_multi_per_param_options_bad_lengths(device):
         gaea_ext.exp_grad_step_multi_(ps, gs, 0.1, segments=[None])
     with pytest.raises(ValueError, match="segments"):
         gaea_ext.exp_grad_step_multi_(ps, gs, 0.1, segments=[None, [2, 3]])
+
+
+# ---------------------------------------------------------------------------------------------
+# version counters: a step is an in-place write, and autograd sees it as PyTorch's own
+
+
+def _inplace_error_of(write):
+    """Forward with `w` (uniform 1/3), `write(w)` in place, then backward: the exception raised
+    (None if the backward silently used the new values) and x's gradient."""
+    x = torch.ones(3, requires_grad=True)
+    w = torch.full((3,), 1.0 / 3.0, requires_grad=True)
+    out = gaea_ext.weighted_sum([x, 2 * x, 3 * x], w).sum() + (x * w).sum()
+    write(w)
+    try:
+        out.backward()
+    except RuntimeError as error:
+        return error, None
+    return None, x.grad
+
+
+@pytest.mark.parametrize("path", ["kernels", "reference"])
+@pytest.mark.parametrize("op", ["exp_grad_step_", "exp_grad_step_multi_"])
+def test_step_bumps_version_and_backward_raises(device, monkeypatch, path, op):
+    """Forward with a param, an EG step on it, then backward: autograd raises its own
+    "modified by an inplace operation" error, as after PyTorch's in-place ops, instead of
+    silently using the stepped weights; the step bumps the param's version counter."""
+    if path == "reference":
+        monkeypatch.setattr(gaea_ext.exp_grad, "use_reference", lambda device, **counts: True)
+    grad = torch.tensor([3.0, 0.0, -3.0])
+
+    def step(w):
+        before = w._version
+        if op == "exp_grad_step_":
+            gaea_ext.exp_grad_step_(w, grad, 1.0)
+        else:
+            other = torch.full((2, 4), 0.25)
+            other_before = other._version
+            gaea_ext.exp_grad_step_multi_([w, other], [grad, torch.randn(2, 4)], 1.0)
+            assert other._version > other_before
+        assert w._version > before
+        assert not torch.allclose(w.detach(), torch.full((3,), 1.0 / 3.0))  # the step did write
+
+    def native(w):
+        with torch.no_grad():
+            w.mul_(1.0)
+
+    want, _ = _inplace_error_of(native)
+    got, x_grad = _inplace_error_of(step)
+    assert want is not None and "modified by an inplace operation" in str(want)
+    assert got is not None, f"backward used the stepped weights silently (x.grad = {x_grad})"
+    assert type(got) is type(want)
+    assert "modified by an inplace operation" in str(got)
+
+
+@requires_kernels
+def test_raw_op_bumps_version_of_every_param(device):
+    """torch.ops.gaea_ext.exp_grad_step_ itself (whatever kernel serves it) bumps each written
+    param's version counter, and not the grads'."""
+    ps = [torch.full((2, 4), 0.25, device=device), torch.full((6,), 0.5, device=device)]
+    gs = [torch.randn(2, 4, device=device), torch.randn(6, device=device)]
+    before = [p._version for p in ps]
+    grad_before = [g._version for g in gs]
+    torch.ops.gaea_ext.exp_grad_step_(ps, gs, [0.1, 0.1], [3, 3], [0, 2], [1e-5, 1e-5], [0.0, 0.0], False, False)
+    assert all(p._version > v for p, v in zip(ps, before))
+    assert [g._version for g in gs] == grad_before

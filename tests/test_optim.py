@@ -293,3 +293,22 @@ def test_checked_step_names_both_conditions_and_changes_nothing(device):
         opt.step()
     for p, b in zip(params, before):
         assert torch.equal(p.detach(), b)
+
+
+def test_step_bumps_versions_and_stale_backward_raises(device):
+    """A forward with the alphas, an optimizer step, then the backward of that forward: autograd
+    raises its "modified by an inplace operation" error, as after torch.optim.SGD's step,
+    instead of silently using the stepped alphas."""
+    def run(make_optimizer):
+        x = torch.ones(3, device=device, requires_grad=True)
+        alpha = torch.nn.Parameter(torch.full((3,), 1.0 / 3.0, device=device))
+        out = (x * alpha).sum()
+        alpha.grad = torch.tensor([3.0, 0.0, -3.0], device=device)
+        before = alpha._version
+        make_optimizer([alpha]).step()
+        assert alpha._version > before
+        with pytest.raises(RuntimeError, match="modified by an inplace operation") as error:
+            out.backward()
+        return error.type
+
+    assert run(ExponentiatedGradient) is run(lambda ps: torch.optim.SGD(ps, lr=1.0))
