@@ -82,7 +82,8 @@ def exp_grad_step_multi_(
     All or nothing: if any grad is non-finite or any param simplex is invalid, no param
     changes. With `check_finite=True` that raises ValueError (one flag read from the
     device); with `check_finite=False` nothing is read back and the flag says it instead.
-    Bad arguments raise as in :func:`exp_grad_step_`, before anything changes.
+    Bad arguments raise as in :func:`exp_grad_step_`, before anything changes. Every param's
+    version counter is bumped (an in-place write, as far as autograd is concerned).
 
     Returns the status flag: a 0-d int32 tensor on the params' device, the bitwise OR of
     NONFINITE_GRAD (1: a grad holds NaN/Inf) and INVALID_PARAM (2: a param simplex is

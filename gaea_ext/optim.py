@@ -21,7 +21,9 @@ class ExponentiatedGradient(Optimizer):
     device tensor, None before the first step) accumulates the op's status flags instead:
     the bitwise OR over steps of NONFINITE_GRAD (1) and INVALID_PARAM (2), so a skipped step
     stays visible. Bad hyper-parameters raise TypeError (wrong type) or ValueError (wrong
-    value), as exp_grad_step_ does.
+    value), as exp_grad_step_ does. A step bumps each stepped param's version counter, as
+    torch.optim's in-place updates do: a backward through a graph that saved a param before
+    the step raises autograd's "modified by an inplace operation" error.
     """
 
     def __init__(
