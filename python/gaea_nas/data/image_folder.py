@@ -10,8 +10,8 @@ decoding (see :func:`read_image_folder`).
 from __future__ import annotations
 
 import io
-import os
 import lzma
+import os
 import tarfile
 import warnings
 import zlib
