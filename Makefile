@@ -11,6 +11,7 @@ MAX_JOBS ?= 2
 export MAX_JOBS
 BUILD_DIR ?= build/cmake
 CUDA_ARCHS ?= 80;90
+CMAKE_ARGS ?=
 
 SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py
 DEPS_STAMP := $(VENV)/.stamp-deps
@@ -101,7 +102,7 @@ bench-smoke: build
 cmake-test: $(DEPS_STAMP)
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)" \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-	  -DPython3_EXECUTABLE=$(PY)
+	  -DPython3_EXECUTABLE=$(PY) $(CMAKE_ARGS)
 	cmake --build $(BUILD_DIR) -j $(MAX_JOBS)
 	cd $(BUILD_DIR) && ctest --output-on-failure
 
