@@ -22,7 +22,7 @@ EXIT_USAGE = 2
 
 # options a resumed search may change (the rest come from the run folder's config.json)
 _RESUME_OK = {"device", "threads", "no_progress", "data", "table", "checkpoint_every_steps", "checkpoint_minutes",
-              "keep_epoch_checkpoints", "resume", "command", "allow_data_change"}
+              "keep_epoch_checkpoints", "resume", "command", "allow_data_change", "max_file_bytes", "max_image_pixels"}
 _INT_LIMIT = 2 ** 63  # no integer option reaches it (torch and numpy take int64)
 
 
@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-epoch-checkpoints", action="store_true", default=None)
     s.add_argument("--threads", type=_threads, help="CPU threads (torch.set_num_threads), at most 4 x the CPUs")
     s.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    s.add_argument("--max-file-bytes", type=_positive_int, metavar="N",
+                   help="the data loaders' cap on one batch file or image file (defaults: from the CIFAR / "
+                        "ImageNet16 format, 16 MiB per image)")
+    s.add_argument("--max-image-pixels", type=_positive_int, metavar="N",
+                   help="the cap on one image's pixel count (default 4096 x 4096)")
 
     lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of a cell",
                         description="Print the NAS-Bench-201 accuracies of ARCH, e.g. "
@@ -181,7 +186,7 @@ def _new_search(args, parser):
                       checkpoint_every_steps=args.checkpoint_every_steps or 0,
                       checkpoint_minutes=10.0 if args.checkpoint_minutes is None else args.checkpoint_minutes,
                       keep_epoch_checkpoints=bool(args.keep_epoch_checkpoints), progress=not args.no_progress,
-                      threads=args.threads)
+                      threads=args.threads, max_file_bytes=args.max_file_bytes, max_image_pixels=args.max_image_pixels)
     run_dir = Path(args.out) if args.out else _default_run_dir(cfg)
     if (run_dir / "last.pt").exists() or (run_dir / "result.json").exists():
         raise ValueError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
@@ -203,7 +208,9 @@ def _resumed_search(args):
     opts = saved["run"]
     changes = {k: v for k, v in (("device", args.device), ("threads", args.threads), ("data_root", args.data),
                                   ("table", args.table), ("checkpoint_every_steps", args.checkpoint_every_steps),
-                                  ("checkpoint_minutes", args.checkpoint_minutes)) if v is not None}
+                                  ("checkpoint_minutes", args.checkpoint_minutes),
+                                  ("max_file_bytes", args.max_file_bytes),
+                                  ("max_image_pixels", args.max_image_pixels)) if v is not None}
     if args.no_progress:
         changes["progress"] = False
     if args.keep_epoch_checkpoints:

@@ -271,3 +271,17 @@ def test_an_unexpected_loader_error_is_one_line_naming_the_dataset(tmp_path, cap
     assert main(_argv(Path("/somewhere/data.tar"), tmp_path / "run")) == 1
     _one_line_error(capsys, "data.tar", "KeyError")
     assert not (tmp_path / "run").exists()
+
+
+def test_data_caps_are_options(tmp_path, monkeypatch, capsys):
+    """--max-image-pixels / --max-file-bytes set the loaders' caps: below the 16x16 images of the
+    dataset the search stops in one line naming the image; the default caps admit them."""
+    monkeypatch.setenv("GAEA_DATA_CACHE", str(tmp_path / "cache"))  # nothing cached: the caps apply
+    data = _dataset(tmp_path / "pattern")
+    assert main(_argv(data, tmp_path / "small", "--max-image-pixels", "100")) == 1
+    _one_line_error(capsys, "pixels")
+    assert not (tmp_path / "small").exists()
+    assert main(_argv(data, tmp_path / "tiny", "--max-file-bytes", "10")) == 1
+    _one_line_error(capsys, ".png")
+    assert main(_argv(data, tmp_path / "ok", "--max-image-pixels", "256", "--max-file-bytes", str(1 << 20))) == 0
+    assert read_json(tmp_path / "ok" / "config.json")["run"]["max_image_pixels"] == 256

@@ -116,6 +116,8 @@ class RunOptions:
     keep_epoch_checkpoints: bool = False
     progress: bool = True
     threads: Optional[int] = None
+    max_file_bytes: Optional[int] = None      # raise the data loaders' per-file caps (None: defaults)
+    max_image_pixels: Optional[int] = None    # raise the image decoder's pixel cap (None: default)
 
     def __post_init__(self):
         if self.train_images is not None and (isinstance(self.train_images, bool) or int(self.train_images) < 2):
@@ -131,6 +133,19 @@ class RunOptions:
             raise ValueError(f"RunOptions.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"RunOptions.threads: must be >= 1, got {self.threads!r}")
+        for name in ("max_file_bytes", "max_image_pixels"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"RunOptions.{name}: must be a positive int or None, got {v!r}")
+
+    def data_limits(self) -> Dict[str, int]:
+        """The loaders' size caps these options raise (``load_dataset`` keyword arguments)."""
+        limits = {}
+        if self.max_file_bytes is not None:
+            limits["max_batch_bytes"] = limits["max_member_bytes"] = self.max_file_bytes
+        if self.max_image_pixels is not None:
+            limits["max_image_pixels"] = self.max_image_pixels
+        return limits
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -318,7 +333,7 @@ class _Search:
     def _load_dataset(self) -> Dataset:
         cfg = self.cfg
         try:
-            return load_dataset(cfg.dataset, root=self.opts.data_root)
+            return load_dataset(cfg.dataset, root=self.opts.data_root, **self.opts.data_limits())
         except (DatasetError, OSError, ValueError):
             raise
         except Exception as e:  # a loader's unexpected error still names the dataset, in one line
