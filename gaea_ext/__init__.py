@@ -24,6 +24,7 @@ from .partial_channel import partial_channel_node
 from .pool_stats import pool_batch_norm, pool_stats
 from .weighted_sum import weighted_sum
 from . import optim  # noqa: E402  (needs the ops above)
+from . import nn  # noqa: E402  (drop-in modules on the ops above)
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "mixed_node",
     "mixed_op",
     "mixed_terms",
+    "nn",
     "optim",
     "partial_channel_node",
     "pool_batch_norm",
