@@ -4,7 +4,7 @@ backend: TypeError for an argument of the wrong type or dtype, ValueError for a 
 length, value, layout or device. (The kernels' own TORCH_CHECKs, which would surface as
 RuntimeError, are never the first to see a bad argument.)"""
 from numbers import Real
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -12,8 +12,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ORDERS = ("clamp_then_normalize", "normalize_then_clamp")
 
 
-def check_weighted_sum(inputs, weights) -> List[torch.Tensor]:
-    """Validate weighted_sum arguments; return inputs as a list."""
+def check_weighted_sum(inputs, weights) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Validate weighted_sum arguments; return (inputs as a list, weights as 1-D)."""
     if isinstance(inputs, torch.Tensor):
         raise TypeError("weighted_sum: 'inputs' must be a sequence of tensors, not a tensor (use list(t) to split one)")
     try:
@@ -38,17 +38,54 @@ def check_weighted_sum(inputs, weights) -> List[torch.Tensor]:
             )
         if t.device != first.device:
             raise ValueError(f"weighted_sum: 'inputs' must share one device; inputs[0] is on {first.device}, inputs[{k}] on {t.device}")
+    weights = check_weights(weights, "weighted_sum", len(inputs), "one element per input", first.device,
+                            "the inputs' device", rows=False)
+    return inputs, weights
+
+
+def check_weights(weights, op: str, count: int, what: str, device: torch.device, device_name: str,
+                  rows: bool) -> torch.Tensor:
+    """The weights as a 1-D tensor of `count` elements. Accepted: a 1-D tensor, a `[1, count]`
+    row (as `F.softmax(alpha, dim=-1)` of a one-row alpha gives), or a list/tuple of 0-d (or
+    1-element) tensors, which are stacked (gradients flow back to each); with `rows`, any 2-D
+    tensor of `count` elements (`[edges, ops]`) too."""
+    shape_hint = "1-D (or [edges, ops])" if rows else "1-D (or a [1, K] row)"
+    if isinstance(weights, (list, tuple)):
+        if not weights:
+            raise ValueError(f"{op}: 'weights' must have {what} ({count}), got an empty {type(weights).__name__}")
+        for k, t in enumerate(weights):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{op}: 'weights' must be a tensor or a sequence of 0-d tensors; 'weights[{k}]' "
+                                f"is {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{op}: 'weights[{k}]' must be a floating-point tensor, got {t.dtype}")
+            if t.numel() != 1:
+                raise ValueError(f"{op}: 'weights[{k}]' must be a 0-d (or 1-element) tensor, got shape "
+                                 f"{tuple(t.shape)}")
+            if t.dtype != weights[0].dtype:
+                raise TypeError(f"{op}: 'weights' must share one dtype; weights[0] is {weights[0].dtype}, "
+                                f"weights[{k}] is {t.dtype}")
+            if t.device != device:
+                raise ValueError(f"{op}: 'weights[{k}]' must be on {device_name} {device}, got {t.device}")
+        if len(weights) != count:
+            raise ValueError(f"{op}: 'weights' must have {what} ({count}), got {len(weights)}")
+        return torch.stack([t.reshape(()) for t in weights])
     if not isinstance(weights, torch.Tensor):
-        raise TypeError(f"weighted_sum: 'weights' must be a tensor, got {type(weights).__name__}")
+        raise TypeError(f"{op}: 'weights' must be a tensor (or a sequence of 0-d tensors), got {type(weights).__name__}")
     if not weights.is_floating_point():
-        raise TypeError(f"weighted_sum: 'weights' must be a floating-point tensor, got {weights.dtype}")
-    if weights.dim() != 1:
-        raise ValueError(f"weighted_sum: 'weights' must be 1-D, got shape {tuple(weights.shape)}")
-    if weights.shape[0] != len(inputs):
-        raise ValueError(f"weighted_sum: 'weights' must have one element per input ({len(inputs)}), got {weights.shape[0]}")
-    if weights.device != first.device:
-        raise ValueError(f"weighted_sum: 'weights' must be on the inputs' device {first.device}, got {weights.device}")
-    return inputs
+        raise TypeError(f"{op}: 'weights' must be a floating-point tensor, got {weights.dtype}")
+    if weights.dim() == 2 and (rows or weights.shape[0] == 1):
+        flat = weights.reshape(-1)
+    elif weights.dim() == 1:
+        flat = weights
+    else:
+        raise ValueError(f"{op}: 'weights' must be {shape_hint}, got shape {tuple(weights.shape)}")
+    if flat.shape[0] != count:
+        raise ValueError(f"{op}: 'weights' must have {what} ({count}), got {flat.shape[0]} "
+                         f"(shape {tuple(weights.shape)}; {shape_hint} is accepted)")
+    if weights.device != device:
+        raise ValueError(f"{op}: 'weights' must be on {device_name} {device}, got {weights.device}")
+    return flat
 
 
 def _int_list(value, op: str, name: str) -> List[int]:
@@ -70,7 +107,8 @@ def _is_integer_scalar(v) -> bool:
     return type(v).__module__ == "numpy" and getattr(getattr(v, "dtype", None), "kind", None) in ("i", "u")
 
 
-def _tensor_list(value, op: str, name: str) -> List[torch.Tensor]:
+def _tensor_list(value, op: str, name: str, labels: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+    """`value` as a list of tensors; `labels[k]` names element k in messages (default name[k])."""
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: '{name}' must be a sequence of tensors, not a tensor")
     try:
@@ -79,38 +117,72 @@ def _tensor_list(value, op: str, name: str) -> List[torch.Tensor]:
         raise TypeError(f"{op}: '{name}' must be a sequence of tensors, got {type(value).__name__}") from None
     for k, t in enumerate(value):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: '{name}[{k}]' must be a tensor, got {type(t).__name__}")
+            label = labels[k] if labels is not None and k < len(labels) else f"{name}[{k}]"
+            raise TypeError(f"{op}: '{label}' must be a tensor, got {type(t).__name__}")
     return value
 
 
-def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[str]):
-    """Validate mixed_node arguments; return (xs, outputs, weights as 1-D, kinds as names, sources)."""
-    op = "mixed_node"
-    xs = _tensor_list(xs, op, "xs")
-    outputs = _tensor_list(outputs, op, "outputs")
-    if not xs:
-        raise ValueError(f"{op}: 'xs' must hold at least one tensor (the edge inputs), got none")
-    first = xs[0]
-    if first.dim() != 4:
-        raise ValueError(f"{op}: 'xs' must be 4-D [N, C, H, W], got shape {tuple(first.shape)}")
-    if first.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: 'xs' must be float16, bfloat16, float32 or float64, got {first.dtype}")
-    for name, group in (("xs", xs), ("outputs", outputs)):
-        for k, t in enumerate(group):
-            if t.shape != first.shape:
-                raise ValueError(f"{op}: '{name}[{k}]' must have xs[0]'s shape {tuple(first.shape)}, got {tuple(t.shape)}")
-            if t.dtype != first.dtype:
-                raise TypeError(f"{op}: '{name}[{k}]' must have xs[0]'s dtype {first.dtype}, got {t.dtype}")
-            if t.device != first.device:
-                raise ValueError(f"{op}: '{name}[{k}]' must be on xs[0]'s device {first.device}, got {t.device}")
+# Op names of DARTS-style search spaces that are not kinds, and what to use instead.
+_KIND_HINTS = {
+    "skip_connect": "use 'skip' for the identity (a stride-2 skip_connect is FactorizedReduce, a module: "
+                    "its output goes in as a 'tensor' term)",
+    "identity": "use 'skip'",
+    "zero": "use 'none'",
+    "noise": "a module op: its output goes in as a 'tensor' term",
+}
+MODULE_HINT = ("ops with parameters (DARTS' 'sep_conv_3x3', 'dil_conv_5x5', 'conv_7x1_1x7', ...) run as "
+               "modules: pass their outputs in 'outputs' and give them the kind 'tensor'")
+
+
+def check_kinds(kinds, kind_names: Sequence[str], op: str, where: str = "") -> List[str]:
+    """Validate a sequence of kind names (before anything else of the call); return it as a
+    list. `where` prefixes the argument in messages (e.g. "edges[1] ")."""
     if isinstance(kinds, str):
-        raise TypeError(f"{op}: 'kinds' must be a sequence of kind names, not a string")
-    kinds = list(kinds)
+        raise TypeError(f"{op}: {where}'kinds' must be a sequence of kind names, not a string "
+                        f"(write [{kinds!r}] for one term)")
+    try:
+        kinds = list(kinds)
+    except TypeError:
+        raise TypeError(f"{op}: {where}'kinds' must be a sequence of kind names, got {type(kinds).__name__}") from None
     for t, k in enumerate(kinds):
         if not isinstance(k, str):
-            raise TypeError(f"{op}: 'kinds[{t}]' must be a kind name (str), got {type(k).__name__}")
+            raise TypeError(f"{op}: {where}'kinds[{t}]' must be a kind name (str), got {type(k).__name__}")
         if k not in kind_names:
-            raise ValueError(f"{op}: 'kinds[{t}]' must be one of {tuple(kind_names)}, got {k!r}")
+            hint = _KIND_HINTS.get(k.lower(), MODULE_HINT)
+            raise ValueError(f"{op}: {where}'kinds[{t}]' is {k!r}, an unknown kind; the kinds are "
+                             f"{', '.join(map(repr, kind_names))}. Hint: {hint}")
+    return kinds
+
+
+def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[str], op: str = "mixed_terms",
+                     x_labels: Optional[Sequence[str]] = None, output_labels: Optional[Sequence[str]] = None):
+    """Validate mixed_terms arguments (for `op`, the function the user called: mixed_terms,
+    mixed_op or mixed_node); return (xs, outputs, weights as 1-D, kinds as names, sources).
+    `x_labels[k]` / `output_labels[k]` name xs[k] / outputs[k] as that function's caller
+    knows them (default 'xs[k]', 'outputs[k]')."""
+    kinds = check_kinds(kinds, kind_names, op)
+    xs = _tensor_list(xs, op, "xs", x_labels)
+    outputs = _tensor_list(outputs, op, "outputs", output_labels)
+    if not xs:
+        raise ValueError(f"{op}: 'xs' must hold at least one tensor (the edge inputs), got none")
+    labels = {"xs": list(x_labels) if x_labels is not None else [f"xs[{k}]" for k in range(len(xs))],
+              "outputs": (list(output_labels) if output_labels is not None
+                          else [f"outputs[{k}]" for k in range(len(outputs))])}
+    x0 = labels["xs"][0]
+    first = xs[0]
+    if first.dim() != 4:
+        raise ValueError(f"{op}: '{x0}' must be 4-D [N, C, H, W], got shape {tuple(first.shape)}")
+    if first.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: '{x0}' must be float16, bfloat16, float32 or float64, got {first.dtype}")
+    for name, group in (("xs", xs), ("outputs", outputs)):
+        for k, t in enumerate(group):
+            label = labels[name][k]
+            if t.shape != first.shape:
+                raise ValueError(f"{op}: '{label}' must have {x0}'s shape {tuple(first.shape)}, got {tuple(t.shape)}")
+            if t.dtype != first.dtype:
+                raise TypeError(f"{op}: '{label}' must have {x0}'s dtype {first.dtype}, got {t.dtype}")
+            if t.device != first.device:
+                raise ValueError(f"{op}: '{label}' must be on {x0}'s device {first.device}, got {t.device}")
     if not kinds:
         raise ValueError(f"{op}: 'kinds' must hold at least one term, got none")
     sources = _int_list(sources, op, "sources")
@@ -126,46 +198,84 @@ def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[
             uses[s] += 1
     for k, n in enumerate(uses):
         if n != 1:
-            raise ValueError(f"{op}: 'outputs[{k}]' must be used by exactly one 'tensor' term, it is used by {n}")
-    if not isinstance(weights, torch.Tensor):
-        raise TypeError(f"{op}: 'weights' must be a tensor, got {type(weights).__name__}")
-    if not weights.is_floating_point():
-        raise TypeError(f"{op}: 'weights' must be a floating-point tensor, got {weights.dtype}")
-    if weights.numel() != len(kinds) or weights.dim() not in (1, 2):
-        raise ValueError(f"{op}: 'weights' must hold one element per term ({len(kinds)}) as a 1-D (or [edges, ops]) "
-                         f"tensor, got shape {tuple(weights.shape)}")
-    if weights.device != first.device:
-        raise ValueError(f"{op}: 'weights' must be on xs[0]'s device {first.device}, got {weights.device}")
-    return xs, outputs, weights.reshape(-1), kinds, sources
+            raise ValueError(f"{op}: '{labels['outputs'][k]}' must be used by exactly one 'tensor' term, "
+                             f"it is used by {n}")
+    weights = check_weights(weights, op, len(kinds), "one element per term", first.device, f"{x0}'s device",
+                            rows=True)
+    return xs, outputs, weights, kinds, sources
 
 
-def check_norms(norms, kinds: Sequence[str], bn_kinds: Sequence[str], x: torch.Tensor) -> Optional[torch.Tensor]:
-    """Validate mixed_node's per-BN-term norms ([2, C] each: mean, 1/std); return them as
-    one [B, 2, C] tensor, or None when no term is a BN kind."""
-    op = "mixed_node"
+def _is_batch_norm(value) -> bool:
+    return isinstance(value, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def _is_empty(norms) -> bool:
+    if norms is None:
+        return True
+    if isinstance(norms, torch.Tensor):
+        return norms.numel() == 0
+    if _is_batch_norm(norms):
+        return False
+    try:
+        return len(norms) == 0
+    except TypeError:
+        return False
+
+
+def check_norms(norms, kinds: Sequence[str], bn_kinds: Sequence[str], x: torch.Tensor, op: str = "mixed_terms",
+                x_label: str = "xs[0]") -> Optional[list]:
+    """Validate the norms of the BN terms: per BN term (in term order) a `[2, C]` tensor (mean,
+    1/std per channel) or the term's BatchNorm module (affine=False, C features); a `[B, 2, C]`
+    tensor also stands for B tensors. Return them as a list (None when no term is a BN kind).
+    Nothing is computed, and no module's running statistics change, before all are checked."""
     num_bn = sum(k in bn_kinds for k in kinds)
     if num_bn == 0:
-        if norms:
+        if not _is_empty(norms):
             raise ValueError(f"{op}: 'norms' must be empty when no term is a BN kind ({', '.join(bn_kinds)})")
         return None
     if norms is None:
-        raise ValueError(f"{op}: 'norms' (one [2, C] tensor of mean and 1/std per BN term) is required by "
-                         f"the {num_bn} BN terms")
-    if isinstance(norms, torch.Tensor) and norms.dim() == 3:
+        raise ValueError(f"{op}: 'norms' (one BatchNorm2d(affine=False) module, or one [2, C] tensor of mean and "
+                         f"1/std, per BN term) is required by the {num_bn} BN terms")
+    if _is_batch_norm(norms):
+        norms = [norms]
+    if isinstance(norms, torch.Tensor):
+        if norms.dim() != 3:
+            raise TypeError(f"{op}: 'norms' must be a sequence with one entry per BN term (or a [B, 2, C] tensor), "
+                            f"not a tensor of shape {tuple(norms.shape)}")
         norms = list(norms.unbind(0))
-    norms = _tensor_list(norms, op, "norms")
+    try:
+        norms = list(norms)
+    except TypeError:
+        raise TypeError(f"{op}: 'norms' must be a sequence of [2, C] tensors or BatchNorm2d modules, "
+                        f"got {type(norms).__name__}") from None
     if len(norms) != num_bn:
-        raise ValueError(f"{op}: 'norms' must hold one tensor per BN term ({num_bn}), got {len(norms)}")
+        raise ValueError(f"{op}: 'norms' must hold one tensor per BN term ({num_bn}; a [2, C] tensor or the "
+                         f"term's BatchNorm module), got {len(norms)}")
     C = x.shape[1]
     for k, n in enumerate(norms):
+        if _is_batch_norm(n):
+            if n.affine:
+                raise ValueError(f"{op}: 'norms[{k}]' is a {type(n).__name__} with affine=True; the BN kinds take "
+                                 f"only the mean and 1/std (the DARTS search pools' BatchNorm has affine=False): "
+                                 f"run an affine BN as a module and pass its output as a 'tensor' term")
+            if n.num_features != C:
+                raise ValueError(f"{op}: 'norms[{k}]' is a {type(n).__name__} of {n.num_features} features, "
+                                 f"but {x_label} has {C} channels")
+            buffer = n.running_mean
+            if buffer is not None and buffer.device != x.device:
+                raise ValueError(f"{op}: 'norms[{k}]' ({type(n).__name__}) must be on {x_label}'s device "
+                                 f"{x.device}, its running statistics are on {buffer.device}")
+            continue
+        if isinstance(n, torch.nn.Module) or not isinstance(n, torch.Tensor):
+            raise TypeError(f"{op}: 'norms[{k}]' must be a [2, C] tensor or a BatchNorm2d(affine=False) module, "
+                            f"got {type(n).__name__}")
         if tuple(n.shape) != (2, C):
             raise ValueError(f"{op}: 'norms[{k}]' must have shape (2, {C}) (mean, 1/std per channel), got {tuple(n.shape)}")
         if not n.is_floating_point():
             raise TypeError(f"{op}: 'norms[{k}]' must be floating point, got {n.dtype}")
         if n.device != x.device:
-            raise ValueError(f"{op}: 'norms[{k}]' must be on xs[0]'s device {x.device}, got {n.device}")
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.stack([n.to(acc) for n in norms])
+            raise ValueError(f"{op}: 'norms[{k}]' must be on {x_label}'s device {x.device}, got {n.device}")
+    return norms
 
 
 def check_partial_channel_node(mixed, states, weights, strides, groups):
@@ -176,22 +286,26 @@ def check_partial_channel_node(mixed, states, weights, strides, groups):
     if mixed.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: 'mixed' must be float16, bfloat16, float32 or float64, got {mixed.dtype}")
     if mixed.dim() != 4:
-        raise ValueError(f"{op}: 'mixed' must be 4-D [N, C/groups, Ho, Wo], got shape {tuple(mixed.shape)}")
+        raise ValueError(f"{op}: 'mixed' must be 4-D [N, C/groups, Ho, Wo] (groups = PC-DARTS' K), "
+                         f"got shape {tuple(mixed.shape)}")
     states = _tensor_list(states, op, "states")
     if not states:
         raise ValueError(f"{op}: 'states' must hold at least one tensor")
     if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"{op}: 'groups' must be an int, got {type(groups).__name__}")
+        raise TypeError(f"{op}: 'groups' (PC-DARTS' K: the ops see C/K channels) must be an int, "
+                        f"got {type(groups).__name__}")
     if groups < 1:
-        raise ValueError(f"{op}: 'groups' must be a positive int, got {groups}")
+        raise ValueError(f"{op}: 'groups' (PC-DARTS' K: the ops see C/K channels) must be a positive int, "
+                         f"got {groups}")
     strides = _int_list(strides, op, "strides")
     if len(strides) != len(states) or any(s not in (1, 2) for s in strides):
         raise ValueError(f"{op}: 'strides' must hold 1 or 2 per state ({len(states)}), got {strides}")
     N, q, Ho, Wo = mixed.shape
     for e, (s, st) in enumerate(zip(states, strides)):
         if s.dim() != 4 or s.shape[0] != N or s.shape[1] != q * groups:
-            raise ValueError(f"{op}: 'states[{e}]' must be [{N}, {q * groups}, H, W] (groups x mixed's channels), "
-                             f"got {tuple(s.shape)}")
+            raise ValueError(f"{op}: 'states[{e}]' must be [{N}, {q * groups}, H, W]: C = groups x mixed's "
+                             f"channels ({groups} x {q}), groups being PC-DARTS' K (mixed holds the C/K channels "
+                             f"the ops saw), got {tuple(s.shape)}")
         if s.dtype != mixed.dtype:
             raise TypeError(f"{op}: 'states[{e}]' must have mixed's dtype {mixed.dtype}, got {s.dtype}")
         if s.device != mixed.device:

@@ -4,13 +4,31 @@ parameter-free ops fused.
 `out = sum_i weights[i] * f_i(x)` where `f_i` is `"none"`, `"skip"`, `"avg_pool_3x3"`,
 `"max_pool_3x3"` (stride 1, padding 1; the average excludes padded cells), `"tensor"` (a
 precomputed output such as a conv's), `"avg_pool_3x3_bn"` / `"max_pool_3x3_bn"` (the pool
-followed by BatchNorm without affine, given per-channel `[mean, 1/std]` norms, see
-:mod:`gaea_ext.pool_stats`) or `"ones"` (a constant 1: GDAS's straight-through terms, whose
-gradient is `sum(grad)`). The pools are computed inside the kernel from `x` and never
-materialised; the backward saves only the inputs and recomputes them.
+followed by BatchNorm without affine, see below) or `"ones"` (a constant 1: GDAS's
+straight-through terms, whose gradient is `sum(grad)`). The pools are computed inside the
+kernel from `x` and never materialised; the backward saves only the inputs and recomputes them.
 
-Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
-wrong shapes, lengths, indices, kinds or devices, raised before any kernel runs.
+Porting DARTS code: the kinds are these names, not DARTS' op names. Ops with parameters
+(`sep_conv_3x3`, `dil_conv_5x5`, a stride-2 `skip_connect`'s FactorizedReduce, ...) run as
+modules and go in as `"tensor"` terms (their outputs in `outputs`); `skip_connect` of stride 1
+is `"skip"`. A pool that DARTS' search space follows by `BatchNorm2d(C, affine=False)` (its
+`avg_pool_3x3` / `max_pool_3x3` are `nn.Sequential(pool, BatchNorm2d)`) is the `_bn` kind: the
+plain pool kinds have no BatchNorm, and the op cannot tell that a module had one. `weights` may
+be a 1-D tensor, a `[1, K]` row (or `[edges, ops]` for a node), or a list/tuple of 0-d tensors,
+stacked with gradients flowing to each.
+
+BN kinds: `norms` holds, per BN term in term order, either the term's
+`BatchNorm2d(affine=False)` module, which the op applies itself through
+:func:`gaea_ext.pool_batch_norm` on that term's input (batch statistics and the running
+statistics' update in training mode, the running statistics in eval mode, exactly as the
+module would after the pool), or a precomputed `[2, C]` tensor of mean and 1/std. Passing the
+modules leaves nothing to compute in the right order by hand. A BatchNorm with affine=True is
+refused (the kernels take the mean and 1/std only).
+
+Errors (every backend) name the function called (`mixed_op`, `mixed_node`, `mixed_terms`) and
+the argument: TypeError for an argument of the wrong type or dtype, ValueError for wrong
+shapes, lengths, indices, kinds or devices, raised before any kernel runs (and before any
+BatchNorm's running statistics change). An unknown kind is reported first, with the valid kinds.
 
 Double backward: a backward with create_graph=True differentiates the reference instead of
 running the backward kernel (gaea_ext._autograd.reference_grads), so second and higher
@@ -18,84 +36,153 @@ derivatives (gradient penalties, DARTS' second-order step) are exact; the first-
 backward runs the kernel.
 
 Kernels: csrc/cpu/mixed_node_cpu.cpp, csrc/cuda/mixed_node_cuda.cu (op `gaea_ext::mixed_node`).
-Reference: gaea_ext.reference.mixed_node. Tests: tests/test_mixed_node.py.
+Reference: gaea_ext.reference.mixed_node. Tests: tests/test_mixed_node.py, tests/test_pool_batch_norm.py.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import reference
 from ._autograd import by_need, double_backward_enabled, reference_grads
 from ._backend import HAS_EXTENSION, use_reference
-from ._checks import check_mixed_node, check_norms
+from ._checks import check_kinds, check_mixed_node, check_norms
 from ._layout import empty_like_layout, memory_format_of
+from .pool_stats import pool_batch_norm
 
 KINDS = reference.MIXED_KINDS
 BN_KINDS = reference.BN_KINDS
 _CODE = {k: i for i, k in enumerate(KINDS)}
 
 Edge = Tuple[torch.Tensor, Sequence[torch.Tensor], Sequence[str]]
+Weights = Union[torch.Tensor, Sequence[torch.Tensor]]
+Norms = Optional[Sequence[Union[torch.Tensor, torch.nn.Module]]]
 
 
-def mixed_terms(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weights: torch.Tensor,
-                kinds: Sequence[str], sources: Sequence[int],
-                norms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+def mixed_terms(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weights: Weights,
+                kinds: Sequence[str], sources: Sequence[int], norms: Norms = None) -> torch.Tensor:
     """The flat form: `sum_t weights[t] * term_t` where term `t` is `kinds[t]` of
     `xs[sources[t]]`, or `outputs[sources[t]]` for `"tensor"` (each output used once).
 
     `xs`, `outputs`: 4-D tensors of one shape, dtype (float16/bfloat16/float32/float64) and
-    device; `weights`: one floating element per term; `norms`: one `[2, C]` tensor
-    (mean, 1/std per channel, e.g. from :func:`gaea_ext.pool_batch_norm`) per BN term, in
-    term order. Differentiable in all four."""
-    xs, outputs, weights, kinds, sources = check_mixed_node(xs, outputs, weights, kinds, sources, KINDS)
-    norm = check_norms(norms, kinds, BN_KINDS, xs[0])
+    device; `weights`: one floating element per term (1-D, 2-D, or a list of 0-d tensors);
+    `norms`: per BN term, in term order, its `BatchNorm2d(affine=False)` module (applied to
+    that term's input by :func:`gaea_ext.pool_batch_norm`) or a `[2, C]` tensor (mean, 1/std
+    per channel). Differentiable in xs, outputs, weights and tensor norms."""
+    return _mixed_terms("mixed_terms", xs, outputs, weights, kinds, sources, norms)
+
+
+def mixed_op(x: torch.Tensor, outputs: Sequence[torch.Tensor], weights: Weights,
+             kinds: Sequence[str], norms: Norms = None) -> torch.Tensor:
+    """One mixed op: `sum_i weights[i] * f_i(x)`; each `"tensor"` kind takes the next tensor
+    of `outputs` (e.g. the edge's conv outputs), the other kinds are computed from `x`; each
+    BN kind takes the next entry of `norms` (its BatchNorm2d(affine=False) module, or a
+    `[2, C]` mean/1-std tensor). `weights`: one element per kind, as a 1-D tensor, a `[1, K]`
+    row or a list of 0-d tensors.
+
+    Kinds are not DARTS' op names: a conv (`sep_conv_3x3`, ...) is a `"tensor"` kind with its
+    output in `outputs`; a stride-1 `skip_connect` is `"skip"`. A pool followed by
+    `BatchNorm2d(affine=False)` (DARTS' search-time pools) must be given as the `_bn` kind
+    with that module in `norms`: `"max_pool_3x3"` is the bare pool, and the op cannot detect
+    that the module it stands for had a BatchNorm."""
+    op = "mixed_op"
+    kinds = check_kinds(kinds, KINDS, op)
+    outs = _outputs(outputs, op, "'outputs'")
+    sources = _sources(kinds, outs, 0, 0, op, "")
+    return _mixed_terms(op, [x], outs, weights, kinds, sources, norms,
+                        x_labels=["x"], output_labels=[f"outputs[{i}]" for i in range(len(outs))])
+
+
+def mixed_node(edges: Sequence[Edge], weights: Weights, norms: Norms = None) -> torch.Tensor:
+    """A whole node in one call: `edges` is a list of `(x_j, outputs_j, kinds_j)` (as in
+    :func:`mixed_op`), `weights` holds one element per kind of every edge, edge by edge (1-D,
+    `[num_edges, num_kinds]`, or a list of 0-d tensors); `norms` one entry per BN kind, edge
+    by edge (a BatchNorm2d(affine=False) module or a `[2, C]` tensor)."""
+    op = "mixed_node"
+    if isinstance(edges, torch.Tensor):
+        raise TypeError(f"{op}: 'edges' must be a sequence of (x, outputs, kinds), not a tensor")
+    try:
+        edges = list(edges)
+    except TypeError:
+        raise TypeError(f"{op}: 'edges' must be a sequence of (x, outputs, kinds), got {type(edges).__name__}") from None
+    parsed = []
+    for j, edge in enumerate(edges):  # every kind name first
+        try:
+            x, outs, ks = edge
+        except (TypeError, ValueError):
+            raise TypeError(f"{op}: 'edges[{j}]' must be (x, outputs, kinds)") from None
+        parsed.append((x, outs, check_kinds(ks, KINDS, op, f"edges[{j}] ")))
+    if not parsed:
+        raise ValueError(f"{op}: 'edges' must hold at least one edge")
+    xs: List[torch.Tensor] = []
+    outputs: List[torch.Tensor] = []
+    kinds: List[str] = []
+    sources: List[int] = []
+    x_labels: List[str] = []
+    output_labels: List[str] = []
+    for j, (x, outs, ks) in enumerate(parsed):
+        outs = _outputs(outs, op, f"edges[{j}] 'outputs'")
+        sources += _sources(ks, outs, j, len(outputs), op, f"edges[{j}] ")
+        xs.append(x)
+        x_labels.append(f"edges[{j}][0]")
+        output_labels += [f"edges[{j}][1][{i}]" for i in range(len(outs))]
+        outputs += outs
+        kinds += ks
+    return _mixed_terms(op, xs, outputs, weights, kinds, sources, norms, x_labels, output_labels)
+
+
+def _outputs(outputs, op: str, what: str) -> list:
+    if isinstance(outputs, torch.Tensor):
+        raise TypeError(f"{op}: {what} must be a sequence of tensors, not a tensor (write [y] for one output)")
+    try:
+        return list(outputs)
+    except TypeError:
+        raise TypeError(f"{op}: {what} must be a sequence of tensors, got {type(outputs).__name__}") from None
+
+
+def _sources(kinds: List[str], outs: list, x_index: int, first_output: int, op: str, where: str) -> List[int]:
+    """Each "tensor" kind takes the next output; the other kinds read xs[x_index]."""
+    wanted = kinds.count("tensor")
+    if wanted > len(outs):
+        raise ValueError(f"{op}: {where}'kinds' has more 'tensor' kinds ({wanted}) than 'outputs' has tensors "
+                         f"({len(outs)}); each 'tensor' kind takes the next output")
+    if wanted < len(outs):
+        raise ValueError(f"{op}: {where}'outputs' holds {len(outs)} outputs but {wanted} 'tensor' kinds take them; "
+                         f"each output (a module op's result) needs its own 'tensor' kind")
+    sources, used = [], 0
+    for k in kinds:
+        if k == "tensor":
+            sources.append(first_output + used)
+            used += 1
+        else:
+            sources.append(x_index)
+    return sources
+
+
+def _mixed_terms(op: str, xs, outputs, weights, kinds, sources, norms,
+                 x_labels: Optional[List[str]] = None, output_labels: Optional[List[str]] = None) -> torch.Tensor:
+    xs, outputs, weights, kinds, sources = check_mixed_node(xs, outputs, weights, kinds, sources, KINDS, op,
+                                                            x_labels, output_labels)
+    entries = check_norms(norms, kinds, BN_KINDS, xs[0], op, x_labels[0] if x_labels else "xs[0]")
+    norm = _norm_tensor(entries, xs, kinds, sources)
     if use_reference(xs[0].device, mixed_node_terms=len(kinds), mixed_node_xs=len(xs)):
         return reference.mixed_node(xs, outputs, weights, kinds, sources, norm)
     return torch.ops.gaea_ext.mixed_node(xs, outputs, weights, [_CODE[k] for k in kinds], sources, norm)
 
 
-def mixed_op(x: torch.Tensor, outputs: Sequence[torch.Tensor], weights: torch.Tensor,
-             kinds: Sequence[str], norms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """One mixed op: `sum_i weights[i] * f_i(x)`; each `"tensor"` kind takes the next tensor
-    of `outputs` (e.g. the edge's conv outputs), the other kinds are computed from `x`; each
-    BN kind takes the next `[2, C]` tensor of `norms`."""
-    return mixed_node([(x, outputs, kinds)], weights, norms)
-
-
-def mixed_node(edges: Sequence[Edge], weights: torch.Tensor,
-               norms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """A whole node in one call: `edges` is a list of `(x_j, outputs_j, kinds_j)` (as in
-    :func:`mixed_op`), `weights` holds one element per kind of every edge, edge by edge (1-D,
-    or `[num_edges, num_kinds]`); `norms` one `[2, C]` tensor per BN kind, edge by edge."""
-    xs: List[torch.Tensor] = []
-    outputs: List[torch.Tensor] = []
-    kinds: List[str] = []
-    sources: List[int] = []
-    for j, edge in enumerate(edges):
-        try:
-            x, outs, ks = edge
-        except (TypeError, ValueError):
-            raise TypeError(f"mixed_node: 'edges[{j}]' must be (x, outputs, kinds)") from None
-        if isinstance(ks, str):
-            raise TypeError(f"mixed_node: 'edges[{j}]' kinds must be a sequence of names, not a string")
-        outs = list(outs)
-        used = 0
-        xs.append(x)
-        for k in ks:
-            if k == "tensor":
-                if used >= len(outs):
-                    raise ValueError(f"mixed_node: edge {j} has more 'tensor' kinds than outputs ({len(outs)})")
-                sources.append(len(outputs) + used)
-                used += 1
-            else:
-                sources.append(j)
-            kinds.append(k)
-        if used != len(outs):
-            raise ValueError(f"mixed_node: edge {j} has {len(outs)} outputs but {used} 'tensor' kinds")
-        outputs.extend(outs)
-    if not xs:
-        raise ValueError("mixed_node: 'edges' must hold at least one edge")
-    return mixed_terms(xs, outputs, weights, kinds, sources, norms)
+def _norm_tensor(entries: Optional[list], xs: List[torch.Tensor], kinds: List[str],
+                 sources: List[int]) -> Optional[torch.Tensor]:
+    """The `[B, 2, C]` norm of the B BN terms; a BatchNorm module's row is the norm it applies
+    to its term's pool (pool_batch_norm, which also updates its running statistics)."""
+    if entries is None:
+        return None
+    acc = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+    bn_terms = [t for t, k in enumerate(kinds) if k in BN_KINDS]
+    rows = []
+    for t, entry in zip(bn_terms, entries):
+        if isinstance(entry, torch.nn.Module):
+            entry = pool_batch_norm(xs[sources[t]], kinds[t], entry)
+        rows.append(entry.to(acc))
+    return torch.stack(rows)
 
 
 if HAS_EXTENSION:

@@ -1,6 +1,7 @@
 """gaea_ext.partial_channel_node: the PC-DARTS node around its mixed part, in one pass.
 
 PC-DARTS runs a node's candidate ops on the first `q = C / K` channels of every input state
+(K is the op's `groups` argument)
 and passes the other channels through ("bypass", 2x2 max-pooled on a reduction cell's stride-2
 edges); each edge is then channel-shuffled and weighted by its edge weight. Since the
 concatenation and shuffle are fixed linear maps, a node is
@@ -37,8 +38,13 @@ def partial_channel_node(mixed: torch.Tensor, states: Sequence[torch.Tensor], we
                          strides: Sequence[int], groups: int) -> torch.Tensor:
     """`shuffle(cat([mixed, sum_e weights[e] * tail_e]), groups)`, `tail_e = states[e][:, q:]`
     (its 2x2 stride-2 max pool when `strides[e] == 2`), `q = mixed.shape[1] = C / groups`.
-    `mixed` is [N, q, Ho, Wo]; `states[e]` [N, C, H_e, W_e]; `weights` [E]. Differentiable
-    in all three."""
+
+    `groups` is PC-DARTS' K (its `k = 4` for CIFAR-10): the candidate ops run on the first
+    C/K channels of each state, the other channels bypass them, and the result is channel-
+    shuffled with K groups. `mixed` is [N, C/K, Ho, Wo] (the node's mixed ops on those
+    channels, edge weights folded in); `states[e]` [N, C, H_e, W_e]; `weights` [E], the
+    (normalised) edge weights. Differentiable in all three.
+    """
     states, strides = check_partial_channel_node(mixed, states, weights, strides, groups)
     if use_reference(mixed.device, partial_channel_states=len(states)):
         return reference.partial_channel_node(mixed, states, weights, strides, groups)

@@ -6,6 +6,8 @@ the DARTS supernet's pools.
 `x`, differentiable in `x` (the backward recomputes the pool). `pool_batch_norm(x, kind, bn)`
 turns them into the `[mean, 1/std]` norm that `mixed_terms` takes for a BN kind, exactly as
 `bn(pool(x))` would normalise in train or eval mode, and updates `bn`'s running statistics.
+`mixed_op` / `mixed_node` / `mixed_terms` call it themselves when their `norms` hold the
+BatchNorm modules.
 
 Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for a
 wrong shape, kind or BatchNorm configuration, raised before any kernel runs.
@@ -44,7 +46,8 @@ def pool_batch_norm(x: torch.Tensor, kind: str, bn: torch.nn.modules.batchnorm._
     """The `[2, C]` norm (mean, 1/sqrt(var + eps)) with which `bn` (a BatchNorm2d without
     affine) normalises `pool(x)`: batch statistics in training mode (updating `bn`'s running
     mean, unbiased running variance and batch count as BatchNorm2d does), the running
-    statistics in eval mode. Pass it to :func:`gaea_ext.mixed_terms` for the BN kind."""
+    statistics in eval mode. Pass it to :func:`gaea_ext.mixed_terms` for the BN kind, or pass
+    `bn` itself there and the op calls this on the term's input."""
     check_pool_stats(x, kind, POOL_KINDS)
     if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"pool_batch_norm: 'bn' must be a BatchNorm module, got {type(bn).__name__}")

@@ -35,7 +35,10 @@ WS_CASES = {
 WS_WEIGHT_CASES = {
     "too few weights": (ValueError, lambda d: (xs(d), w(d, 2))),
     "too many weights": (ValueError, lambda d: (xs(d), w(d, 4))),
-    "2-D weights": (ValueError, lambda d: (xs(d), w(d, 3).reshape(1, 3))),
+    "column weights": (ValueError, lambda d: (xs(d), w(d, 3).reshape(3, 1))),
+    "3-D weights": (ValueError, lambda d: (xs(d), w(d, 3).reshape(1, 1, 3))),
+    "two-row weights": (ValueError, lambda d: (xs(d, 2), w(d, 4).reshape(2, 2))),
+    "row of the wrong length": (ValueError, lambda d: (xs(d), w(d, 4).reshape(1, 4))),
     "0-d weight": (ValueError, lambda d: (xs(d, 1), torch.tensor(0.5, device=d))),
     "integer weights": (TypeError, lambda d: (xs(d), torch.ones(3, device=d, dtype=torch.int64))),
     "bool weights": (TypeError, lambda d: (xs(d), torch.ones(3, device=d, dtype=torch.bool))),
@@ -59,6 +62,26 @@ def test_weighted_sum_bad_weights(device, case):
         gaea_ext.weighted_sum(inputs, weights)
 
 
+# name -> (exception, make (inputs, weights)) for weights given as a list of tensors
+WS_WEIGHT_LIST_CASES = {
+    "a float among 0-d tensors": (TypeError, lambda d: (xs(d), [torch.tensor(0.2, device=d)] * 2 + [0.6])),
+    "integer 0-d tensors": (TypeError, lambda d: (xs(d), [torch.tensor(1, device=d)] * 3)),
+    "tensors of two elements": (ValueError, lambda d: (xs(d), [w(d, 2)] * 3)),
+    "too few tensors": (ValueError, lambda d: (xs(d), [torch.tensor(0.5, device=d)] * 2)),
+    "empty list": (ValueError, lambda d: (xs(d), [])),
+    "two dtypes": (TypeError, lambda d: (xs(d), [torch.tensor(0.5, device=d)] * 2
+                                         + [torch.tensor(0.5, device=d, dtype=torch.float64)])),
+}
+
+
+@pytest.mark.parametrize("case", list(WS_WEIGHT_LIST_CASES))
+def test_weighted_sum_bad_weight_list(device, case):
+    error, make = WS_WEIGHT_LIST_CASES[case]
+    inputs, weights = make(device)
+    with pytest.raises(error, match="^weighted_sum: 'weights"):
+        gaea_ext.weighted_sum(inputs, weights)
+
+
 def test_weighted_sum_wrong_length_message_says_expected_and_got(device):
     with pytest.raises(ValueError, match="'weights' must have one element per input \\(5\\), got 7"):
         gaea_ext.weighted_sum(xs(device, 5), w(device, 7))
@@ -71,6 +94,13 @@ def test_weighted_sum_inputs_on_meta_device():
         gaea_ext.weighted_sum(inputs, w("cpu"))
 
 
+def test_weighted_sum_weight_on_meta_device():
+    """A listed weight on another device (meta stands in for one on a CPU-only machine)."""
+    weights = [torch.tensor(0.5), torch.empty((), device="meta"), torch.tensor(0.5)]
+    with pytest.raises(ValueError, match="'weights\\[1\\]' must be on the inputs' device cpu"):
+        gaea_ext.weighted_sum(xs("cpu"), weights)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA tests need a GPU")
 def test_weighted_sum_device_mismatch():
@@ -80,6 +110,8 @@ def test_weighted_sum_device_mismatch():
         gaea_ext.weighted_sum(xs("cuda"), w("cpu"))
     with pytest.raises(ValueError, match="'weights' must be on the inputs' device"):
         gaea_ext.weighted_sum(xs("cpu"), w("cuda"))
+    with pytest.raises(ValueError, match="'weights\\[1\\]' must be on the inputs' device"):
+        gaea_ext.weighted_sum(xs("cpu"), [torch.tensor(0.5), torch.tensor(0.5, device="cuda"), torch.tensor(0.5)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -279,3 +279,98 @@ def test_bad_input_names_the_argument(call, err, match):
     w = torch.rand(3)
     with pytest.raises(err, match=match):
         call(x, w)
+
+
+# ---- porting DARTS code: kinds, weight forms, errors naming the function called -------------
+
+DARTS_PRIMITIVES = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+                    "dil_conv_3x3", "dil_conv_5x5"]
+
+
+def test_darts_op_names_are_unknown_kinds_listed_first():
+    """DARTS' op names as kinds, with one output per conv: the unknown kind is reported (not
+    the outputs/'tensor' count), with the valid kinds and what to use instead."""
+    x = torch.randn(2, 3, 4, 4)
+    convs = [torch.randn(2, 3, 4, 4) for _ in range(4)]
+    w = torch.rand(len(DARTS_PRIMITIVES))
+    with pytest.raises(ValueError) as error:
+        gaea_ext.mixed_op(x, convs, w, DARTS_PRIMITIVES)
+    message = str(error.value)
+    assert message.startswith("mixed_op: 'kinds[3]' is 'skip_connect', an unknown kind")
+    for kind in reference.MIXED_KINDS:
+        assert repr(kind) in message
+    assert "use 'skip'" in message
+    with pytest.raises(ValueError, match="'kinds\\[0\\]' is 'sep_conv_3x3', an unknown kind.*"
+                                         "run as modules.*kind 'tensor'"):
+        gaea_ext.mixed_op(x, convs[:1], w[:2], ["sep_conv_3x3", "skip"])
+
+
+def test_unknown_kind_is_reported_before_other_errors():
+    x = torch.randn(2, 3, 4, 4)
+    # outputs, weights and x are all wrong too: the kind is what is reported
+    with pytest.raises(ValueError, match="^mixed_node: edges\\[1\\] 'kinds\\[1\\]' is 'dil_conv_5x5'"):
+        gaea_ext.mixed_node([(x, [], ["skip"]), (x[0], [x, x], ["none", "dil_conv_5x5"])], torch.rand(7))
+    with pytest.raises(ValueError, match="^mixed_terms: 'kinds\\[0\\]' is 'conv'"):
+        gaea_ext.mixed_terms([x[0]], [], torch.rand(2), ["conv"], [0])
+
+
+@pytest.mark.parametrize("name,call,err", [
+    ("mixed_op", lambda x, w: gaea_ext.mixed_op(x[0], [], w[:1], ["skip"]), ValueError),
+    ("mixed_op", lambda x, w: gaea_ext.mixed_op(x, [], w, ["skip"]), ValueError),
+    ("mixed_op", lambda x, w: gaea_ext.mixed_op(x, [x.double()], w[:2], ["skip", "tensor"]), TypeError),
+    ("mixed_op", lambda x, w: gaea_ext.mixed_op(x, [x], w[:1], ["skip"]), ValueError),
+    ("mixed_op", lambda x, w: gaea_ext.mixed_op(x, x, w[:1], ["tensor"]), TypeError),
+    ("mixed_op", lambda x, w: gaea_ext.mixed_op(x, [], w[:1], ["avg_pool_3x3_bn"]), ValueError),
+    ("mixed_node", lambda x, w: gaea_ext.mixed_node([(x, [], ["skip"]), (x[:, :1], [], ["skip"])], w[:2]),
+     ValueError),
+    ("mixed_node", lambda x, w: gaea_ext.mixed_node([(x, [], ["skip"])], w), ValueError),
+    ("mixed_node", lambda x, w: gaea_ext.mixed_node([(x, [], ["max_pool_3x3_bn"])], w[:1], [w]), ValueError),
+    ("mixed_terms", lambda x, w: gaea_ext.mixed_terms([x[0]], [], w[:1], ["skip"], [0]), ValueError),
+    ("mixed_terms", lambda x, w: gaea_ext.mixed_terms([x], [], w, ["skip"], [0]), ValueError),
+])
+def test_errors_name_the_function_called(name, call, err):
+    x = torch.randn(2, 3, 4, 4)
+    w = torch.rand(3)
+    with pytest.raises(err, match=f"^{name}: "):
+        call(x, w)
+
+
+def test_errors_name_the_arguments_as_the_caller_knows_them():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="^mixed_op: 'x' must be 4-D"):
+        gaea_ext.mixed_op(x[0], [], torch.rand(1), ["skip"])
+    with pytest.raises(ValueError, match="^mixed_node: 'edges\\[1\\]\\[0\\]' must have edges\\[0\\]\\[0\\]'s shape"):
+        gaea_ext.mixed_node([(x, [], ["skip"]), (x[:, :2], [], ["skip"])], torch.rand(2))
+    with pytest.raises(TypeError, match="^mixed_node: 'edges\\[1\\]\\[1\\]\\[0\\]' must have edges\\[0\\]\\[0\\]'s dtype"):
+        gaea_ext.mixed_node([(x, [], ["skip"]), (x, [x.double()], ["tensor"])], torch.rand(2))
+
+
+def test_weights_as_a_row_or_a_list_of_scalars(device):
+    kinds = ["skip", "avg_pool_3x3", "tensor", "max_pool_3x3"]
+    x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    y = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    alpha = torch.randn(1, 4, device=device, requires_grad=True)
+    want = reference.mixed_node([x], [y], torch.softmax(alpha, dim=-1).reshape(-1), kinds, [0, 0, 0, 0])
+    g = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, [x, y, alpha], g)
+    for form in (lambda r: r, lambda r: list(r[0]), lambda r: tuple(w.reshape(1) for w in r[0])):
+        got = gaea_ext.mixed_op(x, [y], form(torch.softmax(alpha, dim=-1)), kinds)
+        torch.testing.assert_close(got, want)
+        for a, b in zip(torch.autograd.grad(got, [x, y, alpha], g), want_grads):
+            torch.testing.assert_close(a, b)
+    # a node: a list with one 0-d tensor per kind of every edge
+    row = torch.softmax(alpha, dim=-1).detach()
+    got = gaea_ext.mixed_node([(x, [y], kinds), (y, [x], kinds)], list(torch.cat([row[0], row[0].flip(0)])))
+    want = (reference.mixed_node([x], [y], row.reshape(-1), kinds, [0] * 4)
+            + reference.mixed_node([y], [x], row.reshape(-1).flip(0), kinds, [0] * 4))
+    torch.testing.assert_close(got, want)
+
+
+@requires_kernels
+def test_gradcheck_weight_list(device):
+    kinds = ["skip", "max_pool_3x3", "tensor"]
+    x = torch.randn(2, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.randn(2, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    ws = [torch.rand((), dtype=torch.float64, device=device, requires_grad=True) for _ in kinds]
+    assert torch.autograd.gradcheck(lambda x, y, a, b, c: gaea_ext.mixed_op(x, [y], [a, b, c], kinds),
+                                    (x, y, *ws))

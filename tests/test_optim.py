@@ -312,3 +312,67 @@ def test_step_bumps_versions_and_stale_backward_raises(device):
         return error.type
 
     assert run(ExponentiatedGradient) is run(lambda ps: torch.optim.SGD(ps, lr=1.0))
+
+
+# ---- the first step warns when a param is not made of simplices -----------------------------
+
+
+def _no_warning(opt):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+
+
+def test_warns_once_for_rows_that_are_not_simplices(device):
+    """Positive but unnormalised rows (e.g. exp(logits)): one UserWarning at the first step."""
+    a = torch.nn.Parameter(torch.rand(14, 8, device=device) + 0.5)
+    opt = ExponentiatedGradient([a])
+    set_grads([a])
+    with pytest.warns(UserWarning, match="param_groups\\[0\\]\\['params'\\]\\[0\\].*not 1.*not logits") as record:
+        opt.step()
+    assert len([r for r in record if "ExponentiatedGradient" in str(r.message)]) == 1
+    set_grads([a])
+    _no_warning(opt)  # once per optimizer (and the rows are simplices by now)
+
+
+def test_warns_for_logits_before_the_step_refuses_them(device):
+    a = torch.nn.Parameter(torch.randn(14, 8, device=device))
+    opt = ExponentiatedGradient([a])
+    set_grads([a])
+    with pytest.warns(UserWarning, match="not logits"), pytest.raises(ValueError, match="'param'"):
+        opt.step()
+
+
+def test_warns_for_edge_weights_without_segments(device):
+    """PC-DARTS edge weights (each node's edges a simplex, 4 nodes in a row of 14) given
+    without segments are one simplex of 14 to the step: the warning says to pass segments."""
+    beta = torch.nn.Parameter(simplex((14,), SEG, device=device))
+    opt = ExponentiatedGradient([beta])
+    set_grads([beta])
+    with pytest.warns(UserWarning, match="sums to 4, not 1.*segments=\\[2, 3, 4, 5\\]"):
+        opt.step()
+    beta = torch.nn.Parameter(simplex((14,), SEG, device=device))
+    opt = ExponentiatedGradient([beta], segments=SEG)
+    set_grads([beta])
+    _no_warning(opt)
+
+
+def test_warns_per_segment(device):
+    beta = torch.nn.Parameter(simplex((2, 14), SEG, device=device))
+    with torch.no_grad():
+        beta[1, 2:5] *= 2.0  # the second segment of row 1 sums to 2
+    opt = ExponentiatedGradient([beta], segments=SEG)
+    set_grads([beta])
+    with pytest.warns(UserWarning, match="a segment of a row of .*sums to 2"):
+        opt.step()
+
+
+def test_simplex_params_do_not_warn(device):
+    alphas, betas = darts_params(device)
+    opt = ExponentiatedGradient([{"params": alphas}, {"params": betas, "segments": SEG, "min_value": 0.0}])
+    set_grads(alphas + betas)
+    _no_warning(opt)
+    unchecked = ExponentiatedGradient([torch.nn.Parameter(simplex((3, 5), device=device))], check_finite=False)
+    set_grads(unchecked.param_groups[0]["params"])
+    _no_warning(unchecked)

@@ -182,3 +182,17 @@ def test_bad_input_names_the_argument(call, err, match):
     w = torch.rand(1)
     with pytest.raises(err, match=match):
         call(m, s, w)
+
+
+def test_groups_is_explained_as_pc_darts_k():
+    m = torch.randn(2, 2, 4, 4)
+    s = torch.randn(2, 8, 4, 4)
+    w = torch.rand(1)
+    with pytest.raises(ValueError, match="'groups' \\(PC-DARTS' K: the ops see C/K channels\\) must be a positive"):
+        gaea_ext.partial_channel_node(m, [s], w, [1], 0)
+    with pytest.raises(TypeError, match="'groups' \\(PC-DARTS' K"):
+        gaea_ext.partial_channel_node(m, [s], w, [1], "4")
+    with pytest.raises(ValueError, match="'states\\[0\\]' must be \\[2, 6, H, W\\]: C = groups x mixed's channels "
+                                         "\\(3 x 2\\), groups being PC-DARTS' K"):
+        gaea_ext.partial_channel_node(m, [s], w, [1], 3)
+    assert "PC-DARTS' K" in gaea_ext.partial_channel_node.__doc__

@@ -291,3 +291,89 @@ def test_bad_input_names_the_argument(call, err, match):
     n = torch.rand(2, 3)
     with pytest.raises(err, match=match):
         call(x, w, n)
+
+
+# ---- BatchNorm modules as norms: the op applies each to its own term -------------------
+
+
+@requires_kernels
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_bn_modules_as_norms_are_the_darts_pools(device, momentum):
+    """norms = the pools' BatchNorm2d(affine=False) modules: the same output, gradients and
+    running statistics as DARTS' nn.Sequential(pool, BatchNorm2d), in train and eval mode."""
+    C = 3
+    kinds = ["max_pool_3x3_bn", "tensor", "avg_pool_3x3_bn", "skip"]
+    ours = [nn.BatchNorm2d(C, affine=False, momentum=momentum).to(device, torch.float64) for _ in range(2)]
+    theirs = [nn.BatchNorm2d(C, affine=False, momentum=momentum).to(device, torch.float64) for _ in range(2)]
+    w = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64, device=device, requires_grad=True)
+
+    def darts(x, y):
+        return (w[0] * theirs[0](_pool("max", x)) + w[1] * y + w[2] * theirs[1](_pool("avg", x)) + w[3] * x)
+
+    for step in range(3):
+        if step == 2:
+            for bn in ours + theirs:
+                bn.eval()
+        x = (torch.randn(4, C, 6, 5, dtype=torch.float64, device=device) * (step + 1) + step).requires_grad_()
+        y = torch.randn(4, C, 6, 5, dtype=torch.float64, device=device)
+        got = gaea_ext.mixed_op(x, [y], w, kinds, ours)
+        want = darts(x, y)
+        torch.testing.assert_close(got, want)
+        g = torch.randn_like(got)
+        _assert_grads_close(torch.autograd.grad(got, [x, w], g), torch.autograd.grad(want, [x, w], g), 1e-9)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 2
+
+
+@requires_kernels
+def test_bn_modules_follow_their_own_edges_and_mix_with_tensors(device):
+    """mixed_node: each module normalises its own edge's pool (edge by edge), next to a [2, C] norm."""
+    C = 2
+    x0, x1 = (torch.randn(3, C, 5, 5, device=device) * s for s in (1.0, 4.0))
+    bn0, bn1 = (nn.BatchNorm2d(C, affine=False).to(device) for _ in range(2))
+    ref0, ref1 = (nn.BatchNorm2d(C, affine=False).to(device) for _ in range(2))
+    norm = torch.stack([torch.randn(C, device=device), torch.rand(C, device=device) + 0.5])
+    w = torch.rand(2, 2, device=device)
+    got = gaea_ext.mixed_node([(x0, [], ["avg_pool_3x3_bn", "max_pool_3x3_bn"]),
+                               (x1, [], ["max_pool_3x3_bn", "none"])], w, [bn0, norm, bn1])
+    max0 = (_pool("max", x0) - norm[0].reshape(1, C, 1, 1)) * norm[1].reshape(1, C, 1, 1)
+    want = w[0, 0] * ref0(_pool("avg", x0)) + w[0, 1] * max0 + w[1, 0] * ref1(_pool("max", x1))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn1.running_mean, ref1.running_mean)
+    torch.testing.assert_close(bn0.running_var, ref0.running_var)
+
+
+def test_bn_module_refusals_change_no_running_statistics():
+    x = torch.randn(2, 3, 4, 4)
+    good = nn.BatchNorm2d(3, affine=False)
+    with pytest.raises(ValueError, match="^mixed_op: 'norms\\[1\\]' is a BatchNorm2d with affine=True"):
+        gaea_ext.mixed_op(x, [], torch.rand(2), ["avg_pool_3x3_bn", "max_pool_3x3_bn"], [good, nn.BatchNorm2d(3)])
+    with pytest.raises(ValueError, match="^mixed_op: 'norms\\[1\\]' is a BatchNorm2d of 4 features, but x has 3"):
+        gaea_ext.mixed_op(x, [], torch.rand(2), ["avg_pool_3x3_bn", "max_pool_3x3_bn"],
+                          [good, nn.BatchNorm2d(4, affine=False)])
+    with pytest.raises(TypeError, match="^mixed_node: 'norms\\[0\\]' must be a \\[2, C\\] tensor or a BatchNorm2d"):
+        gaea_ext.mixed_node([(x, [], ["avg_pool_3x3_bn"])], torch.rand(1), [nn.ReLU()])
+    with pytest.raises(ValueError, match="^mixed_terms: 'norms' must hold one tensor per BN term \\(1; a \\[2, C\\] tensor or the term's BatchNorm module\\), got 2"):
+        gaea_ext.mixed_terms([x], [], torch.rand(1), ["avg_pool_3x3_bn"], [0], [good, good])
+    assert int(good.num_batches_tracked) == 0
+    assert torch.equal(good.running_mean, torch.zeros(3)) and torch.equal(good.running_var, torch.ones(3))
+
+
+@requires_kernels
+def test_bn_module_norms_and_weight_list_compile_without_graph_breaks():
+    bn, theirs = nn.BatchNorm2d(3, affine=False), nn.BatchNorm2d(3, affine=False)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.rand(2, requires_grad=True)
+
+    def f(x, w):
+        return gaea_ext.mixed_op(x, [], list(w), ["max_pool_3x3_bn", "ones"], [bn]).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    ga = torch.autograd.grad(compiled(x, w), [x, w])
+    gb = torch.autograd.grad((w[0] * theirs(F.max_pool2d(x, 3, 1, 1)) + w[1]).square().sum(), [x, w])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(bn.running_mean, theirs.running_mean)
+    torch.testing.assert_close(bn.running_var, theirs.running_var)

@@ -260,6 +260,59 @@ def test_no_grad_anywhere(device):
     assert not out.requires_grad
 
 
+# ---------------------------------------------------------------------------------------------
+# the weight forms DARTS code passes: a [1, K] row, a list of 0-d tensors
+
+
+def test_weights_as_a_row(device):
+    """F.softmax of a one-row alpha ([1, K]) is taken as the K weights, gradients included."""
+    xs = [torch.randn(2, 3, 4, device=device) for _ in range(4)]
+    alpha = torch.randn(1, 4, device=device, requires_grad=True)
+    out = gaea_ext.weighted_sum(xs, torch.softmax(alpha, dim=-1))
+    want = reference.weighted_sum(xs, torch.softmax(alpha, dim=-1).reshape(-1))
+    torch.testing.assert_close(out, want)
+    g = torch.randn_like(out)
+    got_grad, = torch.autograd.grad(out, alpha, g)
+    want_grad, = torch.autograd.grad(want, alpha, g)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("container", [list, tuple])
+def test_weights_as_a_list_of_scalars(device, container):
+    """`zip(weights, ops)`-style 0-d (and 1-element) tensors are stacked; each gets its gradient."""
+    xs = [torch.randn(5, 6, device=device, requires_grad=True) for _ in range(3)]
+    ws = [torch.tensor(0.2, device=device, requires_grad=True), torch.tensor([0.3], device=device, requires_grad=True),
+          torch.tensor(0.5, device=device, requires_grad=True)]
+    out = gaea_ext.weighted_sum(xs, container(ws))
+    want = sum(w.reshape(()) * x for w, x in zip(ws, xs))
+    torch.testing.assert_close(out, want)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, ws + xs, g)
+    expected = torch.autograd.grad(want, ws + xs, g)
+    for a, b, leaf in zip(got, expected, ws + xs):
+        assert a.shape == leaf.shape
+        torch.testing.assert_close(a, b)
+
+
+def test_weights_as_rows_of_a_softmax(device):
+    """DARTS' MixedOp: `sum(w * op(x) for w, op in zip(weights, ops))` with weights a softmax row."""
+    xs = [torch.randn(2, 3, 4, 4, device=device) for _ in range(3)]
+    alpha = torch.randn(2, 3, device=device, requires_grad=True)
+    weights = torch.softmax(alpha, dim=-1)
+    out = gaea_ext.weighted_sum(xs, list(weights[1]))
+    want = sum(w * x for w, x in zip(weights[1], xs))
+    torch.testing.assert_close(out, want)
+    got, = torch.autograd.grad(out.square().sum(), alpha, retain_graph=True)
+    expected, = torch.autograd.grad(want.square().sum(), alpha)
+    torch.testing.assert_close(got, expected)
+
+
+def test_gradcheck_weight_list(device):
+    xs = [torch.randn(3, 4, dtype=torch.float64, device=device) for _ in range(3)]
+    ws = [torch.rand((), dtype=torch.float64, device=device, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda a, b, c: gaea_ext.weighted_sum(xs, [a, b, c]), tuple(ws))
+
+
 def test_accepts_tuple_and_empty_tensors(device):
     xs = tuple(torch.randn(0, 3, device=device) for _ in range(3))
     out = gaea_ext.weighted_sum(xs, torch.rand(3, device=device))
