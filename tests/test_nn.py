@@ -652,3 +652,27 @@ def test_misuse_raises_clear_errors():
         pc([torch.randn(2, 6, 5, 5)], torch.rand(1, 8))
     with pytest.raises(ValueError, match="positive int"):
         gaea_ext.nn.PartialChannelNode([PCMixedOp(8, 1)], groups=0)
+
+
+def test_porting_levels_benchmark_runs(tmp_path, monkeypatch):
+    """benchmarks/porting_levels.py (docs/porting.md's table) at a tiny size."""
+    import json
+    import pathlib
+    import runpy
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "porting_levels.py"
+    out = tmp_path / "levels.json"
+    monkeypatch.setattr(sys, "argv", [str(script), "--batch", "2", "--C", "8", "--size", "8", "--runs", "1",
+                                      "--iters", "1", "--json", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["level"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["original", "weighted_sum", "MixedOp", "MixedNode", "MixedNode, arch grads only",
+                          "PC-DARTS original", "PC-DARTS PartialChannelNode"]
+    assert rows["MixedNode"]["saved_mib"] < rows["original"]["saved_mib"]
+    assert rows["PC-DARTS PartialChannelNode"]["saved_mib"] < rows["PC-DARTS original"]["saved_mib"]
+    assert all(r["median"] > 0 for r in rows.values())
