@@ -15,6 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import gaea_ext
 from gaea_ext import reference
 
+from conftest import ON_REFERENCES, requires_kernels
+
 # ---------------------------------------------------------------------------------------------
 # The peers' code: DARTS-style candidate ops and search network.
 
@@ -408,6 +410,7 @@ REDUCE = {"none": 8 + 6, "max_pool_3x3_bn": 6, "avg_pool_3x3_bn": 6, "skip": 6, 
 NETWORK_KINDS = {k: NORMAL[k] + 2 * REDUCE[k] for k in NORMAL}
 
 
+@requires_kernels
 def test_network_kinds_reach_the_kernel():
     assert NETWORK_KINDS == {"none": 42, "max_pool_3x3_bn": 26, "avg_pool_3x3_bn": 26, "skip": 26, "tensor": 216}
     x = torch.randn(2, 3, 8, 8)
@@ -498,8 +501,9 @@ def test_mixed_node_reduction_node_matches_peer(form, edge_weights):
     weights = w if form == "tensor" else [list(w[0].unbind(0)), w[1].reshape(1, -1), w[2]]
     with RecordKinds() as rec:
         yb = node(xb, weights, F.softmax(beta, -1) if edge_weights else None)
-    assert dict(rec.calls) == {"mixed_node": 1}
-    assert dict(rec.kinds) == {"none": 3, "max_pool_3x3_bn": 1, "avg_pool_3x3_bn": 1, "skip": 1, "tensor": 18}
+    if not ON_REFERENCES:  # the kernel's one call, with the fused kinds
+        assert dict(rec.calls) == {"mixed_node": 1}
+        assert dict(rec.kinds) == {"none": 3, "max_pool_3x3_bn": 1, "avg_pool_3x3_bn": 1, "skip": 1, "tensor": 18}
     torch.testing.assert_close(yb, ya, **TOL)
     g = torch.randn_like(ya)
     (ga_alpha, ga_beta, *ga_x) = torch.autograd.grad(ya, [alpha, beta] + xa, g, allow_unused=True)
@@ -673,6 +677,7 @@ def test_porting_levels_benchmark_runs(tmp_path, monkeypatch):
     rows = {r["level"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ["original", "weighted_sum", "MixedOp", "MixedNode", "MixedNode, arch grads only",
                           "PC-DARTS original", "PC-DARTS PartialChannelNode"]
-    assert rows["MixedNode"]["saved_mib"] < rows["original"]["saved_mib"]
-    assert rows["PC-DARTS PartialChannelNode"]["saved_mib"] < rows["PC-DARTS original"]["saved_mib"]
+    if not ON_REFERENCES:  # the kernels keep no pool, skip, bypass or shuffle tensor
+        assert rows["MixedNode"]["saved_mib"] < rows["original"]["saved_mib"]
+        assert rows["PC-DARTS PartialChannelNode"]["saved_mib"] < rows["PC-DARTS original"]["saved_mib"]
     assert all(r["median"] > 0 for r in rows.values())
