@@ -110,7 +110,8 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["gaea_ext"] + find_packages(where="python", include=["gaea_nas", "gaea_nas.*"]),
+    packages=find_packages(include=["gaea_ext", "gaea_ext.*"])
+    + find_packages(where="python", include=["gaea_nas", "gaea_nas.*"]),
     package_dir={"gaea_ext": "gaea_ext", "gaea_nas": "python/gaea_nas"},
     ext_modules=[] if os.environ.get("GAEA_EXT_SKIP_BUILD") == "1" else [extension()],
     cmdclass={"build_ext": BuildExtension},
