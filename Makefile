@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
 MAX_JOBS ?= 2
 export MAX_JOBS
 BUILD_DIR ?= build/cmake
@@ -35,7 +36,7 @@ all: build
 $(DEPS_STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools>=64" wheel
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja numpy
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)" ninja numpy
 	GAEA_EXT_SKIP_BUILD=1 $(PY) -m pip install --quiet --no-build-isolation -e ".[nas,dev]"
 	touch $@
 

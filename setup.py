@@ -118,8 +118,8 @@ setup(
     # The ops need only torch and numpy; the NAS layer's data, progress and plots need the extra.
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "nas": ["pillow", "tqdm", "matplotlib"],
-        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
+        "nas": ["pillow", "tqdm", "matplotlib", "torchvision", "tensorboard"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "pytest-xdist"],
     },
     entry_points={"console_scripts": ["gaea = gaea_nas.cli:main"]},
     zip_safe=False,
