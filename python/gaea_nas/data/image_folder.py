@@ -1,4 +1,12 @@
-"""Image-folder datasets: ``train/<class>/*`` and ``test/<class>/*`` in a folder or a tarball.
+"""Image-folder datasets, read two ways.
+
+* :func:`image_folder_loaders` streams an ImageFolder-layout folder (``train/<class>/*`` and
+  ``val/<class>/*``, e.g. ImageNet) through DataLoader workers that decode, augment and batch
+  the images (ImageNet transforms); nothing but the file list is held in memory.
+* :func:`read_image_folder` decodes a small dataset (below) into arrays, for the cache and the
+  device-side batches of the search.
+
+:func:`read_image_folder` reads ``train/<class>/*`` and ``test/<class>/*`` in a folder or a tarball.
 
 The two splits may sit directly in the folder/archive or under one top folder (as in
 ``cifar10-jpeg.tar.gz``: ``cifar10-jpeg/train/<class>/NNNN.jpg``). Class index = sorted class
@@ -15,17 +23,25 @@ import os
 import tarfile
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+import torch.utils.data
+import torch.utils.data.distributed
 from PIL import Image
 
+from .batches import mix_seed
 from .errors import DatasetError
 from .pickle_io import read_capped
+from .splits import subset_indices
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_MEMBER_BYTES", "IMAGE_EXTENSIONS", "is_archive",
-           "read_image_folder"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_MEMBER_BYTES", "FolderBatches", "FolderIndex",
+           "FolderLoaders", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "decode_rgb",
+           "eval_transform", "folder_indexes", "folder_splits", "image_folder_loaders", "is_archive",
+           "read_image_folder", "scan_split", "train_transform"]
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
@@ -50,6 +66,13 @@ def _is_image(name: str) -> bool:
 def _decode_image(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one encoded image to RGB uint8 ``[H, W, 3]``, refusing (before decoding) an
     image whose header announces more than ``max_pixels`` pixels."""
+    return np.asarray(decode_rgb(data, what, max_pixels), dtype=np.uint8)
+
+
+def decode_rgb(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode one encoded image to an RGB PIL image, refusing (before decoding) an image whose
+    header announces more than ``max_pixels`` pixels; any failure is one :class:`DatasetError`
+    naming ``what``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap applies
@@ -60,7 +83,7 @@ def _decode_image(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_IMAGE_PI
                                        "pixels (max_image_pixels); resize it or raise the cap")
                 if w <= 0 or h <= 0:
                     raise DatasetError(f"{what}: image of {w}x{h} pixels is empty")
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+                return im.convert("RGB")
     except DatasetError:
         raise
     except Image.DecompressionBombError as e:
@@ -226,3 +249,312 @@ def read_image_folder(path: PathLike, limit_per_class: Optional[int] = None, *,
     if not is_archive(path) and not _looks_like_tar(path):
         raise DatasetError(f"{path}: not a folder or a tar archive")
     return _read_tar(path, limit_per_class, max_member_bytes, max_image_pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming loaders (ImageNet-style training): images are decoded per batch in DataLoader
+# workers, never all held in memory.
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKENDS = ("torchvision", "dali")
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The file list of one split: paths packed into one byte buffer (no per-file Python
+    objects, so forked workers share it without copying) and int64 labels."""
+
+    folder: str
+    blob: np.ndarray     # uint8, UTF-8 paths back to back
+    offsets: np.ndarray  # int64 [N + 1]
+    labels: np.ndarray   # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> str:
+        """The path of file ``i``."""
+        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8", "surrogateescape")
+
+    def subset(self, keep: np.ndarray) -> "FolderIndex":
+        """The files at the (sorted) positions ``keep``."""
+        paths = [self.path(int(i)) for i in keep]
+        return _pack(self.folder, paths, self.labels[keep])
+
+
+def _pack(folder: str, paths: List[str], labels) -> FolderIndex:
+    encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    return FolderIndex(folder, blob, offsets, np.asarray(labels, dtype=np.int64))
+
+
+def _class_folders(split_dir: Path) -> List[str]:
+    try:
+        return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DatasetError(f"{split_dir}: cannot list the class folders ({e})") from e
+
+
+def scan_split(split_dir: Path, classes: Sequence[str]) -> FolderIndex:
+    """Every image under ``split_dir/<class>/`` (recursively, sorted), labelled by the position
+    of its class in ``classes``."""
+    paths: List[str] = []
+    labels: List[int] = []
+    for label, cls in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(split_dir / cls, onerror=_raise_walk_error):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if _is_image(f):
+                    paths.append(os.path.join(dirpath, f))
+                    labels.append(label)
+    if not paths:
+        raise DatasetError(f"{split_dir}: no images in its class folders (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    return _pack(str(split_dir), paths, labels)
+
+
+def _raise_walk_error(e: OSError) -> None:
+    raise DatasetError(f"{e.filename}: cannot list ({e.strerror})")
+
+
+def folder_splits(root: PathLike) -> Tuple[List[str], Path, Path]:
+    """``(classes, train_dir, eval_dir)`` of an ImageFolder-layout root: ``train/<class>/`` and
+    ``val/<class>/`` (``test/<class>/`` when there is no ``val/``), the same class folders in
+    both."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder (expected train/<class>/ and val/<class>/ in it)")
+    train_dir = root / "train"
+    eval_dir = root / "val" if (root / "val").is_dir() or not (root / "test").is_dir() else root / "test"
+    for d in (train_dir, eval_dir):
+        if not d.is_dir():
+            raise DatasetError(f"{d}: no such folder (an image folder holds train/<class>/ and val/<class>/)")
+    classes = _class_folders(train_dir)
+    if not classes:
+        raise DatasetError(f"{train_dir}: no class folders")
+    eval_classes = _class_folders(eval_dir)
+    if eval_classes != classes:
+        missing = sorted(set(classes) - set(eval_classes))
+        extra = sorted(set(eval_classes) - set(classes))
+        raise DatasetError(f"{eval_dir}: class folders differ from {train_dir} (missing: {missing[:5]}"
+                           f"{' ...' if len(missing) > 5 else ''}, extra: {extra[:5]}"
+                           f"{' ...' if len(extra) > 5 else ''})")
+    return classes, train_dir, eval_dir
+
+
+class _Failure:
+    """A batch that could not be made: carries the one-line message to the main process, where
+    it is raised as :class:`DatasetError` (an exception raised in a worker would come back with
+    the worker's traceback folded into its message)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Decodes file ``i`` of a :class:`FolderIndex` (size- and pixel-capped) and applies
+    ``transform``. Indexed by ``(i, sample_seed)``: the random transform draws from a generator
+    seeded with ``sample_seed``, so a sample's augmentation depends only on (seed, epoch, i),
+    not on the number of workers or which worker decodes it."""
+
+    def __init__(self, index: FolderIndex, transform, max_file_bytes: int, max_pixels: int):
+        self.index, self.transform = index, transform
+        self.max_file_bytes, self.max_pixels = max_file_bytes, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item):
+        i, sample_seed = item
+        path = self.index.path(i)
+        try:
+            try:
+                with open(path, "rb") as f:
+                    data = read_capped(f, self.max_file_bytes, path, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from e
+            image = decode_rgb(data, path, self.max_pixels)
+            if torch.utils.data.get_worker_info() is None:  # main process: keep its RNG stream
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed)
+                    x = self.transform(image)
+            else:
+                torch.manual_seed(sample_seed)
+                x = self.transform(image)
+        except DatasetError as e:
+            return _Failure(str(e))
+        return x, int(self.index.labels[i])
+
+
+def _collate(samples):
+    for s in samples:
+        if isinstance(s, _Failure):
+            return s
+    return torch.utils.data.default_collate(samples)
+
+
+class _SeededIndices(torch.utils.data.Sampler):
+    """Wraps a sampler of indices into ``(index, sample_seed)`` pairs for :class:`_FolderDataset`."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for i in self.sampler:
+            yield int(i), mix_seed(self.seed, self.epoch, int(i))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _ShardSampler(torch.utils.data.Sampler):
+    """Every ``world_size``-th index from ``rank``, in order, without padding: the ranks' shards
+    partition the set exactly, so summed evaluation counts see each image once."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class FolderBatches:
+    """Iterable of ``(images float32 [B, 3, S, S] normalised, labels int64 [B])``; ``len()`` is
+    the number of batches per epoch on this rank."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if isinstance(batch, _Failure):
+                raise DatasetError(batch.message)
+            yield batch
+
+
+@dataclass
+class FolderLoaders:
+    """The train and test batch iterables of an image folder, with its class count and sizes
+    (``train_size`` / ``test_size``: images in each split after subsetting, all ranks together)."""
+
+    train: Iterable
+    test: Iterable
+    num_classes: int
+    train_size: int
+    test_size: int
+    classes: List[str]
+    _set_epoch: Callable[[int], None]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s shuffle and augmentation (deterministic in seed and epoch);
+        call before iterating ``train`` each epoch."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._set_epoch(epoch)
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def train_transform(image_size: int, color_jitter: Sequence[float]):
+    """RandomResizedCrop, horizontal flip, ColorJitter, ToTensor and ImageNet normalisation."""
+    from torchvision import transforms as T
+    return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ColorJitter(*color_jitter),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def eval_transform(image_size: int, resize: int):
+    """Resize (shorter side), CenterCrop, ToTensor and ImageNet normalisation."""
+    from torchvision import transforms as T
+    return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def image_folder_loaders(root: PathLike, *, batch_size: int, eval_batch_size: int, workers: int = 4,
+                         train_images: Optional[int] = None, test_images: Optional[int] = None,
+                         image_size: int = 224, resize: int = 256,
+                         color_jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.2), rank: int = 0,
+                         world_size: int = 1, seed: int = 0, pin_memory: bool = True,
+                         prefetch_factor: int = 2, backend: str = "torchvision",
+                         max_file_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderLoaders:
+    """Streaming train/test loaders over ``root/train/<class>/`` and ``root/val/<class>/``.
+
+    ``batch_size`` / ``eval_batch_size`` are per rank. The train set is sharded and shuffled
+    with :class:`~torch.utils.data.distributed.DistributedSampler` (``seed``; the shuffle and
+    the augmentation of each image are fixed by (seed, epoch, image), see
+    :meth:`FolderLoaders.set_epoch`); the test set is split into exact, unpadded shards.
+    ``train_images`` / ``test_images`` keep a seeded subset of each split. Files are read in
+    ``workers`` DataLoader processes (0: in this process), each file capped at
+    ``max_file_bytes`` and ``max_image_pixels`` (a bad, corrupt or over-large file raises one
+    :class:`DatasetError` naming it). ``backend="dali"`` decodes on the GPU with NVIDIA DALI
+    (see :mod:`gaea_nas.data.dali_folder`).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                             ("workers", workers, 0), ("image_size", image_size, 1), ("resize", resize, 1),
+                             ("world_size", world_size, 1), ("rank", rank, 0), ("seed", seed, 0),
+                             ("prefetch_factor", prefetch_factor, 1), ("max_file_bytes", max_file_bytes, 1),
+                             ("max_image_pixels", max_image_pixels, 1)):
+        _check_int(name, value, low)
+    if rank >= world_size:
+        raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
+    for name, value in (("train_images", train_images), ("test_images", test_images)):
+        if value is not None:
+            _check_int(name, value, 1)
+    if len(color_jitter) != 4 or any(not isinstance(v, (int, float)) or v < 0 for v in color_jitter):
+        raise ValueError(f"color_jitter must be 4 numbers >= 0 (brightness, contrast, saturation, hue), "
+                         f"got {color_jitter!r}")
+    if backend == "dali":
+        from .dali_folder import dali_folder_loaders
+        return dali_folder_loaders(root, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                   workers=workers, train_images=train_images, test_images=test_images,
+                                   image_size=image_size, resize=resize, color_jitter=tuple(color_jitter),
+                                   rank=rank, world_size=world_size, seed=seed, max_file_bytes=max_file_bytes)
+
+    classes, train_index, test_index = folder_indexes(root, train_images, test_images, seed)
+    train_set = _FolderDataset(train_index, train_transform(image_size, color_jitter), max_file_bytes,
+                               max_image_pixels)
+    test_set = _FolderDataset(test_index, eval_transform(image_size, resize), max_file_bytes, max_image_pixels)
+    train_sampler = _SeededIndices(torch.utils.data.distributed.DistributedSampler(
+        train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed), seed)
+    test_sampler = _SeededIndices(_ShardSampler(len(test_set), rank, world_size), seed)
+    kw: Dict[str, object] = dict(num_workers=workers, collate_fn=_collate,
+                                 pin_memory=pin_memory and torch.cuda.is_available())
+    if workers > 0:  # persistent: the worker start-up (imports, forking) is paid once, not per epoch
+        kw.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+    train = torch.utils.data.DataLoader(train_set, batch_size=batch_size, sampler=train_sampler, **kw)
+    test = torch.utils.data.DataLoader(test_set, batch_size=eval_batch_size, sampler=test_sampler, **kw)
+    return FolderLoaders(FolderBatches(train), FolderBatches(test), len(classes), len(train_index),
+                         len(test_index), classes, train_sampler.set_epoch)
+
+
+def folder_indexes(root: PathLike, train_images: Optional[int], test_images: Optional[int],
+                   seed: int) -> Tuple[List[str], FolderIndex, FolderIndex]:
+    """``(classes, train index, test index)`` of an image folder, each split reduced to a seeded
+    subset of ``train_images`` / ``test_images`` files when given."""
+    classes, train_dir, eval_dir = folder_splits(root)
+    indexes = []
+    for split_dir, count, salt in ((train_dir, train_images, 1), (eval_dir, test_images, 2)):
+        index = scan_split(split_dir, classes)
+        if count is not None and count < len(index):
+            index = index.subset(subset_indices(len(index), count, mix_seed(seed, salt)).numpy())
+        indexes.append(index)
+    return classes, indexes[0], indexes[1]
