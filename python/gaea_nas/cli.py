@@ -1,4 +1,4 @@
-"""The ``gaea`` command: ``search``, ``lookup``, ``info`` and ``plot``.
+"""The ``gaea`` command: ``search``, ``lookup``, ``info``, ``plot`` and ``report``.
 
 Exit status: 0 done; 1 a missing, corrupt or unwritable file (dataset, table, checkpoint, run
 config, a full disk), a dataset changed under a resumed run, or a search that cannot go on
@@ -56,6 +56,7 @@ _threads = _number(int, 1, f"an integer from 1 to {4 * (os.cpu_count() or 1)} "
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gaea`` (one sub-parser per command)."""
+    from .report import add_report_parser
     from .search.config import METHODS, OBJECTIVES, PRESETS, SPACES
 
     p = argparse.ArgumentParser(prog="gaea", description="Geometry-aware differentiable NAS (GAEA) on the gaea_ext fused ops.")
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG figures of a run folder")
     pl.add_argument("run_dir", metavar="RUN_DIR")
     pl.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
+    add_report_parser(sub)
     p.search_parser = s  # for usage messages of semantic errors
     return p
 
@@ -353,4 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_lookup(args)
     if args.command == "info":
         return cmd_info(args)
+    if args.command == "report":
+        from .report import run_report_command
+        return run_report_command(args)
     return cmd_plot(args)
