@@ -333,7 +333,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    """``gaea plot RUN_DIR``: PNG figures of a run (arch weights, entropy, NB201 accuracy, cell)."""
+    """``gaea plot RUN_DIR``: PNG figures of a search (arch weights, entropy, NB201 accuracy, cell)
+    or of a training run (loss, accuracy, learning rate and drop path)."""
     from .plots import RunDataError, plot_run
 
     try:

@@ -1,4 +1,7 @@
-"""``gaea plot RUN_DIR``: PNG figures of a search from its ``metrics.jsonl`` and ``result.json``.
+"""``gaea plot RUN_DIR``: PNG figures of a search or a training run from its ``metrics.jsonl``
+(and a search's ``result.json``).
+
+A search run gets:
 
 - ``arch_weights.png``: the weight of every op on every edge, per epoch (one panel per edge,
   per cell type).
@@ -6,6 +9,13 @@
 - ``accuracy.png``: train and search accuracy per epoch and, on NAS-Bench-201, the benchmark
   CIFAR-10 test accuracy of the cell derived at each epoch.
 - ``cell.png``: the final cell as a graph (edges labelled with their ops).
+
+A training run (``gaea train``; records with ``test_top1``) gets:
+
+- ``loss.png``: train and test loss per epoch;
+- ``accuracy.png``: train accuracy and test top-1 (top-5 and the EMA model's top-1 when
+  recorded) per epoch;
+- ``schedule.png``: the learning rate and the drop-path probability per epoch.
 """
 from __future__ import annotations
 
@@ -36,14 +46,53 @@ def _read_run(run_dir: Path) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, A
                     raise RunDataError(f"{path}:{n}: not JSON ({e})") from None
     if not metrics:
         raise RunDataError(f"{path}: no epochs recorded")
-    for key in ("epoch", "arch", "arch_weights", "entropy"):
+    if _is_training(metrics):
+        keys, kind = _TRAINING_KEYS, "training"
+    else:
+        keys, kind = ("epoch", "arch", "arch_weights", "entropy"), "search"
+    for key in keys:
         if key not in metrics[0]:
-            raise RunDataError(f"{path}: records lack {key!r}; not a gaea search run")
+            raise RunDataError(f"{path}: records lack {key!r}; not a gaea {kind} run")
     result = None
     if (run_dir / "result.json").is_file():
         with open(run_dir / "result.json") as f:
             result = json.load(f)
     return metrics, result
+
+
+_TRAINING_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_top1")
+
+
+def _is_training(metrics) -> bool:
+    return isinstance(metrics[0], dict) and "test_top1" in metrics[0]
+
+
+def _plot_training(plt, metrics, paths: Sequence[Path]) -> None:
+    """``loss.png``, ``accuracy.png`` and ``schedule.png`` of a training run: each figure is a
+    list of panels, each panel (y label, scale, [(metric key, legend label), ...])."""
+    epochs = [m["epoch"] for m in metrics]
+    figures = [
+        ("loss", [("loss", 1.0, [("train_loss", "train"), ("test_loss", "test")])]),
+        ("accuracy", [("accuracy (%)", 100.0, [("train_acc", "train (augmented batches)"), ("test_top1", "test top-1"),
+                                              ("test_top5", "test top-5"), ("ema_test_top1", "EMA test top-1")])]),
+        ("schedule", [("learning rate", 1.0, [("lr", "learning rate")]),
+                      ("drop-path probability", 1.0, [("drop_path_prob", "drop path")])]),
+    ]
+    for path, (title, panels) in zip(paths, figures):
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
+        for ax, (ylabel, scale, curves) in zip(axes[0], panels):
+            for key, label in curves:
+                pts = [(e, scale * m[key]) for e, m in zip(epochs, metrics) if m.get(key) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=2, label=label)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
 
 
 def _plot_arch_weights(plt, metrics, ops: Sequence[str], path: Path) -> None:
@@ -176,8 +225,9 @@ def _plot_cell(plt, space: str, arch: str, path: Path) -> None:
 
 
 def plot_run(run_dir, out_dir=None) -> List[Path]:
-    """Write the PNG figures of ``run_dir`` into ``out_dir`` (default ``RUN_DIR/plots``);
-    returns their paths. Works on a finished run or one in progress (from its metrics)."""
+    """Write the PNG figures of ``run_dir`` (a search or a training run) into ``out_dir``
+    (default ``RUN_DIR/plots``); returns their paths. Works on a finished run or one in
+    progress (from its metrics)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,6 +237,10 @@ def plot_run(run_dir, out_dir=None) -> List[Path]:
     metrics, result = _read_run(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
+    if _is_training(metrics):
+        paths = [out / "loss.png", out / "accuracy.png", out / "schedule.png"]
+        _plot_training(plt, metrics, paths)
+        return paths
     last = result or metrics[-1]
     ops = last.get("ops") or metrics[-1].get("ops")
     if not ops:
