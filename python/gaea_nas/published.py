@@ -13,7 +13,8 @@ from typing import Dict, Optional, Tuple
 
 from .spaces.darts.genotypes import PUBLISHED, get_genotype
 
-__all__ = ["BENCHMARKS", "PUBLISHED_RESULTS", "PublishedResult", "benchmark_of", "network_name", "published_result"]
+__all__ = ["BENCHMARKS", "PUBLISHED_RESULTS", "PublishedResult", "benchmark_of", "dataset_family", "network_name",
+           "published_result"]
 
 BENCHMARKS = ("cifar10", "imagenet")
 
@@ -88,12 +89,22 @@ def _genotype_key(g) -> tuple:
     return (tuple(map(tuple, g.normal)), tuple(g.normal_concat), tuple(map(tuple, g.reduce)), tuple(g.reduce_concat))
 
 
+def dataset_family(dataset: str) -> Optional[str]:
+    """``cifar10``, ``cifar100`` or ``imagenet16-120`` for a dataset name or a path whose file
+    name starts with one of them (``cifar10-jpeg.tar.gz`` is CIFAR-10), else None."""
+    name = str(dataset).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower().replace("-", "").replace("_", "")
+    for prefix, family in (("cifar100", "cifar100"), ("cifar10", "cifar10"), ("imagenet16", "imagenet16-120")):
+        if name.startswith(prefix):
+            return family
+    return None
+
+
 def benchmark_of(protocol: str, dataset: str) -> Optional[str]:
     """``"imagenet"`` for the ImageNet protocols, ``"cifar10"`` for the CIFAR protocols on
-    CIFAR-10, else None (no published DARTS-space figure)."""
+    CIFAR-10 (see :func:`dataset_family`), else None (no published DARTS-space figure)."""
     if protocol.startswith("imagenet"):
         return "imagenet"
-    if protocol in ("darts", "pcdarts", "gaea") and dataset == "cifar10":
+    if protocol in ("darts", "pcdarts", "gaea") and dataset_family(dataset) == "cifar10":
         return "cifar10"
     return None
 

@@ -1,7 +1,8 @@
 """``gaea report RUN_DIR...``: one table of many run folders.
 
 * Training runs (``result.json`` with a ``protocol``) are grouped by (cell, protocol, dataset,
-  epochs); each group gets the mean ± sample standard deviation (and n) of the final-epoch and
+  epochs), runs whose ``config.json`` differ in anything else but the seed (width, subsets, ...)
+  apart, labelled by those settings; each group gets the mean ± sample standard deviation (and n) of the final-epoch and
   of the best-epoch test top-1 accuracy, separately, the final top-5 (ImageNet), the parameter
   count (auxiliary head excluded) and the published figure of the same network
   (:mod:`gaea_nas.published`; for NAS-Bench-201 cells, the benchmark table's 200-epoch
@@ -23,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .published import benchmark_of, network_name, published_result
+from .published import benchmark_of, dataset_family, network_name, published_result
 
 __all__ = ["ReportError", "RunRecord", "add_report_parser", "build_report", "format_markdown", "mean_std",
            "read_run", "run_report_command"]
 
 _NB201_COLUMNS = {"cifar10": "cifar10_test", "cifar100": "cifar100_test", "imagenet16-120": "imagenet16_test"}
+# config.json fields that neither tell runs of one experiment apart nor are already in the group key
+_NOT_VARIANT = {"seed", "arch", "arch_name", "space", "network", "protocol", "dataset", "epochs"}
 
 
 class ReportError(RuntimeError):
@@ -118,13 +121,31 @@ def _nb201_table(path: Optional[str]):
         return None, str(e).split(". ")[0]
 
 
-def _train_group(key: Tuple, runs: List[RunRecord], table) -> Dict[str, Any]:
-    arch, protocol, dataset, epochs = key
+def _variant(run: RunRecord) -> str:
+    """The run's config.json settings other than the seed and the group key, as sorted JSON."""
+    config = run.config.get("config")
+    if not isinstance(config, dict):
+        return "{}"
+    return json.dumps({k: v for k, v in config.items() if k not in _NOT_VARIANT}, sort_keys=True, default=str)
+
+
+def _variant_labels(variants: Sequence[str]) -> List[str]:
+    """For the variants of one (cell, protocol, dataset, epochs): the settings in which they
+    differ, e.g. ``channels=8, train_images=1000`` (empty when there is one variant)."""
+    if len(variants) < 2:
+        return [""] * len(variants)
+    dicts = [json.loads(v) for v in variants]
+    keys = sorted({k for d in dicts for k in d if len({json.dumps(x.get(k), sort_keys=True) for x in dicts}) > 1})
+    return [", ".join(f"{k}={json.dumps(d.get(k))}" for k in keys) for d in dicts]
+
+
+def _train_group(key: Tuple, runs: List[RunRecord], table, variant: str) -> Dict[str, Any]:
+    arch, protocol, dataset, epochs, _ = key
     first = runs[0].result
     name = network_name(arch, first.get("arch_name")) if first.get("space", "darts") == "darts" else None
     group: Dict[str, Any] = {
         "arch": arch, "network": name, "protocol": protocol, "dataset": dataset, "epochs": epochs,
-        "runs": [r.run_dir for r in runs], "seeds": [r.result.get("seed") for r in runs],
+        "variant": variant, "runs": [r.run_dir for r in runs], "seeds": [r.result.get("seed") for r in runs],
         "final_top1": mean_std(_percent(r.result["test_top1"] for r in runs)),
         "best_top1": mean_std(_percent(r.result["best_test_top1"] for r in runs)),
         "final_top5": mean_std(_percent(r.result.get("test_top5") for r in runs)),
@@ -139,10 +160,10 @@ def _train_group(key: Tuple, runs: List[RunRecord], table) -> Dict[str, Any]:
         group["published"] = {"top1": pub.top1, "top1_std": pub.top1_error_std, "top5": pub.top5,
                               "params_m": pub.params_m, "reported": pub.reported, "source": pub.source,
                               "note": pub.note}
-    elif protocol == "nb201" and table is not None and dataset in _NB201_COLUMNS:
+    elif protocol == "nb201" and table is not None and dataset_family(dataset) in _NB201_COLUMNS:
         row = table.summary(arch)
         if row is not None:
-            group["published"] = {"top1": row[_NB201_COLUMNS[dataset]], "top1_std": None, "top5": None,
+            group["published"] = {"top1": row[_NB201_COLUMNS[dataset_family(dataset)]], "top1_std": None, "top5": None,
                                   "params_m": None, "reported": "200 epochs, mean over seeds",
                                   "source": "NAS-Bench-201 table", "note": f"index {row['index']}"}
     return group
@@ -175,7 +196,7 @@ def build_report(run_dirs: Sequence, table_path: Optional[str] = None) -> Dict[s
     for r in runs:
         res = r.result
         if r.kind == "train":
-            train.setdefault((res["arch"], res["protocol"], _dataset(r), res["epochs"]), []).append(r)
+            train.setdefault((res["arch"], res["protocol"], _dataset(r), res["epochs"], _variant(r)), []).append(r)
         elif r.kind == "search":
             key = (res.get("space"), res["method"], res.get("objective"), _dataset(r), res.get("epochs"))
             search.setdefault(key, []).append(r)
@@ -185,8 +206,12 @@ def build_report(run_dirs: Sequence, table_path: Optional[str] = None) -> Dict[s
         table, why = _nb201_table(table_path)
         if table is None:
             notes.append(f"NAS-Bench-201 table not loaded, so no table accuracy for nb201 cells: {why}")
+    labels: Dict[Tuple, str] = {}
+    for base in {k[:4] for k in train}:
+        keys = [k for k in train if k[:4] == base]
+        labels.update(zip(keys, _variant_labels([k[4] for k in keys])))
     return {
-        "train": [_train_group(k, v, table) for k, v in train.items()],
+        "train": [_train_group(k, v, table, labels[k]) for k, v in train.items()],
         "search": [_search_group(k, v) for k, v in search.items()],
         "incomplete": [{"run": r.run_dir, "note": r.note} for r in runs if r.kind == "incomplete"],
         "notes": notes,
@@ -237,13 +262,13 @@ def format_markdown(report: Dict[str, Any]) -> str:
     out: List[str] = []
     if report["train"]:
         out += ["## Training runs", "",
-                _row(["network", "protocol", "dataset", "epochs", "final top-1 %", "best top-1 %", "final top-5 %",
+                _row(["network", "protocol", "dataset", "epochs", "settings", "final top-1 %", "best top-1 %", "final top-5 %",
                       "params (M)", "published top-1 %", "published params (M)", "source"]),
-                _row(["---"] * 11)]
+                _row(["---"] * 12)]
         for g in report["train"]:
             pub = g["published"]
             out.append(_row([
-                _short_arch(g), g["protocol"], g["dataset"], g["epochs"], _fmt(g["final_top1"]), _fmt(g["best_top1"]),
+                _short_arch(g), g["protocol"], g["dataset"], g["epochs"], g["variant"] or "—", _fmt(g["final_top1"]), _fmt(g["best_top1"]),
                 _fmt(g["final_top5"]), _params_m(g["params"]),
                 _published_cell(pub), "—" if not pub or pub["params_m"] is None else f"{pub['params_m']:.1f}",
                 "—" if not pub else pub["source"]]))

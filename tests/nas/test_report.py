@@ -18,7 +18,7 @@ NB201_CELL = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|s
 
 
 def _train_run(root: Path, name: str, *, arch="DARTS_V2 literal", arch_name="DARTS_V2", protocol="darts",
-               dataset="cifar10", epochs=600, top1=0.97, best=0.972, seed=0, top5=None, config=True) -> Path:
+               dataset="cifar10", epochs=600, top1=0.97, best=0.972, seed=0, top5=None, channels=36) -> Path:
     d = root / name
     d.mkdir(parents=True)
     result = {"arch": arch, "arch_name": arch_name, "space": "nb201" if arch.startswith("|") else "darts",
@@ -28,8 +28,8 @@ def _train_run(root: Path, name: str, *, arch="DARTS_V2 literal", arch_name="DAR
     if top5 is not None:
         result["test_top5"] = top5
     (d / "result.json").write_text(json.dumps(result))
-    if config:
-        (d / "config.json").write_text(json.dumps({"config": {"dataset": dataset}}))
+    (d / "config.json").write_text(json.dumps({"config": {"dataset": dataset, "seed": seed, "epochs": epochs,
+                                                          "channels": channels, "cutout": 16}}))
     return d
 
 
@@ -73,8 +73,26 @@ def test_train_groups_final_and_best_separately(tmp_path):
     assert report["incomplete"] == [{"run": str(tmp_path / "running"),
                                      "note": "no result.json (running, stopped or failed; 2 epochs recorded)"}]
     md = format_markdown(report)
-    assert "| DARTS_V2 | darts | cifar10 | 600 | 97.03 ± 0.15 (n=3) | 97.22 ± 0.09 (n=3) | — | 3.349 | 97.24 ± 0.09" in md
+    assert "| DARTS_V2 | darts | cifar10 | 600 | — | 97.03 ± 0.15 (n=3) | 97.22 ± 0.09 (n=3) | — | 3.349 | 97.24 ± 0.09" in md
     assert "## Incomplete runs" in md and "running" in md
+
+
+def test_runs_with_other_settings_are_grouped_apart(tmp_path):
+    runs = [_train_run(tmp_path, "a0", seed=0), _train_run(tmp_path, "a1", seed=1, top1=0.96),
+            _train_run(tmp_path, "narrow", channels=16, top1=0.95)]
+    groups = build_report(runs)["train"]
+    assert sorted((g["variant"], len(g["runs"])) for g in groups) == [("channels=16", 1), ("channels=36", 2)]
+    assert "| DARTS_V2 | darts | cifar10 | 600 | channels=16 | 95.00 (n=1)" in format_markdown(build_report(runs))
+
+
+def test_dataset_family():
+    from gaea_nas.published import benchmark_of, dataset_family
+
+    assert dataset_family("cifar10") == "cifar10" and dataset_family("/d/cifar10-jpeg.tar.gz") == "cifar10"
+    assert dataset_family("CIFAR-100") == "cifar100" and dataset_family("imagenet16-120") == "imagenet16-120"
+    assert dataset_family("/data/imagenet") is None
+    assert benchmark_of("darts", "cifar10-jpeg.tar.gz") == "cifar10" and benchmark_of("darts", "cifar100") is None
+    assert benchmark_of("imagenet-gaea", "/data/imagenet") == "imagenet"
 
 
 def test_imagenet_runs_show_top5_and_dataset_from_config(tmp_path):
@@ -91,7 +109,8 @@ def test_imagenet_runs_show_top5_and_dataset_from_config(tmp_path):
 
 def test_nb201_train_runs_compare_with_the_table(tmp_path):
     table = shared_data("nb201", "nb201_accuracies.csv.gz")
-    d = _train_run(tmp_path, "nb", arch=NB201_CELL, arch_name=None, protocol="nb201", epochs=200)
+    d = _train_run(tmp_path, "nb", arch=NB201_CELL, arch_name=None, protocol="nb201", epochs=200,
+                   dataset="cifar10-jpeg.tar.gz")
     g = build_report([d], str(table))["train"][0]
     assert g["published"]["top1"] == pytest.approx(85.8633333, abs=1e-4)
     assert g["published"]["source"] == "NAS-Bench-201 table"
