@@ -12,7 +12,7 @@ with the command, device, commit and date.
     python benchmarks/nb201_rank_correlation.py --dry-run            # the cells and commands only
 
 The default budget (7 cells; C=16, N=1, 3 epochs of 3,000 training images, 1,000 test images,
-batch 128, seed 0) is sized for about 15-20 minutes on 2 otherwise idle CPU cores. Run folders
+batch 128, seed 0) is sized for an estimated 15-20 minutes on 2 otherwise idle CPU cores. Run folders
 go to ``--runs-dir``; a cell whose run folder already holds a ``result.json`` of the same budget
 is not trained again, so an interrupted run can be restarted with the same command.
 

@@ -262,14 +262,14 @@ def format_markdown(report: Dict[str, Any]) -> str:
     out: List[str] = []
     if report["train"]:
         out += ["## Training runs", "",
-                _row(["network", "protocol", "dataset", "epochs", "settings", "final top-1 %", "best top-1 %", "final top-5 %",
-                      "params (M)", "published top-1 %", "published params (M)", "source"]),
+                _row(["network", "protocol", "dataset", "epochs", "settings", "final top-1 %", "best top-1 %",
+                      "final top-5 %", "params (M)", "published top-1 %", "published params (M)", "source"]),
                 _row(["---"] * 12)]
         for g in report["train"]:
             pub = g["published"]
             out.append(_row([
-                _short_arch(g), g["protocol"], g["dataset"], g["epochs"], g["variant"] or "—", _fmt(g["final_top1"]), _fmt(g["best_top1"]),
-                _fmt(g["final_top5"]), _params_m(g["params"]),
+                _short_arch(g), g["protocol"], g["dataset"], g["epochs"], g["variant"] or "—",
+                _fmt(g["final_top1"]), _fmt(g["best_top1"]), _fmt(g["final_top5"]), _params_m(g["params"]),
                 _published_cell(pub), "—" if not pub or pub["params_m"] is None else f"{pub['params_m']:.1f}",
                 "—" if not pub else pub["source"]]))
         out.append("")

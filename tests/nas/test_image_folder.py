@@ -141,7 +141,8 @@ def test_subsets_are_seeded_and_stable(folder):
 def test_class_mismatch_and_layout_errors(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "val" / "dog").mkdir()
-    with pytest.raises(DatasetError, match=r"d/val: class folders differ from .*d/train \(missing: \[\], extra: \['dog'\]\)"):
+    with pytest.raises(DatasetError,
+                       match=r"d/val: class folders differ from .*d/train \(missing: \[\], extra: \['dog'\]\)"):
         _loaders(root)
     with pytest.raises(DatasetError, match=r"nope: no such folder"):
         _loaders(tmp_path / "nope")
