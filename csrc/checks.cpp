@@ -77,9 +77,9 @@ std::vector<int64_t> check_mixed_node_args(at::TensorList xs, at::TensorList out
   int64_t num_bn = 0;
   for (size_t t = 0; t < T; ++t) {
     const int64_t kind = kinds[t], src = sources[t];
-    TORCH_CHECK(kind >= kNone && kind <= kOnes, "mixed_node: kinds[", t, "] must be 0..7 (none, skip, ",
-                "avg_pool_3x3, max_pool_3x3, tensor, avg_pool_3x3_bn, max_pool_3x3_bn, ones), got ", kind);
-    if (kind == kTensor) {
+    TORCH_CHECK(kind >= kNone && kind <= kTensorBN, "mixed_node: kinds[", t, "] must be 0..8 (none, skip, ",
+                "avg_pool_3x3, max_pool_3x3, tensor, avg_pool_3x3_bn, max_pool_3x3_bn, ones, tensor_bn), got ", kind);
+    if (is_output_kind(kind)) {
       TORCH_CHECK(src >= 0 && src < static_cast<int64_t>(outputs.size()), "mixed_node: sources[", t,
                   "] must index 'outputs' (0..", static_cast<int64_t>(outputs.size()) - 1, "), got ", src);
       output_uses[src] += 1;
@@ -173,7 +173,8 @@ void check_pool_stats_args(const at::Tensor& x, int64_t kind) {
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
               "pool_stats: 'x' must be floating point (float16, bfloat16, float32, float64), got ", x.scalar_type());
   TORCH_CHECK(kind == kAvgPool || kind == kMaxPool || is_bn_kind(kind),
-              "pool_stats: 'kind' must be a pool kind (2 avg_pool_3x3, 3 max_pool_3x3, 5, 6), got ", kind);
+              "pool_stats: 'kind' must be a pool kind (2 avg_pool_3x3, 3 max_pool_3x3, 5, 6, 8 the identity), got ",
+              kind);
 }
 
 void check_pool_stats_backward_args(const at::Tensor& grad_stats, const at::Tensor& x, const at::Tensor& stats,

@@ -99,14 +99,20 @@ at::Tensor exp_grad_step_cuda(at::TensorList params, at::TensorList grads, c10::
 //     kAvgPoolBN (5), kMaxPoolBN (6): the pool followed by a per-channel normalisation
 //                 (pool - norm[b, 0, c]) * norm[b, 1, c], b = the term's rank among the BN
 //                 terms: BatchNorm without affine, given its mean and 1/sqrt(var + eps);
-//     kOnes (7)   a tensor of ones (GDAS's straight-through terms: out += weights[t]).
+//     kOnes (7)   a tensor of ones (GDAS's straight-through terms: out += weights[t]);
+//     kTensorBN (8) outputs[sources[t]] normalised per channel like the BN pools:
+//                 (y - norm[b, 0, c]) * norm[b, 1, c] (a conv output and its BatchNorm).
 // xs and outputs are 4-D [N, C, H, W], one shape, dtype (f16/bf16/f32/f64) and device;
 // weights is 1-D with one floating element per term; norm is [B, 2, C] floating (B = number
 // of BN terms; undefined when B == 0). The pools are computed from xs inside the kernel and
-// never materialised. Half inputs accumulate in float32. Kernels work on contiguous NCHW
-// (other layouts are copied; a channels_last x gives a channels_last out).
+// never materialised. Half inputs accumulate in float32. The kernels work on contiguous NCHW
+// xs (other layouts are copied; a channels_last x gives a channels_last out); outputs are
+// read in place with their own strides (e.g. channel slices of a batched conv output, NCHW
+// or channels_last) when each plane's cells are evenly spaced (see output_strides), and
+// copied otherwise.
 enum MixedKind : int64_t {
-  kNone = 0, kSkip = 1, kAvgPool = 2, kMaxPool = 3, kTensor = 4, kAvgPoolBN = 5, kMaxPoolBN = 6, kOnes = 7
+  kNone = 0, kSkip = 1, kAvgPool = 2, kMaxPool = 3, kTensor = 4, kAvgPoolBN = 5, kMaxPoolBN = 6, kOnes = 7,
+  kTensorBN = 8
 };
 #ifdef __CUDACC__
 #define GAEA_HOST_DEVICE __host__ __device__
@@ -114,18 +120,23 @@ enum MixedKind : int64_t {
 #define GAEA_HOST_DEVICE
 #endif
 GAEA_HOST_DEVICE inline bool is_avg_kind(int64_t kind) { return kind == kAvgPool || kind == kAvgPoolBN; }
-GAEA_HOST_DEVICE inline bool is_bn_kind(int64_t kind) { return kind == kAvgPoolBN || kind == kMaxPoolBN; }
+GAEA_HOST_DEVICE inline bool is_bn_kind(int64_t kind) {
+  return kind == kAvgPoolBN || kind == kMaxPoolBN || kind == kTensorBN;
+}
+// Kinds whose term reads outputs[sources[t]] rather than xs.
+GAEA_HOST_DEVICE inline bool is_output_kind(int64_t kind) { return kind == kTensor || kind == kTensorBN; }
 at::Tensor mixed_node_cpu(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
                           c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::optional<at::Tensor>& norm);
 at::Tensor mixed_node_cuda(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,
                            c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::optional<at::Tensor>& norm);
 
 // Backward of mixed_node from grad_out g, recomputing the pools from xs (p = the raw pool,
-// s_t = weights[t] times norm[b, 1, c] for a BN term, weights[t] otherwise):
+// or the output of a kTensorBN term; s_t = weights[t] times norm[b, 1, c] for a BN term,
+// weights[t] otherwise):
 //   grad_xs[s] = sum over the terms reading xs[s] of s_t * (g for kSkip, the avg-pool adjoint
 //                of g, or g routed to each window's first maximum, as PyTorch's max_pool2d
 //                does), for each s with xs_need_grad[s];
-//   grad_outputs[s] = weights[t] * g for each s with outputs_need_grad[s];
+//   grad_outputs[s] = s_t * g for each s with outputs_need_grad[s];
 //   grad_weights[t] = <term_t, g> (0 for kNone, sum(g) for kOnes; empty when !weights_need_grad);
 //   grad_norm[b, 0, c] = -weights[t] * norm[b, 1, c] * sum_c(g),
 //   grad_norm[b, 1, c] = weights[t] * sum_c(g * (p - norm[b, 0, c]))   (empty when !norm_need_grad),
@@ -147,7 +158,8 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out, at::TensorLi
 // ---- pool_stats ----------------------------------------------------------------------
 
 // Per-channel batch statistics of a 3x3 stride-1 pool of x (kind kAvgPool or kMaxPool, the
-// BN kinds accepted as their pools), without materialising the pool: stats[0, c] = mean and
+// BN kinds accepted as their pools; kTensorBN's "pool" is the identity: the statistics of x
+// itself), without materialising the pool: stats[0, c] = mean and
 // stats[1, c] = biased variance over N, H, W of channel c. x is 4-D floating; stats is
 // [2, C] float32 (float64 for float64 x). Per-plane two-pass moments combined per channel
 // in plane order (Chan et al.), in double: deterministic.

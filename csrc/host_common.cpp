@@ -60,10 +60,33 @@ at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
   return result;
 }
 
+at::Tensor empty_in_layout_of(const at::Tensor& like) {
+  const bool channels_last = !like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return at::empty(like.sizes(), like.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                            : at::MemoryFormat::Contiguous));
+}
+
 void restore_layouts(NeededGrads& needed, at::TensorList like) {
   for (size_t k = 0; k < like.size(); ++k) {
     if (at::Tensor* grad = needed.of(static_cast<int64_t>(k))) *grad = in_layout_of(*grad, like[k]);
   }
+}
+
+bool has_even_planes(const at::Tensor& t) {
+  return t.size(2) == 1 || t.size(3) == 1 || t.stride(2) == t.size(3) * t.stride(3);
+}
+
+PlaneStrides plane_strides(const at::Tensor& t) {
+  // A plane of one column is walked along H, one of one row (or one cell) along W.
+  const int64_t cell = t.size(3) == 1 && t.size(2) > 1 ? t.stride(2) : t.stride(3);
+  return {t.stride(0), t.stride(1), cell};
+}
+
+std::vector<at::Tensor> with_even_planes(at::TensorList tensors) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(has_even_planes(t) ? t : t.contiguous());
+  return out;
 }
 
 std::vector<int64_t> segment_lengths(c10::IntArrayRef segments, int64_t first, int64_t count, int64_t row) {

@@ -67,8 +67,26 @@ std::vector<at::Tensor> with_shared_layout(std::vector<at::Tensor> tensors);
 // `result` (contiguous) in the layout of `like`: channels_last when `like` is channels_last
 // and not also contiguous, else `result` itself.
 at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like);
+// An empty tensor shaped like `like` in the layout in_layout_of gives its results.
+at::Tensor empty_in_layout_of(const at::Tensor& like);
 // Every needed gradient put in the layout of its tensor in `like` (in_layout_of).
 void restore_layouts(NeededGrads& needed, at::TensorList like);
+
+// ---- tensors read in place with their own strides ---------------------------------------
+
+// How a kernel addresses a 4-D tensor [N, C, H, W] whose planes have evenly spaced cells:
+// cell (n, c, h, w) is at data + n * n_stride + c * c_stride + (h * W + w) * cell_stride.
+// Contiguous and channels_last tensors and their channel slices (`y[:, a:b]`, e.g. one
+// edge's share of a batched conv output) have this form; a crop of H or W does not.
+struct PlaneStrides {
+  int64_t n_stride, c_stride, cell_stride;
+};
+// Whether `t` (4-D) has that form.
+bool has_even_planes(const at::Tensor& t);
+// The strides of `t` in that form (has_even_planes(t) must hold).
+PlaneStrides plane_strides(const at::Tensor& t);
+// Each tensor as is when it has_even_planes, else a contiguous copy.
+std::vector<at::Tensor> with_even_planes(at::TensorList tensors);
 
 // ---- exp_grad_step_ ---------------------------------------------------------------------
 

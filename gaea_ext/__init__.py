@@ -9,6 +9,8 @@ Drop-in ops for DARTS-style code:
   partial_channel_node(mixed, states, weights, strides, groups)
                                       the PC-DARTS node (bypass, 2x2 pool, shuffle) in one pass
   pool_batch_norm(x, kind, bn)        the [mean, 1/std] norm a BN kind takes (running stats kept)
+  tensor_batch_norm(x, bns)           the same for a batched conv output whose channel blocks
+                                      belong to several BatchNorms ("tensor_bn" terms), one pass
   exp_grad_step_(param, grad, lr)     in-place exponentiated-gradient step on simplices
   exp_grad_step_multi_(...)           the same for a list of params in one fused call
   optim.ExponentiatedGradient         a torch.optim.Optimizer on those ops
@@ -21,7 +23,7 @@ from ._backend import HAS_EXTENSION, backend, build_info, cuda_limits
 from .exp_grad import exp_grad_step_, exp_grad_step_multi_
 from .mixed_node import mixed_node, mixed_op, mixed_terms
 from .partial_channel import partial_channel_node
-from .pool_stats import pool_batch_norm, pool_stats
+from .pool_stats import pool_batch_norm, pool_stats, tensor_batch_norm
 from .weighted_sum import weighted_sum
 from . import optim  # noqa: E402  (needs the ops above)
 from . import nn  # noqa: E402  (drop-in modules on the ops above)
@@ -44,5 +46,6 @@ __all__ = [
     "pool_batch_norm",
     "pool_stats",
     "reference",
+    "tensor_batch_norm",
     "weighted_sum",
 ]

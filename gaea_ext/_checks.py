@@ -8,6 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .reference import OUTPUT_KINDS
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ORDERS = ("clamp_then_normalize", "normalize_then_clamp")
 
@@ -190,16 +192,16 @@ def check_mixed_node(xs, outputs, weights, kinds, sources, kind_names: Sequence[
         raise ValueError(f"{op}: 'sources' must have one entry per term ({len(kinds)}), got {len(sources)}")
     uses = [0] * len(outputs)
     for t, (k, s) in enumerate(zip(kinds, sources)):
-        pool = outputs if k == "tensor" else xs
+        pool = outputs if k in OUTPUT_KINDS else xs
         if k not in ("none", "ones") and not 0 <= s < len(pool):
-            which = "outputs" if k == "tensor" else "xs"
+            which = "outputs" if k in OUTPUT_KINDS else "xs"
             raise ValueError(f"{op}: 'sources[{t}]' must index '{which}' (0..{len(pool) - 1}), got {s}")
-        if k == "tensor":
+        if k in OUTPUT_KINDS:
             uses[s] += 1
     for k, n in enumerate(uses):
         if n != 1:
-            raise ValueError(f"{op}: '{labels['outputs'][k]}' must be used by exactly one 'tensor' term, "
-                             f"it is used by {n}")
+            raise ValueError(f"{op}: '{labels['outputs'][k]}' must be used by exactly one 'tensor' or 'tensor_bn' "
+                             f"term, it is used by {n}")
     weights = check_weights(weights, op, len(kinds), "one element per term", first.device, f"{x0}'s device",
                             rows=True)
     return xs, outputs, weights, kinds, sources
@@ -338,6 +340,52 @@ def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
         raise TypeError(f"{op}: 'kind' must be a kind name (str), got {type(kind).__name__}")
     if kind not in pool_kinds:
         raise ValueError(f"{op}: 'kind' must be one of {tuple(pool_kinds)}, got {kind!r}")
+
+
+def check_tensor_batch_norm(x, bns) -> list:
+    """Validate tensor_batch_norm arguments; return the BatchNorm modules as a list."""
+    op = "tensor_batch_norm"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: 'x' must be a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: 'x' must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: 'x' must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if _is_batch_norm(bns):
+        bns = [bns]
+    elif isinstance(bns, torch.nn.Module) or isinstance(bns, torch.Tensor):
+        raise TypeError(f"{op}: 'bns' must be a BatchNorm2d module or a sequence of them, got {type(bns).__name__}")
+    else:
+        try:
+            bns = list(bns)
+        except TypeError:
+            raise TypeError(f"{op}: 'bns' must be a BatchNorm2d module or a sequence of them, "
+                            f"got {type(bns).__name__}") from None
+    if not bns:
+        raise ValueError(f"{op}: 'bns' must hold at least one BatchNorm2d module")
+    for k, bn in enumerate(bns):
+        if not _is_batch_norm(bn):
+            raise TypeError(f"{op}: 'bns[{k}]' must be a BatchNorm2d module, got {type(bn).__name__}")
+        if bn.affine:
+            raise ValueError(f"{op}: 'bns[{k}]' must have affine=False (the norm holds only the mean and 1/std)")
+        if bn.running_mean is not None and bn.running_mean.device != x.device:
+            raise ValueError(f"{op}: 'bns[{k}]' must be on x's device {x.device}, its running statistics are on "
+                             f"{bn.running_mean.device}")
+    features = [bn.num_features for bn in bns]
+    if sum(features) != x.shape[1]:
+        raise ValueError(f"{op}: the num_features of 'bns' ({' + '.join(map(str, features))} = {sum(features)}) "
+                         f"must sum to x's {x.shape[1]} channels")
+    batch_stats = [bn.training or bn.running_mean is None for bn in bns]
+    if any(b != batch_stats[0] for b in batch_stats):
+        k = batch_stats.index(not batch_stats[0])
+        def mode(i):
+            return "batch statistics (training mode)" if batch_stats[i] else "running statistics (eval mode)"
+        raise ValueError(f"{op}: 'bns' must all normalise in one mode, but bns[0] uses {mode(0)} and bns[{k}] "
+                         f"{mode(k)}")
+    if bns[0].training and x.numel() == x.shape[1]:
+        raise ValueError(f"{op}: 'x' of shape {tuple(x.shape)} has one value per channel; BatchNorm in training mode "
+                         f"needs more")
+    return bns
 
 
 _INF = float("inf")

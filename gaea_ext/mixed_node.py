@@ -4,9 +4,11 @@ parameter-free ops fused.
 `out = sum_i weights[i] * f_i(x)` where `f_i` is `"none"`, `"skip"`, `"avg_pool_3x3"`,
 `"max_pool_3x3"` (stride 1, padding 1; the average excludes padded cells), `"tensor"` (a
 precomputed output such as a conv's), `"avg_pool_3x3_bn"` / `"max_pool_3x3_bn"` (the pool
-followed by BatchNorm without affine, see below) or `"ones"` (a constant 1: GDAS's
-straight-through terms, whose gradient is `sum(grad)`). The pools are computed inside the
-kernel from `x` and never materialised; the backward saves only the inputs and recomputes them.
+followed by BatchNorm without affine, see below), `"ones"` (a constant 1: GDAS's
+straight-through terms, whose gradient is `sum(grad)`) or `"tensor_bn"` (a precomputed output
+followed by BatchNorm without affine, e.g. a conv op ending in `BatchNorm2d(affine=False)`).
+The pools are computed inside the kernel from `x` and never materialised, nor are the
+normalised pools and outputs; the backward saves only the inputs and recomputes them.
 
 Porting DARTS code: the kinds are these names, not DARTS' op names. Ops with parameters
 (`sep_conv_3x3`, `dil_conv_5x5`, a stride-2 `skip_connect`'s FactorizedReduce, ...) run as
@@ -17,13 +19,22 @@ plain pool kinds have no BatchNorm, and the op cannot tell that a module had one
 be a 1-D tensor, a `[1, K]` row (or `[edges, ops]` for a node), or a list/tuple of 0-d tensors,
 stacked with gradients flowing to each.
 
-BN kinds: `norms` holds, per BN term in term order, either the term's
-`BatchNorm2d(affine=False)` module, which the op applies itself through
-:func:`gaea_ext.pool_batch_norm` on that term's input (batch statistics and the running
-statistics' update in training mode, the running statistics in eval mode, exactly as the
-module would after the pool), or a precomputed `[2, C]` tensor of mean and 1/std. Passing the
-modules leaves nothing to compute in the right order by hand. A BatchNorm with affine=True is
-refused (the kernels take the mean and 1/std only).
+BN kinds (the `_bn` pools and `"tensor_bn"`): `norms` holds, per BN term in term order, either
+the term's `BatchNorm2d(affine=False)` module, which the op applies itself through
+:func:`gaea_ext.pool_batch_norm` on that term's input (:func:`gaea_ext.tensor_batch_norm` on a
+`"tensor_bn"` term's output) (batch statistics and the running statistics' update in
+training mode, the running statistics in eval mode, exactly as the module would after the
+pool or conv), or a precomputed `[2, C]` tensor of mean and 1/std, e.g. the slice
+`norm[:, off:off + C]` of one `tensor_batch_norm` of a batched conv output. The backward
+returns the norm's gradient, so autograd reaches the statistics (and through them the input).
+Passing the modules leaves nothing to compute in the right order by hand. A BatchNorm with
+affine=True is refused (the kernels take the mean and 1/std only).
+
+Layouts: `outputs` are read in place with their own strides when each plane's cells are
+evenly spaced: contiguous or channels_last tensors and their channel slices, e.g. the edges'
+shares `Y[:, e * C:(e + 1) * C]` of one batched conv output `Y` (no copy, forward or
+backward); other layouts are copied. `x` is read as contiguous NCHW (copied otherwise), and a
+channels_last `x` gives a channels_last result.
 
 Errors (every backend) name the function called (`mixed_op`, `mixed_node`, `mixed_terms`) and
 the argument: TypeError for an argument of the wrong type or dtype, ValueError for wrong
@@ -36,7 +47,8 @@ derivatives (gradient penalties, DARTS' second-order step) are exact; the first-
 backward runs the kernel.
 
 Kernels: csrc/cpu/mixed_node_cpu.cpp, csrc/cuda/mixed_node_cuda.cu (op `gaea_ext::mixed_node`).
-Reference: gaea_ext.reference.mixed_node. Tests: tests/test_mixed_node.py, tests/test_pool_batch_norm.py.
+Reference: gaea_ext.reference.mixed_node. Tests: tests/test_mixed_node.py, tests/test_pool_batch_norm.py,
+tests/test_tensor_bn.py.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -47,10 +59,11 @@ from ._autograd import by_need, double_backward_enabled, reference_grads
 from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_kinds, check_mixed_node, check_norms
 from ._layout import empty_like_layout, memory_format_of
-from .pool_stats import pool_batch_norm
+from .pool_stats import pool_batch_norm, tensor_batch_norm
 
 KINDS = reference.MIXED_KINDS
 BN_KINDS = reference.BN_KINDS
+OUTPUT_KINDS = reference.OUTPUT_KINDS
 _CODE = {k: i for i, k in enumerate(KINDS)}
 
 Edge = Tuple[torch.Tensor, Sequence[torch.Tensor], Sequence[str]]
@@ -61,20 +74,23 @@ Norms = Optional[Sequence[Union[torch.Tensor, torch.nn.Module]]]
 def mixed_terms(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weights: Weights,
                 kinds: Sequence[str], sources: Sequence[int], norms: Norms = None) -> torch.Tensor:
     """The flat form: `sum_t weights[t] * term_t` where term `t` is `kinds[t]` of
-    `xs[sources[t]]`, or `outputs[sources[t]]` for `"tensor"` (each output used once).
+    `xs[sources[t]]`, or `outputs[sources[t]]` for `"tensor"` / `"tensor_bn"` (each output
+    used once).
 
     `xs`, `outputs`: 4-D tensors of one shape, dtype (float16/bfloat16/float32/float64) and
     device; `weights`: one floating element per term (1-D, 2-D, or a list of 0-d tensors);
     `norms`: per BN term, in term order, its `BatchNorm2d(affine=False)` module (applied to
-    that term's input by :func:`gaea_ext.pool_batch_norm`) or a `[2, C]` tensor (mean, 1/std
-    per channel). Differentiable in xs, outputs, weights and tensor norms."""
+    that term's input by :func:`gaea_ext.pool_batch_norm`, or to a `"tensor_bn"` term's
+    output by :func:`gaea_ext.tensor_batch_norm`) or a `[2, C]` tensor (mean, 1/std per
+    channel). Differentiable in xs, outputs, weights and tensor norms."""
     return _mixed_terms("mixed_terms", xs, outputs, weights, kinds, sources, norms)
 
 
 def mixed_op(x: torch.Tensor, outputs: Sequence[torch.Tensor], weights: Weights,
              kinds: Sequence[str], norms: Norms = None) -> torch.Tensor:
-    """One mixed op: `sum_i weights[i] * f_i(x)`; each `"tensor"` kind takes the next tensor
-    of `outputs` (e.g. the edge's conv outputs), the other kinds are computed from `x`; each
+    """One mixed op: `sum_i weights[i] * f_i(x)`; each `"tensor"` or `"tensor_bn"` kind takes
+    the next tensor of `outputs` (e.g. the edge's conv outputs), the other kinds are computed
+    from `x`; each
     BN kind takes the next entry of `norms` (its BatchNorm2d(affine=False) module, or a
     `[2, C]` mean/1-std tensor). `weights`: one element per kind, as a 1-D tensor, a `[1, K]`
     row or a list of 0-d tensors.
@@ -140,17 +156,17 @@ def _outputs(outputs, op: str, what: str) -> list:
 
 
 def _sources(kinds: List[str], outs: list, x_index: int, first_output: int, op: str, where: str) -> List[int]:
-    """Each "tensor" kind takes the next output; the other kinds read xs[x_index]."""
-    wanted = kinds.count("tensor")
+    """Each "tensor" or "tensor_bn" kind takes the next output; the other kinds read xs[x_index]."""
+    wanted = sum(k in OUTPUT_KINDS for k in kinds)
     if wanted > len(outs):
-        raise ValueError(f"{op}: {where}'kinds' has more 'tensor' kinds ({wanted}) than 'outputs' has tensors "
-                         f"({len(outs)}); each 'tensor' kind takes the next output")
+        raise ValueError(f"{op}: {where}'kinds' has more 'tensor' kinds ({wanted}, 'tensor_bn' included) than "
+                         f"'outputs' has tensors ({len(outs)}); each 'tensor' or 'tensor_bn' kind takes the next output")
     if wanted < len(outs):
-        raise ValueError(f"{op}: {where}'outputs' holds {len(outs)} outputs but {wanted} 'tensor' kinds take them; "
-                         f"each output (a module op's result) needs its own 'tensor' kind")
+        raise ValueError(f"{op}: {where}'outputs' holds {len(outs)} outputs but {wanted} 'tensor'/'tensor_bn' kinds "
+                         f"take them; each output (a module op's result) needs its own 'tensor' or 'tensor_bn' kind")
     sources, used = [], 0
     for k in kinds:
-        if k == "tensor":
+        if k in OUTPUT_KINDS:
             sources.append(first_output + used)
             used += 1
         else:
@@ -163,23 +179,26 @@ def _mixed_terms(op: str, xs, outputs, weights, kinds, sources, norms,
     xs, outputs, weights, kinds, sources = check_mixed_node(xs, outputs, weights, kinds, sources, KINDS, op,
                                                             x_labels, output_labels)
     entries = check_norms(norms, kinds, BN_KINDS, xs[0], op, x_labels[0] if x_labels else "xs[0]")
-    norm = _norm_tensor(entries, xs, kinds, sources)
+    norm = _norm_tensor(entries, xs, outputs, kinds, sources)
     if use_reference(xs[0].device, mixed_node_terms=len(kinds), mixed_node_xs=len(xs)):
         return reference.mixed_node(xs, outputs, weights, kinds, sources, norm)
     return torch.ops.gaea_ext.mixed_node(xs, outputs, weights, [_CODE[k] for k in kinds], sources, norm)
 
 
-def _norm_tensor(entries: Optional[list], xs: List[torch.Tensor], kinds: List[str],
+def _norm_tensor(entries: Optional[list], xs: List[torch.Tensor], outputs: List[torch.Tensor], kinds: List[str],
                  sources: List[int]) -> Optional[torch.Tensor]:
     """The `[B, 2, C]` norm of the B BN terms; a BatchNorm module's row is the norm it applies
-    to its term's pool (pool_batch_norm, which also updates its running statistics)."""
+    to its term's pool or output (pool_batch_norm / tensor_batch_norm, which also update its
+    running statistics)."""
     if entries is None:
         return None
     acc = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
     bn_terms = [t for t, k in enumerate(kinds) if k in BN_KINDS]
     rows = []
     for t, entry in zip(bn_terms, entries):
-        if isinstance(entry, torch.nn.Module):
+        if isinstance(entry, torch.nn.Module) and kinds[t] == "tensor_bn":
+            entry = tensor_batch_norm(outputs[sources[t]], entry)
+        elif isinstance(entry, torch.nn.Module):
             entry = pool_batch_norm(xs[sources[t]], kinds[t], entry)
         rows.append(entry.to(acc))
     return torch.stack(rows)
@@ -206,8 +225,10 @@ if HAS_EXTENSION:
         xs, outputs, weights, kinds, sources, norm = inputs
         ctx.kinds, ctx.sources = list(kinds), list(sources)
         ctx.num_xs, ctx.num_outputs = len(xs), len(outputs)
-        # The backward reads xs (pool adjoints, dots) and, for the weight gradient only, outputs.
-        keep_outputs = weights.requires_grad
+        # The backward reads xs (pool adjoints, dots) and, for the weight gradient and the norm
+        # gradient of "tensor_bn" terms only, outputs.
+        tensor_bn = _CODE["tensor_bn"]
+        keep_outputs = weights.requires_grad or (norm is not None and norm.requires_grad and tensor_bn in kinds)
         ctx.kept_outputs = keep_outputs
         ctx.has_norm = norm is not None
         ctx.save_for_backward(weights, *((norm,) if norm is not None else ()), *xs,

@@ -26,12 +26,20 @@ def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch
 
 
 MIXED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "avg_pool_3x3_bn", "max_pool_3x3_bn",
-               "ones")
-BN_KINDS = ("avg_pool_3x3_bn", "max_pool_3x3_bn")
+               "ones", "tensor_bn")
+# Kinds normalised by a [2, C] norm: the pools followed by BatchNorm (affine=False), and a
+# precomputed output followed by one ("tensor_bn").
+POOL_BN_KINDS = ("avg_pool_3x3_bn", "max_pool_3x3_bn")
+BN_KINDS = POOL_BN_KINDS + ("tensor_bn",)
+# Kinds whose term is one of `outputs` rather than computed from an x.
+OUTPUT_KINDS = ("tensor", "tensor_bn")
 
 
 def pool_3x3(kind: str, x: torch.Tensor) -> torch.Tensor:
-    """The stride-1, padding-1 3x3 pool of a pool kind (the average excludes padded cells)."""
+    """The stride-1, padding-1 3x3 pool of a pool kind (the average excludes padded cells);
+    "tensor_bn"'s is the identity (its BatchNorm normalises the tensor itself)."""
+    if kind == "tensor_bn":
+        return x
     if kind.startswith("avg_pool_3x3"):
         return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     return torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
@@ -40,15 +48,17 @@ def pool_3x3(kind: str, x: torch.Tensor) -> torch.Tensor:
 def mixed_term(kind: str, x: Optional[torch.Tensor], y: Optional[torch.Tensor],
                norm: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """One term of a mixed node, materialised: the parameter-free op of `x`, or `y` itself.
-    BN kinds normalise the pool per channel with `norm` = [mean, 1/std] (shape [2, C])."""
+    BN kinds normalise the pool (for "tensor_bn", `y`) per channel with `norm` = [mean, 1/std]
+    (shape [2, C])."""
     if kind == "skip":
         return x
     if kind in ("avg_pool_3x3", "max_pool_3x3"):
         return pool_3x3(kind, x)
     if kind in BN_KINDS:
-        acc = accumulation_dtype(x.dtype)
+        source = y if kind == "tensor_bn" else x
+        acc = accumulation_dtype(source.dtype)
         mean, rstd = norm.to(acc).reshape(2, 1, -1, 1, 1)
-        return (pool_3x3(kind, x).to(acc) - mean) * rstd
+        return (pool_3x3(kind, source).to(acc) - mean) * rstd
     if kind == "tensor":
         return y
     if kind == "ones":
@@ -59,8 +69,8 @@ def mixed_term(kind: str, x: Optional[torch.Tensor], y: Optional[torch.Tensor],
 def mixed_node(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weights: torch.Tensor,
                kinds: Sequence[str], sources: Sequence[int], norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out = sum_t weights[t] * term_t with term_t = kinds[t] applied to xs[sources[t]]
-    (parameter-free kinds), outputs[sources[t]] ("tensor") or ones ("ones"); BN term b
-    normalises its pool with norm[b] = [mean, 1/std] per channel. Accumulated in float32 for
+    (parameter-free kinds), outputs[sources[t]] ("tensor", "tensor_bn") or ones ("ones"); BN
+    term b normalises its pool (or output) with norm[b] = [mean, 1/std] per channel. Accumulated in float32 for
     half types (autograd-able). The pools are stride 1, padding 1; avg excludes padded cells."""
     dtype = xs[0].dtype
     acc = accumulation_dtype(dtype)
@@ -68,11 +78,11 @@ def mixed_node(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weig
     out = torch.zeros_like(xs[0], dtype=acc)
     b = 0
     for t, (kind, src) in enumerate(zip(kinds, sources)):
-        x = xs[src] if kind not in ("tensor", "none", "ones") else xs[0]
+        x = xs[src] if kind not in OUTPUT_KINDS + ("none", "ones") else xs[0]
         term_norm = None
         if kind in BN_KINDS:
             term_norm, b = norm[b], b + 1
-        term = mixed_term(kind, x, outputs[src] if kind == "tensor" else None, term_norm)
+        term = mixed_term(kind, x, outputs[src] if kind in OUTPUT_KINDS else None, term_norm)
         if term is not None:
             out = out + w[t] * term.to(acc)
     return out.to(dtype)
@@ -80,7 +90,7 @@ def mixed_node(xs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], weig
 
 def pool_stats(x: torch.Tensor, kind: str) -> torch.Tensor:
     """[2, C]: the per-channel mean and biased variance over N, H, W of the 3x3 pool of `x`
-    (float32, or float64 for float64 `x`); autograd-able."""
+    (of `x` itself for "tensor_bn"; float32, or float64 for float64 `x`); autograd-able."""
     p = pool_3x3(kind, x).to(accumulation_dtype(x.dtype))
     var, mean = torch.var_mean(p, dim=(0, 2, 3), correction=0)
     return torch.stack([mean, var])

@@ -9,7 +9,9 @@
 // gradient, which are summed over planes in plane order: the result does not depend on the
 // thread count. BN terms scale their plane by the channel's 1/std and fold the shift into one
 // per-plane constant (with the kOnes terms); their weight and norm gradients come from the
-// per-plane <pool, g> and sum(g), combined per channel after the planes are done.
+// per-plane <pool, g> (<output, g> for kTensorBN) and sum(g), combined per channel after the
+// planes are done. Outputs are read in place with their own strides (PlaneStrides): a plane
+// whose cells are not adjacent (a channels_last output) is gathered into a plane buffer.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -46,6 +48,30 @@ NormView<acc_t> norm_view(const at::Tensor& norm_acc, int64_t C) {
   return {norm_acc.defined() ? norm_acc.const_data_ptr<acc_t>() : nullptr, C};
 }
 
+// An output tensor as the kernels read it: plane (n, c) holds HW cells `cell_stride` apart.
+template <typename scalar_t>
+struct OutputTensor {
+  const scalar_t* data;
+  PlaneStrides strides;
+  const scalar_t* plane(int64_t n, int64_t c) const { return data + n * strides.n_stride + c * strides.c_stride; }
+};
+
+template <typename scalar_t>
+std::vector<OutputTensor<scalar_t>> output_tensors(const std::vector<at::Tensor>& tensors) {
+  std::vector<OutputTensor<scalar_t>> out;
+  for (const auto& t : tensors) out.push_back({t.const_data_ptr<scalar_t>(), plane_strides(t)});
+  return out;
+}
+
+// Plane (n, c) of output y (cells not adjacent) gathered into `buffer` of HW values.
+template <typename scalar_t, typename acc_t>
+const acc_t* gather_plane(const OutputTensor<scalar_t>& y, int64_t n, int64_t c, int64_t HW, acc_t* buffer) {
+  const scalar_t* plane = y.plane(n, c);
+  const int64_t step = y.strides.cell_stride;
+  for (int64_t i = 0; i < HW; ++i) buffer[i] = static_cast<acc_t>(plane[i * step]);
+  return buffer;
+}
+
 template <typename scalar_t>
 std::vector<const scalar_t*> const_pointers(const std::vector<at::Tensor>& tensors) {
   std::vector<const scalar_t*> out;
@@ -71,7 +97,7 @@ at::Tensor mixed_node_cpu(at::TensorList xs_in, at::TensorList outputs_in, const
                           c10::IntArrayRef kinds, c10::IntArrayRef sources, const std::optional<at::Tensor>& norm) {
   const auto bn_rank = check_mixed_node_args(xs_in, outputs_in, weights, kinds, sources, norm);
   const auto xs = contiguous_all(xs_in);
-  const auto ys = contiguous_all(outputs_in);
+  const auto ys = with_even_planes(outputs_in);
   const at::Tensor& x0 = xs[0];
   const int64_t C = x0.size(1), H = x0.size(2), W = x0.size(3), HW = H * W;
   const int64_t planes = x0.size(0) * C, T = static_cast<int64_t>(kinds.size());
@@ -86,33 +112,45 @@ at::Tensor mixed_node_cpu(at::TensorList xs_in, at::TensorList outputs_in, const
     const at::Tensor nt = norm_as(norm, acc_type);
     const NormView<acc_t> nv = norm_view<acc_t>(nt, C);
     const auto xp = const_pointers<scalar_t>(xs);
-    const auto yp = const_pointers<scalar_t>(ys);
+    const auto yp = output_tensors<scalar_t>(ys);
     const std::vector<acc_t> cnt = window_counts<acc_t>(H, W);
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
 
     at::parallel_for(0, planes, plane_grain(HW), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(HW), tmp(HW), rows(HW);
       for (int64_t p = begin; p < end; ++p) {
-        const int64_t off = p * HW, c = p % C;
+        const int64_t off = p * HW, n = p / C, c = p % C;
         acc_t constant = 0;  // kOnes terms and the BN shifts, added once per element
         std::fill(acc.begin(), acc.end(), acc_t(0));
+        // The weight of term t, times the channel's 1/std for a BN term (whose shift goes to `constant`).
+        const auto scale_of = [&](int64_t t) {
+          if (bn_rank[t] < 0) return w[t];
+          const acc_t scale = w[t] * nv.rstd(bn_rank[t], c);
+          constant -= scale * nv.mean(bn_rank[t], c);
+          return scale;
+        };
         for (int64_t t = 0; t < T; ++t) {
           const int64_t kind = kinds[t], src = sources[t];
           switch (kind) {
             case kSkip: axpy(acc.data(), xp[src] + off, w[t], HW); break;
-            case kTensor: axpy(acc.data(), yp[src] + off, w[t], HW); break;
+            case kTensor:
+            case kTensorBN: {
+              const acc_t scale = scale_of(t);
+              const OutputTensor<scalar_t>& y = yp[src];
+              if (y.strides.cell_stride == 1) {
+                axpy(acc.data(), y.plane(n, c), scale, HW);
+              } else {
+                axpy(acc.data(), gather_plane(y, n, c, HW, tmp.data()), scale, HW);
+              }
+              break;
+            }
             case kOnes: constant += w[t]; break;
             case kAvgPool:
             case kMaxPool:
             case kAvgPoolBN:
             case kMaxPoolBN: {
               pool_plane(is_avg_kind(kind), xp[src] + off, tmp.data(), rows.data(), cnt.data(), H, W);
-              acc_t scale = w[t];
-              if (bn_rank[t] >= 0) {
-                scale *= nv.rstd(bn_rank[t], c);
-                constant -= scale * nv.mean(bn_rank[t], c);
-              }
-              axpy(acc.data(), tmp.data(), scale, HW);
+              axpy(acc.data(), tmp.data(), scale_of(t), HW);
               break;
             }
             default: break;  // kNone
@@ -137,7 +175,8 @@ struct BackwardPlanes {
   int64_t C, H, W, HW, planes, T;
   const acc_t* w;
   NormView<acc_t> nv;
-  std::vector<const scalar_t*> xp, yp;  // per x, per output
+  std::vector<const scalar_t*> xp;       // per x
+  std::vector<OutputTensor<scalar_t>> yp;  // per output
   std::vector<scalar_t*> gxp, gyp;      // per x, per output: its gradient, or nullptr
   const scalar_t* g;
   std::vector<acc_t> cnt;  // the avg pool's in-range window counts
@@ -150,26 +189,28 @@ struct BackwardPlanes {
 // One thread's plane buffers.
 template <typename acc_t>
 struct PlaneScratch {
-  std::vector<acc_t> g, adj, rows, scaled, pooled, gx;  // gx: one plane per x
+  std::vector<acc_t> g, adj, rows, scaled, pooled, gathered, gx;  // gx: one plane per x
   std::vector<int32_t> arg, rows_arg;
   PlaneScratch(int64_t HW, int64_t num_xs)
-      : g(HW), adj(HW), rows(HW), scaled(HW), pooled(HW), gx(num_xs * HW), arg(HW), rows_arg(HW) {}
+      : g(HW), adj(HW), rows(HW), scaled(HW), pooled(HW), gathered(HW), gx(num_xs * HW), arg(HW), rows_arg(HW) {}
 };
 
-// A kTensor term of plane p: grad of its output (weights[t] * g) and/or <output, g>.
+// A kTensor or kTensorBN term of plane p = (n, c): grad of its output (s_t * g) and/or
+// <output, g>.
 template <typename scalar_t, typename acc_t>
-void tensor_term_backward(const BackwardPlanes<scalar_t, acc_t>& a, int64_t t, int64_t off,
-                          const PlaneScratch<acc_t>& sc, acc_t* part) {
+void tensor_term_backward(const BackwardPlanes<scalar_t, acc_t>& a, int64_t t, int64_t off, int64_t n, int64_t c,
+                          PlaneScratch<acc_t>& sc, acc_t* part) {
   const int64_t src = a.sources[t];
   scalar_t* dst = a.gyp[src] != nullptr ? a.gyp[src] + off : nullptr;
-  const scalar_t* y = a.yp[src] + off;
-  if (part && dst) {
-    part[t] = scale_and_dot_chunk(dst, y, sc.g.data(), a.w[t], a.HW);
-  } else if (part) {
-    part[t] = dot_chunk(y, sc.g.data(), a.HW);
-  } else if (dst) {
-    scale_chunk(dst, sc.g.data(), a.w[t], a.HW);
+  const acc_t scale = a.bn_rank[t] >= 0 ? a.w[t] * a.nv.rstd(a.bn_rank[t], c) : a.w[t];
+  const OutputTensor<scalar_t>& y = a.yp[src];
+  if (part && y.strides.cell_stride == 1) {
+    const scalar_t* plane = y.plane(n, c);
+    part[t] = dst ? scale_and_dot_chunk(dst, plane, sc.g.data(), scale, a.HW) : dot_chunk(plane, sc.g.data(), a.HW);
+    return;
   }
+  if (dst) scale_chunk(dst, sc.g.data(), scale, a.HW);
+  if (part) part[t] = dot_chunk(gather_plane(y, n, c, a.HW, sc.gathered.data()), sc.g.data(), a.HW);
 }
 
 // A term computed from x (skip or a pool) of plane p: s_t times its adjoint of g into the
@@ -199,7 +240,7 @@ void x_term_backward(const BackwardPlanes<scalar_t, acc_t>& a, int64_t t, int64_
 // Plane p: the gradients of every x and output, and its row of sums (`part`, or nullptr).
 template <typename scalar_t, typename acc_t>
 void plane_backward(const BackwardPlanes<scalar_t, acc_t>& a, int64_t p, PlaneScratch<acc_t>& sc, acc_t* part) {
-  const int64_t off = p * a.HW, c = p % a.C, HW = a.HW;
+  const int64_t off = p * a.HW, n = p / a.C, c = p % a.C, HW = a.HW;
   load_chunk(sc.g.data(), a.g + off, HW);
   if (a.any_avg) {  // avg-pool adjoint, shared by every avg term of this plane
     for (int64_t i = 0; i < HW; ++i) sc.scaled[i] = sc.g[i] / a.cnt[i];
@@ -210,8 +251,8 @@ void plane_backward(const BackwardPlanes<scalar_t, acc_t>& a, int64_t p, PlaneSc
   for (int64_t t = 0; t < a.T; ++t) {
     const int64_t kind = a.kinds[t];
     if (kind == kNone || kind == kOnes) continue;  // no input gradient; kOnes' sum is column T
-    if (kind == kTensor) {
-      tensor_term_backward(a, t, off, sc, part);
+    if (is_output_kind(kind)) {
+      tensor_term_backward(a, t, off, n, c, sc, part);
     } else {
       x_term_backward(a, t, off, c, sc, part);
     }
@@ -255,7 +296,7 @@ WeightAndNormGrads reduce_plane_sums(const BackwardPlanes<scalar_t, acc_t>& a, c
       for (int64_t p = 0; p < a.planes; ++p) out.weights[t] += static_cast<double>(partials[p * P + col]);
       continue;
     }
-    for (int64_t c = 0; c < C; ++c) {  // BN term: per channel, <pool - mean, g> and sum(g)
+    for (int64_t c = 0; c < C; ++c) {  // BN term: per channel, <pool (or output) - mean, g> and sum(g)
       double sgp = 0.0, sg = 0.0;
       for (int64_t n = 0; n < N; ++n) {
         sgp += static_cast<double>(partials[(n * C + c) * P + t]);
@@ -286,7 +327,7 @@ MixedNodeGrads mixed_node_backward_cpu(const at::Tensor& grad_out_in, at::Tensor
   const auto bn_rank = check_mixed_node_backward_args(grad_out_in, xs_in, outputs_in, weights, kinds, sources, norm,
                                                       xs_need_grad, outputs_need_grad);
   const auto xs = contiguous_all(xs_in);
-  const auto ys = contiguous_all(outputs_in);
+  const auto ys = with_even_planes(outputs_in);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor& x0 = xs[0];
   const int64_t T = static_cast<int64_t>(kinds.size()), B = count_bn_terms(bn_rank);
@@ -309,7 +350,7 @@ MixedNodeGrads mixed_node_backward_cpu(const at::Tensor& grad_out_in, at::Tensor
       for (int64_t kind : kinds) any_avg = any_avg || is_avg_kind(kind);
       const BackwardPlanes<scalar_t, acc_t> a{
           kinds, sources, bn_rank, C, H, W, H * W, x0.size(0) * C, T, wt.const_data_ptr<acc_t>(),
-          norm_view<acc_t>(nt, C), const_pointers<scalar_t>(xs), const_pointers<scalar_t>(ys),
+          norm_view<acc_t>(nt, C), const_pointers<scalar_t>(xs), output_tensors<scalar_t>(ys),
           grad_pointers<scalar_t>(grad_xs), grad_pointers<scalar_t>(grad_ys), grad_out.const_data_ptr<scalar_t>(),
           window_counts<acc_t>(H, W), any_avg};
       const bool need_sums = weights_need_grad || norm_need_grad;

@@ -12,7 +12,9 @@
 // BN terms scale by the channel's 1/std and shift by its mean; their gradients need
 // per-channel sums, taken per (n, c) plane by one block each in one pass (per chunk of
 // terms), combined over n in order by one thread per (term, channel), then over channels by
-// one block per term in a fixed tree.
+// one block per term in a fixed tree. kTensorBN terms are BN terms whose raw value is their
+// output. Outputs are read in place with their own strides (PlaneStrides: e.g. channel
+// slices of a batched conv output, NCHW or channels_last).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -48,7 +50,9 @@ constexpr int kDotChunk = static_cast<int>(kDotRowBytes / sizeof(acc_t));
 template <typename scalar_t>
 struct NodeArgs {
   const scalar_t* xs[kMaxS];
-  const scalar_t* ys[kMaxT];  // per term: the output of a kTensor term
+  const scalar_t* ys[kMaxT];  // per term: the output of a kTensor / kTensorBN term
+  // per term: its output's cell (n, c, hw) is at ys[t] + n * y_n[t] + c * y_c[t] + hw * y_cell[t]
+  long long y_n[kMaxT], y_c[kMaxT], y_cell[kMaxT];
   int kinds[kMaxT];
   int src[kMaxT];
   int bn[kMaxT];  // per term: its rank among the BN terms, or -1
@@ -74,14 +78,16 @@ struct DotTerms {
   int D;
 };
 
-// Raw value of term t at element i (plane offset `off`, position (h, w)): a BN term's pool
-// before its normalisation.
+// Raw value of term t at element i (plane offset `off` of plane (n, ch), position (h, w)): a
+// BN term's pool or output before its normalisation.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t term_value(const NodeArgs<scalar_t>& a, int t, int64_t i, int64_t off, int h, int w,
-                                            int H, int W) {
+__device__ __forceinline__ acc_t term_value(const NodeArgs<scalar_t>& a, int t, int64_t i, int64_t off, int n, int ch,
+                                            int h, int w, int H, int W) {
   switch (a.kinds[t]) {
     case kSkip: return static_cast<acc_t>(a.xs[a.src[t]][i]);
-    case kTensor: return static_cast<acc_t>(a.ys[t][i]);
+    case kTensor:
+    case kTensorBN:
+      return static_cast<acc_t>(a.ys[t][n * a.y_n[t] + ch * a.y_c[t] + (i - off) * a.y_cell[t]]);
     case kOnes: return acc_t(1);
     case kAvgPool:
     case kAvgPoolBN: return avg3<scalar_t, acc_t>(a.xs[a.src[t]] + off, h, w, H, W);
@@ -112,12 +118,12 @@ __global__ void __launch_bounds__(kThreads) mixed_node_kernel(NodeArgs<scalar_t>
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t plane = i / HW, off = plane * HW;
-    const int ch = static_cast<int>(plane % C);
+    const int n = static_cast<int>(plane / C), ch = static_cast<int>(plane - static_cast<int64_t>(n) * C);
     const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
     acc_t s = 0;
     for (int t = 0; t < a.T; ++t) {
       if (a.kinds[t] == kNone) continue;
-      const acc_t v = term_value<scalar_t, acc_t>(a, t, i, off, h, c, H, W);
+      const acc_t v = term_value<scalar_t, acc_t>(a, t, i, off, n, ch, h, c, H, W);
       const int b = a.bn[t];
       s += b < 0 ? w[t] * v : w[t] * norm_rstd(norm, b, ch, C) * (v - norm_mean(norm, b, ch, C));
     }
@@ -143,15 +149,18 @@ __global__ void __launch_bounds__(kThreads) input_grads_kernel(NodeArgs<scalar_t
       acc_t v = 0;
       for (int t = 0; t < a.T; ++t) {
         const int kind = a.kinds[t];
-        if (a.src[t] != s || kind == kNone || kind == kTensor || kind == kOnes) continue;
+        if (a.src[t] != s || kind == kNone || is_output_kind(kind) || kind == kOnes) continue;
         const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
         const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
         v += scale * adj;
       }
       ga.gx[s][i] = static_cast<scalar_t>(v);
     }
-    for (int t = 0; t < a.T; ++t)
-      if (a.kinds[t] == kTensor && ga.gy[t] != nullptr) ga.gy[t][i] = static_cast<scalar_t>(w[t] * gi);
+    for (int t = 0; t < a.T; ++t) {
+      if (!is_output_kind(a.kinds[t]) || ga.gy[t] == nullptr) continue;
+      const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
+      ga.gy[t][i] = static_cast<scalar_t>(scale * gi);
+    }
   }
 }
 
@@ -161,8 +170,8 @@ __global__ void __launch_bounds__(kThreads) input_grads_kernel(NodeArgs<scalar_t
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) weight_dots_kernel(NodeArgs<scalar_t> a, DotTerms dt,
                                                                const scalar_t* __restrict g,
-                                                               acc_t* __restrict partials, int64_t numel, int H,
-                                                               int W) {
+                                                               acc_t* __restrict partials, int64_t numel, int C,
+                                                               int H, int W) {
   __shared__ acc_t red[kThreads];
   constexpr int kChunk = kDotChunk<acc_t>;
   const int d0 = static_cast<int>(blockIdx.y) * kChunk;
@@ -173,12 +182,13 @@ __global__ void __launch_bounds__(kThreads) weight_dots_kernel(NodeArgs<scalar_t
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t off = i / HW * HW;
+    const int plane = static_cast<int>(i / HW), n = plane / C, ch = plane - n * C;
+    const int64_t off = static_cast<int64_t>(plane) * HW;
     const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
     const acc_t gi = static_cast<acc_t>(g[i]);
 #pragma unroll
     for (int j = 0; j < kChunk; ++j)
-      if (j < nd) dots[j] += term_value<scalar_t, acc_t>(a, dt.term[d0 + j], i, off, h, c, H, W) * gi;
+      if (j < nd) dots[j] += term_value<scalar_t, acc_t>(a, dt.term[d0 + j], i, off, n, ch, h, c, H, W) * gi;
   }
 #pragma unroll
   for (int j = 0; j < kChunk; ++j) {
@@ -207,11 +217,12 @@ __global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t bl
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bn_plane_sums_kernel(NodeArgs<scalar_t> a, BnTerms bt,
                                                                  const scalar_t* __restrict g,
-                                                                 acc_t* __restrict sums, int H, int W) {
+                                                                 acc_t* __restrict sums, int C, int H, int W) {
   __shared__ acc_t red[kThreads];
   constexpr int kChunk = kDotChunk<acc_t>;
   const int j0 = static_cast<int>(blockIdx.y) * kChunk, nj = min(kChunk, bt.B + 1 - j0);  // uniform
   const int64_t HW = static_cast<int64_t>(H) * W, off = blockIdx.x * HW;
+  const int n = static_cast<int>(blockIdx.x) / C, ch = static_cast<int>(blockIdx.x) - n * C;
   acc_t s[kChunk];
 #pragma unroll
   for (int j = 0; j < kChunk; ++j) s[j] = 0;
@@ -222,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) bn_plane_sums_kernel(NodeArgs<scalar
     for (int j = 0; j < kChunk; ++j) {
       if (j >= nj) continue;
       const int b = j0 + j;
-      s[j] += b == bt.B ? gi : term_value<scalar_t, acc_t>(a, bt.term[b], off + hw, off, h, c, H, W) * gi;
+      s[j] += b == bt.B ? gi : term_value<scalar_t, acc_t>(a, bt.term[b], off + hw, off, n, ch, h, c, H, W) * gi;
     }
   }
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (bt.B + 1) + j0;
@@ -294,7 +305,13 @@ NodeArgs<scalar_t> node_args(const std::vector<at::Tensor>& xs, const std::vecto
     a.kinds[t] = static_cast<int>(kinds[t]);
     a.src[t] = static_cast<int>(sources[t]);
     a.bn[t] = static_cast<int>(bn_rank[t]);
-    a.ys[t] = kinds[t] == kTensor ? ys[sources[t]].const_data_ptr<scalar_t>() : nullptr;
+    if (!is_output_kind(kinds[t])) continue;
+    const at::Tensor& y = ys[sources[t]];
+    const PlaneStrides strides = plane_strides(y);
+    a.ys[t] = y.const_data_ptr<scalar_t>();
+    a.y_n[t] = strides.n_stride;
+    a.y_c[t] = strides.c_stride;
+    a.y_cell[t] = strides.cell_stride;
   }
   return a;
 }
@@ -332,7 +349,7 @@ at::Tensor mixed_node_cuda(at::TensorList xs_in, at::TensorList outputs_in, cons
   check_cuda_limits(xs_in, kinds);
   const c10::cuda::CUDAGuard guard(xs_in[0].device());
   const auto xs = contiguous_all(xs_in);
-  const auto ys = contiguous_all(outputs_in);
+  const auto ys = with_even_planes(outputs_in);
   const at::Tensor& x0 = xs[0];
   at::Tensor out = at::empty(x0.sizes(), x0.options());
   const int64_t numel = x0.numel();
@@ -362,7 +379,7 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
   check_cuda_limits(xs_in, kinds);
   const c10::cuda::CUDAGuard guard(xs_in[0].device());
   const auto xs = contiguous_all(xs_in);
-  const auto ys = contiguous_all(outputs_in);
+  const auto ys = with_even_planes(outputs_in);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor& x0 = xs[0];
   const int64_t numel = x0.numel(), T = static_cast<int64_t>(kinds.size());
@@ -391,7 +408,7 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
         ga.gx[s] = gx != nullptr ? gx->mutable_data_ptr<scalar_t>() : nullptr;
       }
       for (int64_t t = 0; t < T; ++t) {
-        at::Tensor* gy = kinds[t] == kTensor ? grad_ys.of(sources[t]) : nullptr;
+        at::Tensor* gy = is_output_kind(kinds[t]) ? grad_ys.of(sources[t]) : nullptr;
         ga.gy[t] = gy != nullptr ? gy->mutable_data_ptr<scalar_t>() : nullptr;
       }
       DotTerms dt = dot_terms(kinds, bn_rank);
@@ -408,7 +425,7 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
       if (dt.D > 0) {
         const unsigned int rows = static_cast<unsigned int>((dt.D + kDotChunk<acc_t> - 1) / kDotChunk<acc_t>);
         weight_dots_kernel<scalar_t, acc_t><<<dim3(blocks, rows), kThreads, 0, stream>>>(
-            a, dt, grad_out.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), numel, H, W);
+            a, dt, grad_out.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<acc_t>(), numel, C, H, W);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       at::Tensor gw = at::zeros({T}, acc_opts);
@@ -424,7 +441,7 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
         const unsigned int columns = static_cast<unsigned int>((bt.B + kDotChunk<acc_t>) / kDotChunk<acc_t>);
         bn_plane_sums_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned int>(planes), columns), kThreads, 0,
                                                 stream>>>(a, bt, grad_out.const_data_ptr<scalar_t>(),
-                                                          sums.mutable_data_ptr<acc_t>(), H, W);
+                                                          sums.mutable_data_ptr<acc_t>(), C, H, W);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (norm_need_grad) gn = at::zeros(norm->sizes(), acc_opts);
         at::Tensor per_channel = at::empty({static_cast<int64_t>(bt.B) * C}, acc_opts);

@@ -14,7 +14,7 @@ from ._detect import probe_kind, static_kind
 
 __all__ = ["MixedOp", "MixedNode", "PartialChannelNode"]
 
-_X_KINDS = ("skip", "avg_pool_3x3", "max_pool_3x3") + reference.BN_KINDS
+_X_KINDS = ("skip", "avg_pool_3x3", "max_pool_3x3") + reference.POOL_BN_KINDS
 
 
 def _weight_vector(weights, count: int, owner: str, name: str = "weights") -> torch.Tensor:
