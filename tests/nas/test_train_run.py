@@ -61,7 +61,7 @@ def _same_run(a: Path, b: Path):
 
 def test_train_writes_the_run_folder(data16, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(nb201_argv(data16, out, "--tensorboard")) == 0
+    assert main(nb201_argv(data16, out, "--tensorboard", "--amp", "bf16", "--channels-last")) == 0
     printed = capsys.readouterr().out
     assert "test top1" in printed and "  lr = 0.1" in printed  # the resolved values are printed
     for name in ("config.json", "metrics.jsonl", "result.json", "last.pt", "log.txt"):
@@ -83,6 +83,7 @@ def test_train_writes_the_run_folder(data16, tmp_path, capsys):
     assert result["best_test_top1"] == max(m["test_top1"] for m in metrics)
     cfg = read_json(out / "config.json")
     assert cfg["config"]["nesterov"] is True and cfg["config"]["epochs"] == 2 and cfg["sources"]
+    assert cfg["run"]["amp"] == "bf16" and cfg["run"]["channels_last"] is True
     assert main(nb201_argv(data16, out)) == 2  # an existing run is never overwritten
     assert "already holds a run" in capsys.readouterr().err
 
