@@ -281,6 +281,8 @@ class _Training:
         self.t0 = self._last_save = time.monotonic()
         if self.state is not None:
             self._restore()
+            if self.ctx.enabled:  # the checkpoint holds rank 0's RNG: give each rank its own drop-path stream again
+                torch.manual_seed(mix_seed(cfg.seed, 3, self.ctx.rank, self.epoch, self.position))
             self._open_folder()
             self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.position}")
         else:
