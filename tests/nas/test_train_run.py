@@ -144,9 +144,20 @@ def test_bad_arguments_exit_2(argv, fragment, capsys):
     assert fragment in capsys.readouterr().err
 
 
-def test_resume_of_a_missing_run_exits_1(tmp_path, capsys):
+def test_resume_of_a_missing_or_corrupt_run_exits_1_in_one_line(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
     assert "no config.json" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{\"config\": 3}")
+    assert main(["train", "--resume", str(run)]) == 1
+    assert "config.json" in capsys.readouterr().err
+    cfg = resolve_config("nb201", NB201_CELL, epochs=2)
+    (run / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "run": TrainOptions().to_dict()}))
+    (run / "last.pt").write_bytes(b"garbage")
+    assert main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "last.pt" in err and err.count("\n") == 1
 
 
 class _FakeFolderLoaders:
