@@ -128,5 +128,9 @@ def test_networks_and_parameter_counts():
     net = build_network(_darts(), 10)
     assert 3.3e6 < count_parameters(net) < 3.4e6  # DARTS_V2: 3.3M
     assert net.drop_path_prob == 0 and hasattr(net, "auxiliary_head")
+    pc = resolve_config("darts", resolve_arch("PC_DARTS_cifar").arch, "pcdarts")
+    assert 3.6e6 < count_parameters(build_network(pc, 10)) < 3.7e6  # PC-DARTS: 3.6M
+    imagenet = build_network(_darts("imagenet-darts"), 1000)
+    assert type(imagenet).__name__ == "NetworkImageNet" and 4.7e6 < count_parameters(imagenet) < 4.8e6  # 4.7M
     nb = build_network(resolve_config("nb201", NB201_CELL), 10)
     assert type(nb).__name__ == "NB201Network"
