@@ -203,6 +203,34 @@ def test_imagenet_gaea_protocol_with_a_folder_loader(tmp_path):
     assert not torch.equal(state["ema"]["module.classifier.weight"], live)
 
 
+def test_imagenet_protocol_on_an_image_folder_resumes_bitwise(tmp_path, monkeypatch):
+    """The imagenet-gaea protocol through the real image-folder loaders (train/ and val/):
+    top-5 and EMA figures, and a run stopped mid-epoch resumes exactly (the loader's order and
+    augmentation are fixed by the seed and the epoch)."""
+    from gaea_nas.data import image_folder
+    if not hasattr(image_folder, "image_folder_loaders"):
+        pytest.skip("gaea_nas.data.image_folder.image_folder_loaders is not in this tree")
+    root = make_pattern_folder(tmp_path / "inet", classes=6, n_train=8, n_test=3, size=32)
+    (root / "test").rename(root / "val")
+
+    def argv(out):
+        return ["train", "GAEA_PC_DARTS_image", "--protocol", "imagenet-gaea", "--dataset", str(root), "--out",
+                str(out), "--epochs", "1", "--batch-size", "8", "--channels", "4", "--layers", "3", "--workers", "0",
+                "--device", "cpu", "--threads", "1", "--no-progress", "--set", "auxiliary_weight=0",
+                "--set", "image_size=32", "--set", "resize=36"]
+    assert main(argv(tmp_path / "ref")) == 0
+    result = read_json(tmp_path / "ref" / "result.json")
+    assert result["train_images"] == 48 and result["test_images"] == 18
+    assert result["test_top5"] >= result["test_top1"] and "ema_test_top1" in result
+    monkeypatch.setenv("GAEA_FAULT_INJECT", "SIGTERM@3")
+    assert main(argv(tmp_path / "run")) == 128 + 15
+    monkeypatch.delenv("GAEA_FAULT_INJECT")
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    _same_run(tmp_path / "ref", tmp_path / "run")
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(v, b["ema"][k]) for k, v in a["ema"].items())
+
+
 def test_data_parallel_gloo_two_ranks(data16, tmp_path):
     """Two ranks as torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT), without the launcher process."""
     import socket
