@@ -1,10 +1,10 @@
-"""The ``gaea`` command: ``search``, ``lookup``, ``info``, ``plot`` and ``report``.
+"""The ``gaea`` command: ``search``, ``train``, ``lookup``, ``info``, ``plot`` and ``report``.
 
 Exit status: 0 done; 1 a missing, corrupt or unwritable file (dataset, table, checkpoint, run
 config, a full disk), a dataset changed under a resumed run, or a search that cannot go on
 (non-finite loss), reported in one line naming the file; 2 bad arguments (with the usage, or
 in one line when found only once the dataset is loaded, e.g. a cutout larger than its images);
-128 + signal number when SIGINT/SIGTERM stopped a search after checkpointing it.
+128 + signal number when SIGINT/SIGTERM stopped a search or a training run after checkpointing it.
 Set ``GAEA_DEBUG=1`` to get tracebacks instead of one-line errors.
 """
 from __future__ import annotations
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     add_report_parser(sub)
     p.search_parser = s  # for usage messages of semantic errors
+    p.train_parser = add_train_parser(sub)
     return p
 
 
@@ -346,6 +347,162 @@ def cmd_plot(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------
+# train
+
+# options a resumed training run may change (the rest come from the run folder's config.json)
+_TRAIN_RESUME_OK = {"device", "threads", "no_progress", "data", "workers", "checkpoint_every_steps",
+                    "checkpoint_minutes", "tensorboard", "resume", "command"}
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``gaea train`` sub-parser."""
+    from .train.protocols import PROTOCOLS
+
+    t = subparsers.add_parser(
+        "train", help="train a cell from scratch under a published protocol",
+        description="Train ARCH from scratch: a published genotype (DARTS_V1, DARTS_V2, PC_DARTS_cifar, "
+                    "PC_DARTS_image, GAEA_PC_DARTS_image), a pasted 'Genotype(...)' literal, a NAS-Bench-201 "
+                    "arch string or a search run folder. Unset options take the protocol's values; the run folder "
+                    "gets config.json, metrics.jsonl, result.json and checkpoints (docs/training.md).",
+        argument_default=None)
+    t.add_argument("arch", nargs="?", metavar="ARCH")
+    t.add_argument("--protocol", choices=list(PROTOCOLS), help="default darts (DARTS cells) or nb201 (NB201 cells)")
+    t.add_argument("--dataset", help="cifar10 | cifar100 | imagenet16-120 | PATH (an image folder or tarball with "
+                                     "train/ and test/, or for the imagenet protocols a folder with train/ and val/)")
+    t.add_argument("--data", metavar="PATH", help="folder of the named datasets")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int, help="global batch (split over the ranks under torchrun)")
+    t.add_argument("--channels", type=_positive_int, help="initial channels C")
+    t.add_argument("--layers", type=_positive_int, help="DARTS networks: number of cells")
+    t.add_argument("--cells", type=_positive_int, help="NAS-Bench-201 networks: cells per stage (N)")
+    t.add_argument("--train-images", type=_positive_int, help="a seeded subset of this many training images")
+    t.add_argument("--test-images", type=_positive_int, help="a seeded subset of this many test images")
+    t.add_argument("--seed", type=_seed, help="0 <= SEED < 2**63 (default 0)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/train-<arch>-<protocol>-seed<S>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    t.add_argument("--amp", choices=["bf16"], help="bfloat16 autocast")
+    t.add_argument("--channels-last", action="store_true", default=None)
+    t.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   metavar="MODE", help="torch.compile the network")
+    t.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across the ranks (CUDA)")
+    t.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
+                   help="any TrainConfig field, value as JSON (e.g. --set drop_path=0.3 --set cutout=0)")
+    t.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard event files")
+    t.add_argument("--workers", type=_nonneg_int, help="image-folder loader workers (default 4)")
+    t.add_argument("--threads", type=_threads, help="CPU threads (torch.set_num_threads), at most 4 x the CPUs")
+    t.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    t.add_argument("--checkpoint-every-steps", type=_nonneg_int, help="also checkpoint every N steps (default 0: off)")
+    t.add_argument("--checkpoint-minutes", type=_nonneg_float, help="also checkpoint at least this often (default 10)")
+    return t
+
+
+def _new_training(args):
+    from .train import TrainOptions, resolve_arch, resolve_config
+
+    if not args.arch:
+        raise ValueError("ARCH is required (or --resume RUN_DIR)")
+    spec = resolve_arch(args.arch)
+    overrides = _parse_overrides(args.overrides)
+    if args.layers is not None and spec.space != "darts":
+        raise ValueError("--layers applies to DARTS cells; NAS-Bench-201 networks take --cells")
+    if args.cells is not None and spec.space != "nb201":
+        raise ValueError("--cells applies to NAS-Bench-201 cells; DARTS networks take --layers")
+    dataset = args.dataset
+    if dataset and Path(dataset).expanduser().exists():  # keep paths absolute so --resume works from anywhere
+        dataset = str(Path(dataset).expanduser().resolve())
+    flags = {"dataset": dataset, "epochs": args.epochs, "batch_size": args.batch_size, "channels": args.channels,
+             "layers": args.layers, "cells": args.cells, "train_images": args.train_images,
+             "test_images": args.test_images, "seed": args.seed, "sync_bn": args.sync_bn}
+    for k, v in flags.items():
+        if v is not None:
+            if k in overrides:
+                raise ValueError(f"--set {k}=... repeats a flag given on its own; use one of them")
+            overrides[k] = v
+    if "batch_size" in overrides and "eval_batch_size" not in overrides:
+        overrides["eval_batch_size"] = overrides["batch_size"]
+    cfg = resolve_config(spec.space, spec.arch, args.protocol, arch_name=spec.name, **overrides)
+    opts = TrainOptions(data_root=args.data, device=args.device or "auto", amp=args.amp,
+                        channels_last=bool(args.channels_last), compile=args.compile,
+                        workers=4 if args.workers is None else args.workers, tensorboard=bool(args.tensorboard),
+                        checkpoint_every_steps=args.checkpoint_every_steps or 0,
+                        checkpoint_minutes=10.0 if args.checkpoint_minutes is None else args.checkpoint_minutes,
+                        progress=not args.no_progress, threads=args.threads)
+    name = (spec.name or spec.space).lower().replace("_", "-")
+    run_dir = Path(args.out) if args.out else (
+        Path("runs") / f"train-{name}-{cfg.protocol}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / "last.pt").exists() or (run_dir / "result.json").exists():
+        raise ValueError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                         "or choose another --out")
+    return cfg, opts, run_dir
+
+
+def _resumed_training(args):
+    import dataclasses
+
+    from .search.loop import RunFolderError
+    from .train import TrainConfig, TrainOptions
+
+    given = sorted(k for k, v in vars(args).items() if v is not None and k not in _TRAIN_RESUME_OK)
+    if given:
+        flags = ", ".join("ARCH" if k == "arch" else "--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume takes the training settings from RUN_DIR/config.json; drop {flags}")
+    run_dir = Path(args.resume)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir}: not a run folder (no config.json)")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        cfg, opts = TrainConfig.from_dict(saved["config"]), TrainOptions.from_dict(saved["run"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise RunFolderError(f"{path}: not a readable training config ({type(e).__name__}: {_one_line(e)})") from e
+    changes = {k: v for k, v in (("device", args.device), ("threads", args.threads), ("data_root", args.data),
+                                  ("workers", args.workers), ("checkpoint_every_steps", args.checkpoint_every_steps),
+                                  ("checkpoint_minutes", args.checkpoint_minutes)) if v is not None}
+    if args.no_progress:
+        changes["progress"] = False
+    if args.tensorboard:
+        changes["tensorboard"] = True
+    return cfg, dataclasses.replace(opts, **changes), run_dir
+
+
+def cmd_train(args, parser) -> int:
+    """``gaea train``: train (or resume training) a cell; prints its test accuracy."""
+    from .data import DatasetError
+    from .runtime import CheckpointError
+    from .search.loop import OptionError, RunFolderError
+    from .train import TrainError, TrainInterrupted, run_train
+
+    sub = parser.train_parser
+    try:
+        cfg, opts, run_dir = _resumed_training(args) if args.resume else _new_training(args)
+    except (FileNotFoundError, CheckpointError, RunFolderError, OSError) as e:
+        return _fail(_one_line(e))
+    except ValueError as e:
+        sub.print_usage(sys.stderr)
+        return _fail(_one_line(e), EXIT_USAGE)
+    try:
+        result = run_train(cfg, opts, run_dir, resume=bool(args.resume))
+    except TrainInterrupted as e:
+        print(f"gaea: {e}\ngaea: resume with: gaea train --resume {run_dir}", file=sys.stderr)
+        return 128 + int(e.signum)
+    except OptionError as e:
+        if os.environ.get("GAEA_DEBUG"):
+            raise
+        return _fail(_one_line(e), EXIT_USAGE)
+    except (DatasetError, FileNotFoundError, CheckpointError, TrainError, ValueError, OSError) as e:
+        if os.environ.get("GAEA_DEBUG"):
+            raise
+        return _fail(_one_line(e))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {run_dir}")
+        print(f"test top1 {100 * result['test_top1']:.2f}% (best {100 * result['best_test_top1']:.2f}% at epoch "
+              f"{result['best_epoch']}), {result['params'] / 1e6:.3f} M parameters, {result['macs']:.1f} M MACs")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``gaea`` console script."""
     parser = build_parser()
@@ -359,4 +516,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "report":
         from .report import run_report_command
         return run_report_command(args)
+    if args.command == "train":
+        return cmd_train(args, parser)
     return cmd_plot(args)

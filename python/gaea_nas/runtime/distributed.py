@@ -78,6 +78,12 @@ class Distributed:
         dist.all_gather(gathered, flat)
         return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
+    def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+        """Overwrite ``tensors`` on every rank with rank ``src``'s values, in place."""
+        if self.enabled:
+            for t in tensors:
+                dist.broadcast(t, src)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -102,11 +108,12 @@ def init_distributed(device_kind: str) -> Distributed:
 
 def wrap_ddp(model: nn.Module, ctx: Distributed, device: torch.device, find_unused: bool) -> nn.Module:
     """``model`` inside ``DistributedDataParallel`` with its architecture parameters excluded
-    (they are reduced by hand before the EG/Adam step); the model itself when not distributed."""
+    (they are reduced by hand before the EG/Adam step; a model without ``arch_parameters()``,
+    e.g. a discrete network, has none); the model itself when not distributed."""
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
-    arch = {id(p) for p in model.arch_parameters()}
+    arch = {id(p) for p in model.arch_parameters()} if hasattr(model, "arch_parameters") else set()
     ignore = [name for name, p in model.named_parameters() if id(p) in arch]
     DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
     ids = [device.index] if device.type == "cuda" else None
