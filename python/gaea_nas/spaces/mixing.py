@@ -22,10 +22,20 @@ and ops (docs/method.md §3).
   sampled op of each edge runs; ``out = sum_e h[e, i_e] * op_{i_e}(x_e) + sum_e sum_{o != i_e} h[e, o]``
   (times the edge weight); the second sum is 0-valued but carries gradient to every op
   weight, and joins the fused call as a ``"ones"`` term, whose backward is ``sum(grad)``.
+- ``precomputed``: ``{(edge, op): term}`` for ops whose output the caller already computed
+  (the supernets' batched same-input convolutions, :mod:`gaea_nas.spaces.batched_convs`);
+  such an op is not called. A term is a tensor, or a :class:`NormedTerm` (a raw output and
+  the ``[2, C]`` mean / 1-std its BatchNorm applies), which joins the fused call as a
+  ``"tensor_bn"`` term (normalised inside the kernel) and is normalised in PyTorch elsewhere.
 - ``use_fused=False`` (or module-level ``USE_FUSED = False``) computes the plain PyTorch sum
   ``sum(w * op(x))`` instead, for comparison.
+
+Switches, read at call time: :data:`USE_FUSED`, :data:`FUSE_PARAMETER_FREE`,
+:data:`BATCH_CONVS` (the supernets batch the convolutions of the edges leaving one node) and
+:data:`TENSOR_BN` (BatchNorms folded into the node as ``"tensor_bn"`` terms, where
+``gaea_ext`` has them).
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,16 +44,50 @@ import gaea_ext
 
 USE_FUSED = True  # module-level switch: False = plain PyTorch path everywhere
 FUSE_PARAMETER_FREE = True  # False: call the parameter-free ops and mix with weighted_sum
+BATCH_CONVS = True  # the supernets run the convs of all edges leaving a node as one conv per kernel size
+TENSOR_BN = True  # an op's final BatchNorm(affine=False) is applied inside the mixing kernel
 
 #: The kinds an op table may declare; "tensor" means the op runs as a module.
 FUSED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "avg_pool_3x3_bn", "max_pool_3x3_bn", "tensor")
 
-__all__ = ["FUSED_KINDS", "FUSE_PARAMETER_FREE", "USE_FUSED", "mix_node", "use_fused_ops"]
+__all__ = ["BATCH_CONVS", "FUSED_KINDS", "FUSE_PARAMETER_FREE", "NormedTerm", "TENSOR_BN", "USE_FUSED",
+           "batch_convs", "mix_node", "tensor_bn_available", "use_fused_ops"]
+
+
+class NormedTerm(NamedTuple):
+    """An op output before its BatchNorm(affine=False): ``raw`` and the ``[2, C]`` rows
+    (mean, 1/std) of the normalisation, which the mixing kernel applies."""
+
+    raw: torch.Tensor
+    norm: torch.Tensor
+
+    def materialise(self) -> torch.Tensor:
+        """``(raw - mean) * rstd`` per channel, in PyTorch."""
+        mean, rstd = (r.to(self.raw.dtype).reshape(1, -1, 1, 1) for r in self.norm)
+        return (self.raw - mean) * rstd
+
+
+Term = Union[torch.Tensor, NormedTerm]
 
 
 def use_fused_ops() -> bool:
     """The module-level switch :data:`USE_FUSED`, read at call time."""
     return USE_FUSED
+
+
+def batch_convs() -> bool:
+    """Whether the supernets batch same-input convolutions (:data:`USE_FUSED` and :data:`BATCH_CONVS`)."""
+    return USE_FUSED and BATCH_CONVS
+
+
+def tensor_bn_available() -> bool:
+    """Whether BatchNorms fold into the node: :data:`TENSOR_BN` on, the fused path on, and a
+    ``gaea_ext`` with ``tensor_batch_norm`` and the ``"tensor_bn"`` kind."""
+    return USE_FUSED and TENSOR_BN and hasattr(gaea_ext, "tensor_batch_norm")
+
+
+def _as_tensor(term: Term) -> torch.Tensor:
+    return term.materialise() if isinstance(term, NormedTerm) else term
 
 
 def _edge_kinds(kinds, num_edges: int, num_ops: int) -> List[List[str]]:
@@ -77,45 +121,74 @@ def _term_weights(w: torch.Tensor, pairs) -> torch.Tensor:
     return w[[e for e, _ in pairs], [o for _, o in pairs]]
 
 
-def _run_sharing_relu(op: nn.Module, x: torch.Tensor, relu_x: List[torch.Tensor]) -> torch.Tensor:
-    """``op(x)``; an ``nn.Sequential`` starting with a (not in-place) ReLU reuses the edge's
-    ReLU(x), so the convs of one edge keep one ReLU output for the backward, not one each."""
-    if isinstance(op, nn.Sequential) and len(op) > 1 and type(op[0]) is nn.ReLU and not op[0].inplace:
-        if not relu_x:
-            relu_x.append(torch.relu(x))
-        h = relu_x[0]
-        for m in list(op)[1:]:
-            h = m(h)
-        return h
-    return op(x)
+def _relu_body(op: nn.Module) -> Optional[List[nn.Module]]:
+    """The layers after the leading (not in-place) ReLU of an ``nn.Sequential`` op (or of the
+    ``nn.Sequential`` an op keeps as ``.op``, as the DARTS ops do); None for other ops."""
+    seq = op if isinstance(op, nn.Sequential) else getattr(op, "op", None)
+    if isinstance(seq, nn.Sequential) and len(seq) > 1 and type(seq[0]) is nn.ReLU and not seq[0].inplace:
+        return list(seq)[1:]
+    return None
 
 
-def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None) -> Optional[torch.Tensor]:
+def _final_bn(layers: Optional[List[nn.Module]]) -> Optional[nn.BatchNorm2d]:
+    """The final ``BatchNorm2d(affine=False)`` of ``layers``, which the kernel can apply."""
+    if layers and type(layers[-1]) is nn.BatchNorm2d and not layers[-1].affine:
+        return layers[-1]
+    return None
+
+
+def _run_sharing_relu(op: nn.Module, x: torch.Tensor, relu_x: List[torch.Tensor], fold_bn: bool = False) -> Term:
+    """``op(x)``; an op that starts with a (not in-place) ReLU reuses the edge's ReLU(x), so
+    the convs of one edge keep one ReLU output for the backward, not one each. With
+    ``fold_bn`` an op ending in ``BatchNorm2d(affine=False)`` returns ``(output before the
+    BatchNorm, the BatchNorm)`` for the kernel to apply."""
+    layers = _relu_body(op)
+    if layers is None:
+        return op(x)
+    if not relu_x:
+        relu_x.append(torch.relu(x))
+    h = relu_x[0]
+    bn = _final_bn(layers) if fold_bn else None
+    for m in layers[:-1] if bn is not None else layers:
+        h = m(h)
+    return (h, bn) if bn is not None else h
+
+
+def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None,
+                     precomputed: Optional[Mapping[Tuple[int, int], Term]] = None) -> Optional[torch.Tensor]:
     """The node as one mixed_terms call over the terms ``pairs`` = [(edge, op), ...] with
     weights ``w_terms``, plus GDAS's 0-valued ``rest`` as a ``"ones"`` term; or None when it
     does not fit (outputs of different shapes, or nothing to fuse)."""
     if xs[0].dim() != 4:
         return None
+    precomputed = precomputed or {}
+    fold_bn = tensor_bn_available()
     term_kinds = [kinds[e][o] for e, o in pairs]
-    if rest is None and all(k == "tensor" for k in term_kinds):
+    if rest is None and not fold_bn and all(k == "tensor" for k in term_kinds):
         return None
     outputs: List[torch.Tensor] = []
     sources: List[int] = []
+    norm_of: Dict[int, object] = {}  # term -> its BatchNorm module or [2, C] norm
     relu_x: Dict[int, List[torch.Tensor]] = {}  # per edge: ReLU(x) shared by its ReLU-Conv-BN ops
-    for (e, o), k in zip(pairs, term_kinds):
-        if k == "tensor":
-            sources.append(len(outputs))
-            outputs.append(_run_sharing_relu(edge_ops[e][o], xs[e], relu_x.setdefault(e, [])))
-        else:
+    for t, ((e, o), k) in enumerate(zip(pairs, term_kinds)):
+        if k != "tensor":
             sources.append(-1)
+            continue
+        y = precomputed.get((e, o))
+        if y is None:
+            y = _run_sharing_relu(edge_ops[e][o], xs[e], relu_x.setdefault(e, []), fold_bn)
+        if isinstance(y, tuple):  # a NormedTerm, or (output, BatchNorm) from _run_sharing_relu
+            y, norm_of[t] = y
+            term_kinds[t] = "tensor_bn"
+        sources.append(len(outputs))
+        outputs.append(y)
     shape = outputs[0].shape if outputs else xs[pairs[0][0]].shape if pairs else xs[0].shape
     if any(y.shape != shape for y in outputs):
         return None
     slot: Dict[int, int] = {}
     fused_xs: List[torch.Tensor] = []
-    norms: List[torch.Tensor] = []
     for t, ((e, o), k) in enumerate(zip(pairs, term_kinds)):
-        if k == "tensor":
+        if k in ("tensor", "tensor_bn"):
             continue
         if xs[e].shape != shape:
             return None
@@ -123,8 +196,10 @@ def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None) -> Optional
             slot[e] = len(fused_xs)
             fused_xs.append(xs[e])
         sources[t] = slot[e]
-        if k.endswith("_bn"):
-            norms.append(gaea_ext.pool_batch_norm(xs[e], k[:-3], edge_ops[e][o].bn))
+    for t, ((e, o), k) in enumerate(zip(pairs, term_kinds)):
+        if k.endswith("_bn") and k != "tensor_bn":  # the BN pools: statistics of the pooled input
+            norm_of[t] = gaea_ext.pool_batch_norm(xs[e], k[:-3], edge_ops[e][o].bn)
+    norms = [norm_of[t] for t in sorted(norm_of)]
     if rest is not None:
         term_kinds.append("ones")
         sources.append(0)
@@ -137,6 +212,12 @@ def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None) -> Optional
     fused_xs = [x.to(dtype) for x in fused_xs]  # autocast: conv outputs in bf16 next to float32 inputs
     outputs = [y.to(dtype) for y in outputs]
     return gaea_ext.mixed_terms(fused_xs, outputs, w_terms, term_kinds, sources, norms or None)
+
+
+def _op_output(edge_ops, xs, e: int, o: int, precomputed) -> torch.Tensor:
+    """Op ``o`` of edge ``e`` on its input, or its precomputed output."""
+    term = precomputed.get((e, o)) if precomputed else None
+    return edge_ops[e][o](xs[e]) if term is None else _as_tensor(term)
 
 
 def _combine(ys: List[torch.Tensor], w: torch.Tensor, use_fused: bool) -> torch.Tensor:
@@ -171,6 +252,7 @@ def mix_node(
     kinds: Optional[Sequence] = None,
     sampled: Optional[Sequence[int]] = None,
     use_fused: Optional[bool] = None,
+    precomputed: Optional[Mapping[Tuple[int, int], Term]] = None,
 ) -> torch.Tensor:
     """Output of one node: the weighted sum over all incoming edges and all (or the sampled)
     ops, in one fused call. See the module docstring."""
@@ -191,12 +273,12 @@ def mix_node(
     if sampled is None:
         pairs = [(e, o) for e in range(num_edges) for o in range(num_ops) if kinds[e][o] != "none"]
         if use_fused and FUSE_PARAMETER_FREE and pairs:
-            out = _mix_fused_terms(xs, edge_ops, kinds, pairs, _term_weights(w, pairs))
+            out = _mix_fused_terms(xs, edge_ops, kinds, pairs, _term_weights(w, pairs), precomputed=precomputed)
             if out is not None:
                 return out
         if not pairs:  # only `none` ops: the node is zero
             return _zero_node(xs, edge_ops, kinds) + w.sum() * 0.0
-        ys = [edge_ops[e][o](xs[e]) for e, o in pairs]
+        ys = [_op_output(edge_ops, xs, e, o, precomputed) for e, o in pairs]
         return _combine(ys, _term_weights(w, pairs), use_fused)
 
     # GDAS: only the sampled op of each edge runs.
@@ -216,10 +298,10 @@ def mix_node(
         # One call: the sampled terms (pools and skips in-kernel) plus `rest` as a "ones" term,
         # whose backward is just sum(grad).
         sel_w = torch.stack([w[e, i] for e, i in picks])
-        out = _mix_fused_terms(xs, edge_ops, kinds, picks, sel_w, rest)
+        out = _mix_fused_terms(xs, edge_ops, kinds, picks, sel_w, rest, precomputed)
         if out is not None:
             return out
-    ys = [edge_ops[e][i](xs[e]) for e, i in picks]
+    ys = [_op_output(edge_ops, xs, e, i, precomputed) for e, i in picks]
     sel = [w[e, i] for e, i in picks]
     if not ys:  # `none` drawn on every edge: the node is zero (plus the 0-valued terms)
         return _zero_node(xs, edge_ops, kinds) + rest

@@ -1,0 +1,71 @@
+"""Batched same-input convolutions: the ReLU-Conv-BN ops of the edges leaving one node all read
+that node, so one ReLU and, per conv shape (kernel size, stride, padding, dilation), ONE
+convolution over the edges' concatenated output channels replace one ReLU and one convolution
+per op. The batched weight is ``torch.cat`` of the per-edge weights, built in the forward, so
+each edge keeps its own parameter (``state_dict`` keys, checkpoints and derived networks are
+unchanged) and receives exactly its gradient; the function is the same, only the convolution's
+internal summation blocking may differ.
+
+Each op's output is its channel slice of the batched output (a view). Its BatchNorm is either
+applied to the slice by the op's own module, or, with ``fold_bn``, left to the mixing kernel:
+one ``gaea_ext.tensor_batch_norm`` pass over the batched output gives every edge's
+``[2, C]`` mean / 1-std (and updates each module's running statistics), and the op's term is a
+:class:`~gaea_nas.spaces.mixing.NormedTerm` of the slice and its columns of that norm.
+"""
+from typing import Dict, Hashable, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gaea_ext
+
+from .mixing import NormedTerm, Term
+
+__all__ = ["batched_relu_conv_bn", "is_relu_conv_bn"]
+
+
+def is_relu_conv_bn(op: nn.Module) -> bool:
+    """Whether ``op`` is ``nn.Sequential(ReLU, Conv2d, BatchNorm2d)`` with a plain (not in-place)
+    ReLU and a bias-free, ungrouped, zero-padded convolution: an op that can join a batch."""
+    if not isinstance(op, nn.Sequential) or len(op) != 3:
+        return False
+    relu, conv, bn = op
+    return (type(relu) is nn.ReLU and not relu.inplace and type(conv) is nn.Conv2d and conv.bias is None
+            and conv.groups == 1 and conv.padding_mode == "zeros" and type(bn) is nn.BatchNorm2d)
+
+
+def _conv_key(conv: nn.Conv2d) -> tuple:
+    w = conv.weight
+    return (conv.in_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, w.dtype, w.device)
+
+
+def batched_relu_conv_bn(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Module]],
+                         fold_bn: bool = False) -> Dict[Hashable, Term]:
+    """The outputs of the ReLU-Conv-BN ``ops`` (``[(key, op), ...]``, each passing
+    :func:`is_relu_conv_bn`) on the same input ``x``: one ReLU, one convolution per conv shape.
+    Returns ``{key: output}``; with ``fold_bn`` (every BatchNorm ``affine=False``) each output
+    is a :class:`~gaea_nas.spaces.mixing.NormedTerm` instead of the normalised tensor."""
+    groups: Dict[tuple, List[Tuple[Hashable, nn.Module]]] = {}
+    for key, op in ops:
+        if not is_relu_conv_bn(op):
+            raise ValueError(f"batched_relu_conv_bn: op {key!r} is not a ReLU-Conv-BN sequence")
+        groups.setdefault(_conv_key(op[1]), []).append((key, op))
+    if not groups:
+        return {}
+    relu_x = torch.relu(x)
+    out: Dict[Hashable, Term] = {}
+    for members in groups.values():
+        conv = members[0][1][1]
+        weights = [op[1].weight for _, op in members]
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        y = F.conv2d(relu_x, weight, None, conv.stride, conv.padding, conv.dilation)
+        bns = [op[2] for _, op in members]
+        norm = gaea_ext.tensor_batch_norm(y, bns) if fold_bn else None
+        off = 0
+        for (key, op), bn in zip(members, bns):
+            c = op[1].out_channels
+            part = y[:, off:off + c]
+            out[key] = NormedTerm(part, norm[:, off:off + c]) if fold_bn else bn(part)
+            off += c
+    return out
