@@ -5,6 +5,12 @@ older repositories write it.
     python benchmarks/search_step.py [--space nb201|darts|pcdarts] [--device cpu|cuda]
         [--threads 1 2] [--batch 64] [--channels 16] [--cells N] [--iters 3]
         [--switches bf16 channels_last compile] [--largest-batch] [--json PATH]
+    python benchmarks/search_step.py --repeat N [--spaces ...] [--sizes SPACE=C,CELLS,BATCH ...]
+        [--compile-spaces nb201] [--threads 1 2] [--iters 2] [--warmup 1] [--out-dir DIR]
+
+``--repeat N``: the reproducible report (benchmarks/search_repeat.py): every variant (eager
+baseline, fused, warm torch.compile of the baseline) N times in fresh processes, alternating,
+median and min-max per measure, ratios and targets, device, commit and date; JSON + Markdown.
 
 ``--cells``: N per stage on NB201 (default 5), cells in the network on DARTS (default 8).
 
@@ -21,6 +27,8 @@ Variants (each timed in a fresh process, so peak-memory figures do not mix):
 - ``fused-no-pool-fusion``: the same with ``FUSE_PARAMETER_FREE = False`` (the pools run as
   modules, nodes mix with ``weighted_sum``).
 - ``plain``: gaea_nas's supernet on the plain PyTorch mixing path (``USE_FUSED = False``).
+- ``fused-unbatched`` (only with ``--variants``): ``fused`` without the batched same-input
+  convolutions and the BatchNorms folded into the node (``BATCH_CONVS = TENSOR_BN = False``).
 - ``baseline-compile`` (``--compile``): ``torch.compile`` of the baseline's forward.
 - switches on the fused supernet (``--switches``): ``fused+bf16`` (bfloat16 autocast; arch
   weights and EG state stay float32), ``fused+channels_last``, ``fused+compile``
@@ -257,7 +265,8 @@ def _run_variant(args) -> Dict[str, float]:
     else:
         base, _, switch = variant.partition("+")
         mixing.USE_FUSED = base != "plain"
-        mixing.FUSE_PARAMETER_FREE = base == "fused"
+        mixing.FUSE_PARAMETER_FREE = base in ("fused", "fused-unbatched")
+        mixing.BATCH_CONVS = mixing.TENSOR_BN = base != "fused-unbatched"
         if args.space == "nb201":
             model = NB201SuperNet(args.channels, cells, 10, arch="simplex").to(dev)
         else:
@@ -376,11 +385,20 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--switches", nargs="*", default=[], choices=list(SWITCHES),
                    help="also time the fused supernet with each switch on")
     p.add_argument("--variants", nargs="+", default=None,
-                   choices=VARIANTS + ["baseline-compile"] + [f"fused+{w}" for w in SWITCHES])
+                   choices=VARIANTS + ["baseline-compile", "fused-unbatched"] + [f"fused+{w}" for w in SWITCHES])
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--largest-batch", action="store_true", help="CUDA: also find each variant's largest batch")
     p.add_argument("--max-batch-cap", type=int, default=16384)
+    p.add_argument("--repeat", type=int, default=0, metavar="N",
+                   help="the reproducible report: N fresh-process runs per variant, alternating (search_repeat.py)")
+    p.add_argument("--spaces", nargs="+", choices=["nb201", "darts", "pcdarts"], default=["nb201", "darts", "pcdarts"],
+                   help="--repeat: the supernets to measure")
+    p.add_argument("--compile-spaces", nargs="*", choices=["nb201", "darts", "pcdarts"], default=["nb201"],
+                   help="--repeat: where the warm torch.compile of the baseline is also timed")
+    p.add_argument("--sizes", nargs="*", metavar="SPACE=C,CELLS,BATCH",
+                   help="--repeat: per-space sizes (default nb201=16,2,16 darts=8,5,4 pcdarts=16,5,8)")
+    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"), help="--repeat: where the report goes")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--largest-batch-one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -389,6 +407,12 @@ def main(argv: List[str] = None) -> int:
         args.threads = args.threads[0]
         print(json.dumps(_largest_batch(args) if args.largest_batch_one else _run_variant(args)))
         return 0
+
+    if args.repeat:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from search_repeat import run_repeat
+
+        return run_repeat(args, _spawn)
 
     switches = list(args.switches)
     if args.space == "pcdarts" and args.device == "cpu" and "channels_last" in switches:
