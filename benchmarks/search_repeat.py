@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 
 #: space -> (channels, cells, batch): N per stage on NB201, cells on DARTS.
-DEFAULT_SIZES = {"nb201": (16, 2, 16), "darts": (8, 5, 4), "pcdarts": (16, 5, 8)}
+DEFAULT_SIZES = {"nb201": (16, 2, 16), "darts": (8, 5, 4), "pcdarts": (16, 5, 4)}
 
 #: (measure, space, result field, target ratio, higher is better)
 MEASURES = [

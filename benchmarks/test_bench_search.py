@@ -51,3 +51,34 @@ def test_target_gpu_nb201_iteration_2x_baseline(tmp_path):
                       "--json", str(out)])
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["fused"]["speedup_vs_baseline"] >= 2.0
+
+
+def test_search_step_repeat_smoke(tmp_path):
+    assert search_step.main(["--repeat", "1", "--spaces", "nb201", "--compile-spaces", "--threads", "1",
+                             "--iters", "1", "--warmup", "0", "--sizes", "nb201=4,1,2",
+                             "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("e2e-repeat-cpu-*.json")
+    report = json.loads(path.read_text())
+    assert len(report["provenance"]["commit"]) == 40 and isinstance(report["provenance"]["dirty"], bool)
+    assert report["config"]["sizes"]["nb201"] == [4, 1, 2]
+    assert {r["measure"] for r in report["summary"]} == {
+        "NB201 supernet fwd+bwd img/s", "NB201 GAEA search iteration img/s", "NB201 activation memory MB"}
+    assert {(r["space"], r["variant"]) for r in report["runs"]} == {("nb201", "baseline"), ("nb201", "fused")}
+    assert "| NB201 activation memory MB | 1 |" in path.with_suffix(".md").read_text()
+
+
+def test_repeat_summary_medians_ratios_and_targets():
+    import search_repeat
+
+    runs = [{"repeat": rep, "space": "nb201", "threads": 1, "variant": v, "images_per_s": ips * scale,
+             "fwd_bwd_images_per_s": fb, "activation_mb": mb}
+            for rep, scale in enumerate([1, 2, 1])
+            for v, ips, fb, mb in [("baseline", 1.0, 2.0, 10.0), ("fused", 3.0, 3.0, 4.0), ("baseline-compile", 2.0, 2.0, 6.0)]]
+    rows = {r["measure"]: r for r in search_repeat.summarise(runs, [1], ["nb201"])}
+    it = rows["NB201 GAEA search iteration img/s"]
+    assert it["variants"]["fused"] == {"median": 3.0, "min": 3.0, "max": 6.0, "n": 3}
+    assert it["ratio"]["median_of_medians"] == 3.0 and it["met"] and it["beats_compile"]
+    assert not rows["NB201 supernet fwd+bwd img/s"]["met"]  # 1.5x < 2.0x
+    assert rows["NB201 activation memory MB"]["met"]  # 0.4x <= 0.5x
+    with pytest.raises(ValueError, match="SPACE=CHANNELS,CELLS,BATCH"):
+        search_repeat.parse_sizes(["nb201=4,1"])

@@ -13,7 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gaea_nas import DartsSuperNet, NB201SuperNet
 from gaea_nas.spaces import mixing
-from gaea_nas.spaces.batched_convs import batched_relu_conv_bn, is_relu_conv_bn
+from gaea_nas.spaces.batched_convs import batched_relu_conv_bn, batched_separable_stage, is_relu_conv_bn
+from gaea_nas.spaces.darts.ops import DilConv, SepConv
 from gaea_nas.spaces.nb201.supernet import NB201SearchCell
 
 
@@ -145,3 +146,28 @@ def test_normed_term_materialises_as_batch_norm():
     rstd = (y.var(dim=(0, 2, 3), unbiased=False) + 1e-5).rsqrt()
     term = mixing.NormedTerm(y, torch.stack([mean, rstd]))
     torch.testing.assert_close(term.materialise(), nn.functional.batch_norm(y, None, None, training=True))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batched_separable_stage_matches_the_ops(stride):
+    torch.manual_seed(0)
+    ops = [SepConv(3, 3, 3, stride, 1, affine=False), DilConv(3, 3, 5, stride, 4, 2, affine=False),
+           SepConv(3, 3, 3, stride, 1, affine=False), DilConv(3, 3, 5, stride, 4, 2, affine=False),
+           SepConv(3, 3, 3, stride, 1, affine=False)]
+    ops = [op.double() for op in ops]
+    plain = copy.deepcopy(ops)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    out = batched_separable_stage(x, list(enumerate(ops)))
+    ref = [op(x) for op in plain]
+    for key, y in enumerate(ref):
+        torch.testing.assert_close(out[key], y)
+    grads = [torch.randn_like(y) for y in ref]
+    torch.autograd.backward([out[k] for k in range(len(ops))], grads)
+    torch.autograd.backward(ref, grads)
+    for op, op_ref in zip(ops, plain):
+        for p, p_ref in zip(op.parameters(), op_ref.parameters()):
+            torch.testing.assert_close(p.grad, p_ref.grad)
+        torch.testing.assert_close(op.op[-1].running_mean, op_ref.op[-1].running_mean)
+    folded = batched_separable_stage(x, [(0, copy.deepcopy(plain[1]))], fold_bn=True)[0]
+    assert isinstance(folded, mixing.NormedTerm) and type(folded.norm) is nn.BatchNorm2d
+    torch.testing.assert_close(folded.materialise(), plain[1].op[-1](plain[1].op[:-1](x)))

@@ -22,7 +22,7 @@ import gaea_ext
 
 from .mixing import NormedTerm, Term
 
-__all__ = ["batched_relu_conv_bn", "is_relu_conv_bn"]
+__all__ = ["batched_relu_conv_bn", "batched_separable_stage", "is_relu_conv_bn", "is_separable_stage"]
 
 
 def is_relu_conv_bn(op: nn.Module) -> bool:
@@ -68,4 +68,59 @@ def batched_relu_conv_bn(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Modul
             part = y[:, off:off + c]
             out[key] = NormedTerm(part, norm[:, off:off + c]) if fold_bn else bn(part)
             off += c
+    return out
+
+
+def is_separable_stage(op: nn.Module) -> bool:
+    """Whether ``op`` (or its ``.op``) is an ``nn.Sequential`` starting with a plain ReLU, a
+    bias-free depthwise conv and a bias-free 1x1 conv (the DARTS SepConv / DilConv first stage)."""
+    seq = op if isinstance(op, nn.Sequential) else getattr(op, "op", None)
+    if not isinstance(seq, nn.Sequential) or len(seq) < 4:
+        return False
+    relu, dw, pw = seq[0], seq[1], seq[2]
+    return (type(relu) is nn.ReLU and not relu.inplace and type(dw) is nn.Conv2d and type(pw) is nn.Conv2d
+            and dw.bias is None and pw.bias is None and dw.groups == dw.in_channels == dw.out_channels
+            and pw.groups == 1 and pw.kernel_size == (1, 1) and pw.stride == (1, 1) and pw.padding == (0, 0)
+            and dw.padding_mode == pw.padding_mode == "zeros")
+
+
+def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Module]],
+                            fold_bn: bool = False) -> Dict[Hashable, Term]:
+    """The outputs of the ``ops`` (each passing :func:`is_separable_stage`) on the same input
+    ``x``, with their first stage batched: one ReLU; per depthwise-conv shape one depthwise conv
+    over all the ops (each input channel feeding one output channel per op), one channel
+    reorder and one grouped 1x1 conv. The layers after the first stage run per op on its
+    channel slice. With ``fold_bn`` an op ending in ``BatchNorm2d(affine=False)`` gives
+    a :class:`~gaea_nas.spaces.mixing.NormedTerm` of its output before it and the BatchNorm."""
+    groups: Dict[tuple, List[Tuple[Hashable, nn.Sequential]]] = {}
+    for key, op in ops:
+        if not is_separable_stage(op):
+            raise ValueError(f"batched_separable_stage: op {key!r} does not start with ReLU, depthwise and 1x1 convs")
+        seq = op if isinstance(op, nn.Sequential) else op.op
+        groups.setdefault(_conv_key(seq[1]) + (seq[2].out_channels,), []).append((key, seq))
+    if not groups:
+        return {}
+    relu_x = torch.relu(x)
+    out: Dict[Hashable, Term] = {}
+    for members in groups.values():
+        dw, pw = members[0][1][1], members[0][1][2]
+        E, C = len(members), dw.in_channels
+        if E == 1:
+            ys = [pw(dw(relu_x))]
+        else:
+            # depthwise with E outputs per input channel: output channel c * E + e is edge e's
+            k = dw.weight.shape[-2:]
+            w_dw = torch.stack([seq[1].weight for _, seq in members], 1).reshape(C * E, 1, *k)
+            h = F.conv2d(relu_x, w_dw, None, dw.stride, dw.padding, dw.dilation, C)
+            n, _, hh, ww = h.shape
+            h = h.reshape(n, C, E, hh, ww).transpose(1, 2).reshape(n, E * C, hh, ww)  # edge-major
+            y = F.conv2d(h, torch.cat([seq[2].weight for _, seq in members]), None, 1, 0, 1, E)
+            c_out = pw.out_channels
+            ys = [y[:, e * c_out:(e + 1) * c_out] for e in range(E)]
+        for (key, seq), y in zip(members, ys):
+            rest = list(seq)[3:]
+            fold = fold_bn and type(rest[-1]) is nn.BatchNorm2d and not rest[-1].affine
+            for m in rest[:-1] if fold else rest:
+                y = m(y)
+            out[key] = NormedTerm(y, rest[-1]) if fold else y
     return out

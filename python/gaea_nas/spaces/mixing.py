@@ -55,14 +55,17 @@ __all__ = ["BATCH_CONVS", "FUSED_KINDS", "FUSE_PARAMETER_FREE", "NormedTerm", "T
 
 
 class NormedTerm(NamedTuple):
-    """An op output before its BatchNorm(affine=False): ``raw`` and the ``[2, C]`` rows
-    (mean, 1/std) of the normalisation, which the mixing kernel applies."""
+    """An op output before its BatchNorm(affine=False): ``raw`` and either the ``[2, C]`` rows
+    (mean, 1/std) of the normalisation or the ``BatchNorm2d`` module, which the mixing kernel
+    applies."""
 
     raw: torch.Tensor
-    norm: torch.Tensor
+    norm: Union[torch.Tensor, nn.BatchNorm2d]
 
     def materialise(self) -> torch.Tensor:
-        """``(raw - mean) * rstd`` per channel, in PyTorch."""
+        """The normalised output, in PyTorch: ``(raw - mean) * rstd`` per channel, or the module on ``raw``."""
+        if isinstance(self.norm, nn.Module):
+            return self.norm(self.raw)
         mean, rstd = (r.to(self.raw.dtype).reshape(1, -1, 1, 1) for r in self.norm)
         return (self.raw - mean) * rstd
 
@@ -151,7 +154,7 @@ def _run_sharing_relu(op: nn.Module, x: torch.Tensor, relu_x: List[torch.Tensor]
     bn = _final_bn(layers) if fold_bn else None
     for m in layers[:-1] if bn is not None else layers:
         h = m(h)
-    return (h, bn) if bn is not None else h
+    return NormedTerm(h, bn) if bn is not None else h
 
 
 def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None,
@@ -177,7 +180,7 @@ def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None,
         y = precomputed.get((e, o))
         if y is None:
             y = _run_sharing_relu(edge_ops[e][o], xs[e], relu_x.setdefault(e, []), fold_bn)
-        if isinstance(y, tuple):  # a NormedTerm, or (output, BatchNorm) from _run_sharing_relu
+        if isinstance(y, NormedTerm):
             y, norm_of[t] = y
             term_kinds[t] = "tensor_bn"
         sources.append(len(outputs))

@@ -15,7 +15,11 @@ Variants, all on the same cell wiring (14 edges, node-major, inputs ``s0, s1, n0
 Mixing goes through :func:`gaea_nas.spaces.mixing.mix_node`: one fused call per node over all
 its incoming edges and ops, each op fused as :data:`~gaea_nas.spaces.darts.ops.DARTS_OP_TABLE`
 declares (on stride-1 edges ``skip_connect`` and the BN pools are computed in the kernel;
-``none`` never runs and makes no zero tensor).
+``none`` never runs and makes no zero tensor). With :func:`~gaea_nas.spaces.mixing.batch_convs`
+on (the default), the first stage (ReLU, depthwise, 1x1) of the separable and dilated convs of
+all edges leaving a state runs batched per op type
+(:func:`~gaea_nas.spaces.batched_convs.batched_separable_stage`), and the ops' final BatchNorm
+folds into the mixing kernel when :func:`~gaea_nas.spaces.mixing.tensor_bn_available`.
 
 **Partial channels (PC-DARTS).** Per edge ``j -> i`` PC-DARTS computes
 ``shuffle(cat(sum_k w_jk op_k(x_j[:C/K]), bypass_j(x_j[C/K:])))`` and node ``i`` sums these
@@ -42,7 +46,8 @@ import torch.nn as nn
 import gaea_ext
 
 from ..arch_params import ArchParameters, sample_op_weights
-from ..mixing import mix_node, use_fused_ops
+from ..batched_convs import batched_separable_stage, is_separable_stage
+from ..mixing import batch_convs, mix_node, tensor_bn_available, use_fused_ops
 from ..supernet import SuperNet
 from .genotypes import Genotype, derive_darts_cell, genotype_to_weights, get_genotype
 from .ops import FactorizedReduce, ReLUConvBN, darts_fused_kinds, darts_op_names, search_op
@@ -117,10 +122,24 @@ class DartsSearchCell(nn.Module):
         if partial_channels is not None:
             self.bypass_pool = nn.MaxPool2d(2, 2)
 
-    def _mix(self, xs, lo, hi, w, ew, sampled, hw):
+    def _outgoing_first_stages(self, j: int, x, sampled) -> Dict[tuple, object]:
+        """The separable / dilated convs of the edges leaving state ``j`` (input ``x``, the
+        channel slice under partial channels), first stage batched, keyed by ``(edge, op)``:
+        every such op of each edge, or the sampled one under GDAS."""
+        ops = []
+        for i in range(max(j - 1, 0), self.steps):
+            e = edge_index(i, j)
+            for o in range(len(self.op_names)) if sampled is None else [int(sampled[e])]:
+                if self.kinds[e][o] == "tensor" and is_separable_stage(self.edges[e][o]):
+                    ops.append(((e, o), self.edges[e][o]))
+        return batched_separable_stage(x, ops, fold_bn=tensor_bn_available())
+
+    def _mix(self, xs, lo, hi, w, ew, sampled, hw, batched=None):
         kw = dict(kinds=self.kinds[lo:hi])
         if sampled is not None:
             kw["sampled"] = sampled[lo:hi]
+        if batched is not None:
+            kw["precomputed"] = {(e - lo, o): t for (e, o), t in batched.items() if lo <= e < hi}
         out = mix_node(xs, self.edges[lo:hi], w[lo:hi], None if ew is None else ew[lo:hi], **kw)
         if out.shape[-2:] != hw:
             # GDAS drew `none` on every edge of this node: mix_node returns a 0-valued tensor
@@ -128,9 +147,9 @@ class DartsSearchCell(nn.Module):
             out = out[:, :, ::2, ::2]
         return out
 
-    def _node_partial(self, states, lo, hi, w, ew, sampled, hw):
+    def _node_partial(self, states, lo, hi, w, ew, sampled, hw, batched=None):
         q = self.C_op
-        mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw)
+        mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw, batched)
         bw = torch.ones(hi - lo, dtype=w.dtype, device=w.device) if ew is None else ew[lo:hi]
         if use_fused_ops():  # bypass sum, 2x2 pools, cat and shuffle in one pass
             ins = [s if s.dtype == mixed.dtype else s.to(mixed.dtype) for s in states]
@@ -154,12 +173,17 @@ class DartsSearchCell(nn.Module):
         h, w = s1.shape[-2:]
         hw = torch.Size(((h + 1) // 2, (w + 1) // 2)) if self.reduction else s1.shape[-2:]
         lo = 0
+        batched = {} if batch_convs() else None
         for _ in range(self.steps):
             hi = lo + len(states)
+            if batched is not None:  # the states that gained an outgoing edge: s0 and s1, then the newest node
+                for j in range(len(states) - (1 if len(states) > 2 else 2), len(states)):
+                    x = states[j] if self.k is None else states[j][:, :self.C_op]
+                    batched.update(self._outgoing_first_stages(j, x, sampled))
             if self.k is None:
-                out = self._mix(states, lo, hi, op_weights, edge_weights, sampled, hw)
+                out = self._mix(states, lo, hi, op_weights, edge_weights, sampled, hw, batched)
             else:
-                out = self._node_partial(states, lo, hi, op_weights, edge_weights, sampled, hw)
+                out = self._node_partial(states, lo, hi, op_weights, edge_weights, sampled, hw, batched)
             states.append(out)
             lo = hi
         return torch.cat(states[-self.multiplier:], dim=1)
