@@ -398,6 +398,8 @@ def main(argv: List[str] = None) -> int:
                    help="--repeat: where the warm torch.compile of the baseline is also timed")
     p.add_argument("--sizes", nargs="*", metavar="SPACE=C,CELLS,BATCH",
                    help="--repeat: per-space sizes (default nb201=16,2,16 darts=8,5,4 pcdarts=16,5,4)")
+    p.add_argument("--no-prewarm-compile", dest="prewarm_compile", action="store_false",
+                   help="--repeat: skip the untimed compile-cache warm-up run per thread count")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"), help="--repeat: where the report goes")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--largest-batch-one", action="store_true", help=argparse.SUPPRESS)
