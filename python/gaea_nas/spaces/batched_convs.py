@@ -6,7 +6,7 @@ each edge keeps its own parameter (``state_dict`` keys, checkpoints and derived 
 unchanged) and receives exactly its gradient; the function is the same, only the convolution's
 internal summation blocking may differ.
 
-Each op's output is its channel slice of the batched output (a view). Its BatchNorm is either
+Each op's output is its channel block of the batched output (a view). Its BatchNorm is either
 applied to the slice by the op's own module, or, with ``fold_bn``, left to the mixing kernel:
 one ``gaea_ext.tensor_batch_norm`` pass over the batched output gives every edge's
 ``[2, C]`` mean / 1-std (and updates each module's running statistics), and the op's term is a
@@ -61,14 +61,21 @@ def batched_relu_conv_bn(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Modul
         weight = weights[0] if len(weights) == 1 else torch.cat(weights)
         y = F.conv2d(relu_x, weight, None, conv.stride, conv.padding, conv.dilation)
         bns = [op[2] for _, op in members]
-        norm = gaea_ext.tensor_batch_norm(y, bns) if fold_bn else None
-        off = 0
-        for (key, op), bn in zip(members, bns):
-            c = op[1].out_channels
-            part = y[:, off:off + c]
-            out[key] = NormedTerm(part, norm[:, off:off + c]) if fold_bn else bn(part)
-            off += c
+        sizes = [op[1].out_channels for _, op in members]
+        parts = _channel_blocks(y, sizes)
+        if fold_bn:
+            norms = gaea_ext.tensor_batch_norm(y, bns).split(sizes, dim=1)
+            out.update((key, NormedTerm(part, norm)) for (key, _), part, norm in zip(members, parts, norms))
+        else:
+            out.update((key, bn(part)) for (key, _), part, bn in zip(members, parts, bns))
     return out
+
+
+def _channel_blocks(y: torch.Tensor, sizes: List[int]):
+    """``y``'s consecutive channel blocks of ``sizes``, as views. ``split`` (not indexing): its
+    backward is one ``cat`` of the blocks' gradients, where slicing would allocate and zero a
+    full-size gradient per block."""
+    return y.split(sizes, dim=1) if len(sizes) > 1 else (y,)
 
 
 def is_separable_stage(op: nn.Module) -> bool:
@@ -115,8 +122,7 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
             n, _, hh, ww = h.shape
             h = h.reshape(n, C, E, hh, ww).transpose(1, 2).reshape(n, E * C, hh, ww)  # edge-major
             y = F.conv2d(h, torch.cat([seq[2].weight for _, seq in members]), None, 1, 0, 1, E)
-            c_out = pw.out_channels
-            ys = [y[:, e * c_out:(e + 1) * c_out] for e in range(E)]
+            ys = _channel_blocks(y, [seq[2].out_channels for _, seq in members])
         for (key, seq), y in zip(members, ys):
             rest = list(seq)[3:]
             fold = fold_bn and type(rest[-1]) is nn.BatchNorm2d and not rest[-1].affine
