@@ -7,7 +7,8 @@ unchanged) and receives exactly its gradient; the function is the same, only the
 internal summation blocking may differ.
 
 Each op's output is its channel block of the batched output (a view). Its BatchNorm is either
-applied to the slice by the op's own module, or, with ``fold_bn``, left to the mixing kernel:
+applied with the other edges' in one ``F.batch_norm`` over the batched output (the modules'
+running statistics concatenated, then written back), or, with ``fold_bn``, left to the mixing kernel:
 one ``gaea_ext.tensor_batch_norm`` pass over the batched output gives every edge's
 ``[2, C]`` mean / 1-std (and updates each module's running statistics), and the op's term is a
 :class:`~gaea_nas.spaces.mixing.NormedTerm` of the slice and its columns of that norm.
@@ -67,7 +68,32 @@ def batched_relu_conv_bn(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Modul
             norms = gaea_ext.tensor_batch_norm(y, bns).split(sizes, dim=1)
             out.update((key, NormedTerm(part, norm)) for (key, _), part, norm in zip(members, parts, norms))
         else:
-            out.update((key, bn(part)) for (key, _), part, bn in zip(members, parts, bns))
+            out.update(zip([key for key, _ in members], _channel_blocks(_batch_norm_blocks(y, bns), sizes)))
+    return out
+
+
+def _batch_norm_blocks(y: torch.Tensor, bns: List[nn.BatchNorm2d]) -> torch.Tensor:
+    """``y`` with each consecutive channel block normalised by its BatchNorm module, exactly as
+    the modules would (running statistics updated in training mode): one ``F.batch_norm`` over
+    the concatenated statistics when the modules agree on their settings, else one call each."""
+    first = bns[0]
+    sizes = [bn.num_features for bn in bns]
+    same = all(bn.training == first.training and bn.eps == first.eps and bn.momentum == first.momentum is not None
+               and bn.affine == first.affine and bn.running_mean is not None for bn in bns)
+    if len(bns) == 1 or not same:
+        return torch.cat([bn(part) for bn, part in zip(bns, _channel_blocks(y, sizes))], 1)
+    if first.training:
+        for bn in bns:
+            bn.num_batches_tracked.add_(1)
+    mean = torch.cat([bn.running_mean for bn in bns])
+    var = torch.cat([bn.running_var for bn in bns])
+    cat = (lambda name: torch.cat([getattr(bn, name) for bn in bns])) if first.affine else (lambda name: None)
+    out = F.batch_norm(y, mean, var, cat("weight"), cat("bias"), first.training, first.momentum, first.eps)
+    if first.training:
+        with torch.no_grad():
+            for bn, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
     return out
 
 
