@@ -192,11 +192,13 @@ def run_repeat(args, spawn) -> int:
             for threads in threads_list:
                 order = variants if rep % 2 == 0 else variants[::-1]  # alternate who runs first
                 for variant in order:
+                    t = time.perf_counter()
                     r = spawn(sub, variant, threads)
+                    r["process_s"] = time.perf_counter() - t
                     runs.append({"repeat": rep, "space": space, "threads": threads, "variant": variant, **r})
                     print(f"  repeat {rep} {space:8s} {threads} thr {variant:17s} {r['images_per_s']:8.2f} img/s  "
-                          f"fwd+bwd {r['fwd_bwd_images_per_s']:8.2f} img/s  activations {r['activation_mb']:7.1f} MB",
-                          flush=True)
+                          f"fwd+bwd {r['fwd_bwd_images_per_s']:8.2f} img/s  activations {r['activation_mb']:7.1f} MB  "
+                          f"({r['process_s']:.0f} s)", flush=True)
     wall = time.perf_counter() - start - prewarm_s
     config = {"repeat": args.repeat, "spaces": spaces, "compile_spaces": compile_spaces, "threads": threads_list,
               "sizes": {s: list(v) for s, v in sizes.items()}, "iters": args.iters, "warmup": args.warmup,
