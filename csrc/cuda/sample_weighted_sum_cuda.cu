@@ -93,7 +93,8 @@ at::Tensor sample_weighted_sum_cuda(at::TensorList inputs, const at::Tensor& wei
         running_ptr = running.mutable_data_ptr<acc_t>();
       }
     }
-    std::vector<const void*> ptrs = {out_ptr, running_ptr == nullptr ? out_ptr : running_ptr};
+    std::vector<const void*> ptrs = {out_ptr};
+    if (running_ptr != nullptr) ptrs.push_back(running_ptr);
     for (const at::Tensor& y : ys) ptrs.push_back(y.const_data_ptr());
     const bool vectorize = can_vectorize(ptrs, inner, kVec);
 
