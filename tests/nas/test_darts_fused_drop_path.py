@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import gaea_ext
 import gaea_nas.spaces.darts.networks as networks
 from gaea_nas.spaces.darts import NetworkCIFAR
 
@@ -63,6 +64,7 @@ def test_fused_cell_equals_unfused_in_float64():
     assert not torch.allclose(other[0], got[0])
 
 
+@pytest.mark.skipif(gaea_ext.backend("cpu") == "reference", reason="counts the kernels' calls")
 def test_fused_path_runs_no_drop_path_nor_elementwise_ops(monkeypatch):
     """Per node one gaea_ext::sample_weighted_sum, no drop_path, no mul/div/add on activations
     (the per-op path runs them: the count can fail)."""
