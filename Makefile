@@ -70,7 +70,7 @@ test: build
 # cases (slow), and parametrisations that differ only above the kernels (softmax arch
 # parameters, exclude_none, two of the three 10,000-step EG runs), to keep CI short.
 EMULATED_TESTS := tests/test_mixed_node.py tests/test_pool_batch_norm.py tests/test_tensor_bn.py tests/test_partial_channel.py tests/test_double_backward.py \
-  tests/test_weighted_sum.py tests/test_exp_grad.py tests/test_optim.py tests/test_bad_input.py \
+  tests/test_weighted_sum.py tests/test_sample_weighted_sum.py tests/test_exp_grad.py tests/test_optim.py tests/test_bad_input.py \
   tests/nas/test_nb201_space.py tests/nas/test_darts_space.py
 test-cuda-emulation: build
 	GAEA_CUDA_EMULATION=1 $(PY) -m pytest $(EMULATED_TESTS) -q -k "not compile and not deterministic and not threads \

@@ -8,21 +8,38 @@
 
 namespace gaea_ext {
 
-void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
-  TORCH_CHECK(!inputs.empty(), "weighted_sum: 'inputs' must hold at least one tensor, got none");
+namespace {
+
+// `op`'s inputs: at least one, floating point, one shape, dtype and device.
+void check_input_list(at::TensorList inputs, const char* op) {
+  TORCH_CHECK(!inputs.empty(), op, ": 'inputs' must hold at least one tensor, got none");
   const at::Tensor& first = inputs[0];
-  TORCH_CHECK(at::isFloatingType(first.scalar_type()),
-              "weighted_sum: 'inputs' must be floating point (float16, bfloat16, float32, "
-              "float64), got ", first.scalar_type());
+  TORCH_CHECK(at::isFloatingType(first.scalar_type()), op,
+              ": 'inputs' must be floating point (float16, bfloat16, float32, float64), got ", first.scalar_type());
   for (size_t k = 1; k < inputs.size(); ++k) {
     const at::Tensor& t = inputs[k];
-    TORCH_CHECK(t.sizes() == first.sizes(), "weighted_sum: 'inputs' must share one shape; inputs[0] is ",
-                first.sizes(), " but inputs[", k, "] is ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == first.scalar_type(), "weighted_sum: 'inputs' must share one dtype; inputs[0] is ",
+    TORCH_CHECK(t.sizes() == first.sizes(), op, ": 'inputs' must share one shape; inputs[0] is ", first.sizes(),
+                " but inputs[", k, "] is ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == first.scalar_type(), op, ": 'inputs' must share one dtype; inputs[0] is ",
                 first.scalar_type(), " but inputs[", k, "] is ", t.scalar_type());
-    TORCH_CHECK(t.device() == first.device(), "weighted_sum: 'inputs' must share one device; inputs[0] is on ",
+    TORCH_CHECK(t.device() == first.device(), op, ": 'inputs' must share one device; inputs[0] is on ",
                 first.device(), " but inputs[", k, "] is on ", t.device());
   }
+}
+
+// The backward's grad_out: the inputs' shape, dtype and device.
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& input, const char* op) {
+  TORCH_CHECK(grad_out.sizes() == input.sizes() && grad_out.scalar_type() == input.scalar_type() &&
+                  grad_out.device() == input.device(),
+              op, ": 'grad_out' must match the inputs' shape, dtype and device; got ", grad_out.sizes(), " ",
+              grad_out.scalar_type(), " on ", grad_out.device());
+}
+
+}  // namespace
+
+void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
+  check_input_list(inputs, "weighted_sum");
+  const at::Tensor& first = inputs[0];
   TORCH_CHECK(weights.dim() == 1, "weighted_sum: 'weights' must be 1-D, got ", weights.dim(), "-D");
   TORCH_CHECK(weights.numel() == static_cast<int64_t>(inputs.size()),
               "weighted_sum: 'weights' must have one element per input (", inputs.size(), "), got ",
@@ -37,10 +54,28 @@ void check_weighted_sum_backward_args(const at::Tensor& grad_out, at::TensorList
                                       const c10::List<bool>& inputs_need_grad) {
   check_weighted_sum_args(inputs, weights);
   check_need_grad(inputs_need_grad, inputs.size(), "weighted_sum_backward", "inputs_need_grad", "input");
-  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type() &&
-                  grad_out.device() == inputs[0].device(),
-              "weighted_sum_backward: 'grad_out' must match the inputs' shape, dtype and device; got ",
-              grad_out.sizes(), " ", grad_out.scalar_type(), " on ", grad_out.device());
+  check_grad_out(grad_out, inputs[0], "weighted_sum_backward");
+}
+
+void check_sample_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights) {
+  check_input_list(inputs, "sample_weighted_sum");
+  const at::Tensor& first = inputs[0];
+  TORCH_CHECK(first.dim() >= 1, "sample_weighted_sum: 'inputs' must have a batch dimension, got 0-d tensors");
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == static_cast<int64_t>(inputs.size()) &&
+                  weights.size(1) == first.size(0),
+              "sample_weighted_sum: 'weights' must be [K, N] = [", inputs.size(), ", ", first.size(0),
+              "] (one row per input, one column per sample), got ", weights.sizes());
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()),
+              "sample_weighted_sum: 'weights' must be floating point, got ", weights.scalar_type());
+  TORCH_CHECK(weights.device() == first.device(), "sample_weighted_sum: 'weights' must be on the inputs' device ",
+              first.device(), ", got ", weights.device());
+}
+
+void check_sample_weighted_sum_backward_args(const at::Tensor& grad_out, at::TensorList inputs,
+                                             const at::Tensor& weights, const c10::List<bool>& inputs_need_grad) {
+  check_sample_weighted_sum_args(inputs, weights);
+  check_need_grad(inputs_need_grad, inputs.size(), "sample_weighted_sum_backward", "inputs_need_grad", "input");
+  check_grad_out(grad_out, inputs[0], "sample_weighted_sum_backward");
 }
 
 std::vector<int64_t> check_mixed_node_args(at::TensorList xs, at::TensorList outputs, const at::Tensor& weights,

@@ -17,6 +17,10 @@
 //   weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights,
 //                         bool[] inputs_need_grad, bool weights_need_grad)
 //                         -> (Tensor[] grad_inputs, Tensor grad_weights)
+//   sample_weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor
+//   sample_weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights,
+//                                bool[] inputs_need_grad, bool weights_need_grad)
+//                                -> (Tensor[] grad_inputs, Tensor grad_weights)
 //   exp_grad_step_(Tensor(a!)[] params, Tensor[] grads, float[] lrs, int[] segments,
 //                  int[] segment_counts, float[] min_values, float[] entropic_regs,
 //                  bool normalize_first, bool adaptive) -> Tensor found_nonfinite
@@ -59,6 +63,28 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
     const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
     const c10::List<bool>& inputs_need_grad, bool weights_need_grad);
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
+    const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+    const c10::List<bool>& inputs_need_grad, bool weights_need_grad);
+
+// ---- sample_weighted_sum ------------------------------------------------------------
+
+// out[n] = sum_k weights[k, n] * inputs[k][n]: a weighted sum with one weight per input and
+// sample (e.g. drop path's keep mask / (1 - p)). The inputs share shape [N, ...] (at least
+// 1-D), dtype (f16/bf16/f32/f64) and device; weights is [K, N] floating, on the same device,
+// used in the accumulation type (float32, float64 for double inputs). When the inputs share a
+// dense layout with the batch outermost (contiguous, channels_last) the kernel walks the
+// flat storage and the output keeps that layout; otherwise inputs are made contiguous.
+at::Tensor sample_weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights);
+at::Tensor sample_weighted_sum_cuda(at::TensorList inputs, const at::Tensor& weights);
+
+// grad_inputs[j][n] = weights[k_j, n] * grad_out[n] for each k_j with inputs_need_grad[k_j]
+// (only those, in order of k); grad_weights[k, n] = <inputs[k][n], grad_out[n]> (accumulated in
+// float32, float64 for double inputs; in weights' dtype; empty when !weights_need_grad).
+// Deterministic: fixed chunks inside each sample, partials summed in chunk order, no atomics.
+std::tuple<std::vector<at::Tensor>, at::Tensor> sample_weighted_sum_backward_cpu(
+    const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
+    const c10::List<bool>& inputs_need_grad, bool weights_need_grad);
+std::tuple<std::vector<at::Tensor>, at::Tensor> sample_weighted_sum_backward_cuda(
     const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
     const c10::List<bool>& inputs_need_grad, bool weights_need_grad);
 
@@ -233,6 +259,10 @@ void check_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);
 // need-grad flag per input.
 void check_weighted_sum_backward_args(const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights,
                                       const c10::List<bool>& inputs_need_grad);
+// sample_weighted_sum: the inputs as weighted_sum's (at least 1-D), weights [K, N] floating.
+void check_sample_weighted_sum_args(at::TensorList inputs, const at::Tensor& weights);
+void check_sample_weighted_sum_backward_args(const at::Tensor& grad_out, at::TensorList inputs,
+                                             const at::Tensor& weights, const c10::List<bool>& inputs_need_grad);
 // Also returns, per param, the offset of its first segment in `segments`.
 std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList grads,
                                          c10::ArrayRef<double> lrs, c10::IntArrayRef segments,

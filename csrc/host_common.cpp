@@ -53,6 +53,17 @@ std::vector<at::Tensor> with_shared_layout(std::vector<at::Tensor> tensors) {
   return tensors;
 }
 
+bool share_batch_major_layout(at::TensorList tensors) {
+  const at::Tensor& first = tensors[0];
+  return first.dim() >= 1 && first.stride(0) * first.size(0) == first.numel() && share_dense_layout(tensors);
+}
+
+std::vector<at::Tensor> with_batch_major_layout(std::vector<at::Tensor> tensors) {
+  if (share_batch_major_layout(tensors)) return tensors;
+  for (at::Tensor& t : tensors) t = t.contiguous();
+  return tensors;
+}
+
 at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
   if (!like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return result.contiguous(at::MemoryFormat::ChannelsLast);

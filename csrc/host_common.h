@@ -64,6 +64,13 @@ bool share_dense_layout(at::TensorList tensors);
 // The tensors in one dense layout: their own when they share one, else all contiguous
 // (the rule of gaea_ext/_layout.py, which the fake kernels follow).
 std::vector<at::Tensor> with_shared_layout(std::vector<at::Tensor> tensors);
+// True when the tensors share one dense layout (share_dense_layout) in which the first
+// dimension (the batch) is outermost, so that each sample is one contiguous stretch of the
+// flat storage (contiguous and channels_last are; a transposed batch is not).
+bool share_batch_major_layout(at::TensorList tensors);
+// The tensors in such a layout: their own when they share one, else all contiguous (the
+// rule of gaea_ext/_layout.py empty_in_batch_major_layout).
+std::vector<at::Tensor> with_batch_major_layout(std::vector<at::Tensor> tensors);
 // `result` (contiguous) in the layout of `like`: channels_last when `like` is channels_last
 // and not also contiguous, else `result` itself.
 at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like);

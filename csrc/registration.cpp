@@ -8,6 +8,10 @@ TORCH_LIBRARY(gaea_ext, m) {
   m.def(
       "weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
       "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)");
+  m.def("sample_weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor");
+  m.def(
+      "sample_weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
+      "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)");
   m.def(
       "mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources, Tensor? norm=None) "
       "-> Tensor");

@@ -2,6 +2,8 @@
 
 Drop-in ops for DARTS-style code:
   weighted_sum(inputs, weights)       fused mixed-op sum, differentiable in both
+  sample_weighted_sum(inputs, weights [K, N])   the same with one weight per input and sample
+  drop_path_sum(inputs, drop_prob)    a discrete cell's node under drop path (gaea_ext.nn)
   mixed_op(x, outputs, weights, kinds)   a mixed op with none/skip/3x3 pools computed in-kernel
   mixed_node(edges, weights)          the same for every incoming edge of a node in one call
                                       (kinds also: BN-followed pools, GDAS's "ones" terms)
@@ -24,9 +26,11 @@ from .exp_grad import exp_grad_step_, exp_grad_step_multi_
 from .mixed_node import mixed_node, mixed_op, mixed_terms
 from .partial_channel import partial_channel_node
 from .pool_stats import pool_batch_norm, pool_stats, tensor_batch_norm
+from .sample_weighted_sum import sample_weighted_sum
 from .weighted_sum import weighted_sum
 from . import optim  # noqa: E402  (needs the ops above)
 from . import nn  # noqa: E402  (drop-in modules on the ops above)
+from .nn import drop_path_sum  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -35,6 +39,7 @@ __all__ = [
     "backend",
     "build_info",
     "cuda_limits",
+    "drop_path_sum",
     "exp_grad_step_",
     "exp_grad_step_multi_",
     "mixed_node",
@@ -46,6 +51,7 @@ __all__ = [
     "pool_batch_norm",
     "pool_stats",
     "reference",
+    "sample_weighted_sum",
     "tensor_batch_norm",
     "weighted_sum",
 ]

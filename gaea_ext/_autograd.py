@@ -64,3 +64,48 @@ def by_need(grads: Iterable[torch.Tensor], needs: Sequence[bool]) -> List[Option
     input, None where none was requested."""
     it = iter(grads)
     return [next(it) if need else None for need in needs]
+
+
+def register_weighted_sum_autograd(op: str, reference: Callable, backward_op) -> None:
+    """Register the autograd of a weighted-sum op `op(Tensor[] inputs, Tensor weights)` (linear
+    in each input), e.g. "gaea_ext::weighted_sum", whose kernel backward is
+    `backward_op(grad_out, inputs, weights, inputs_need_grad, weights_need_grad)` -> (the
+    requested input gradients, grad_weights). `reference` is the op's pure-PyTorch reference,
+    differentiated for a backward with create_graph=True (reference_grads)."""
+
+    def setup_context(ctx, inputs, output):
+        ys, weights = inputs
+        # Only what the backward reads is kept alive: the inputs for grad_weights (none when
+        # the weights need no gradient), the weights for grad_inputs.
+        ctx.num_inputs = len(ys)
+        ctx.save_for_backward(weights, *(ys if weights.requires_grad else ()))
+
+    def backward(ctx, grad_out):
+        inputs_need_grad, weights_need_grad = ctx.needs_input_grad
+        weights, *ys = ctx.saved_tensors
+        if double_backward_enabled():
+            # The output is linear in each input: unsaved inputs are stood in for by zeros.
+            ys = ys or [torch.zeros_like(grad_out) for _ in range(ctx.num_inputs)]
+            return tuple(reference_grads(reference, (list(ys), weights),
+                                         (list(inputs_need_grad), weights_need_grad), grad_out))
+        if not ys:  # inputs were not saved; the kernel only reads their metadata
+            ys = [grad_out] * ctx.num_inputs
+        grad_list, grad_weights = backward_op(grad_out, list(ys), weights, list(inputs_need_grad),
+                                              bool(weights_need_grad))
+        return by_need(grad_list, inputs_need_grad), (grad_weights if weights_need_grad else None)
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+def weighted_sum_backward_fake(empty_like_operands: Callable) -> Callable:
+    """The fake (meta) kernel of a weighted-sum op's backward (see register_weighted_sum_autograd):
+    one gradient per needed input, laid out by `empty_like_operands(inputs + [grad_out])` (the
+    op's layout rule), and grad_weights shaped like the weights (empty when not needed)."""
+
+    def fake(grad_out, inputs, weights, inputs_need_grad, weights_need_grad):
+        operands = list(inputs) + [grad_out]
+        grad_inputs = [empty_like_operands(operands) for need in inputs_need_grad if need]
+        grad_weights = weights.new_empty(weights.shape if weights_need_grad else (0,))
+        return grad_inputs, grad_weights
+
+    return fake

@@ -14,35 +14,87 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ORDERS = ("clamp_then_normalize", "normalize_then_clamp")
 
 
-def check_weighted_sum(inputs, weights) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Validate weighted_sum arguments; return (inputs as a list, weights as 1-D)."""
+def check_input_list(inputs, op: str, one_dtype: bool = True, batched: bool = False) -> List[torch.Tensor]:
+    """Validate the `inputs` of a weighted sum (`op`): a non-empty sequence of floating tensors
+    of one shape, device and (with `one_dtype`) dtype, at least 1-D [N, ...] when `batched`;
+    return it as a list."""
     if isinstance(inputs, torch.Tensor):
-        raise TypeError("weighted_sum: 'inputs' must be a sequence of tensors, not a tensor (use list(t) to split one)")
+        raise TypeError(f"{op}: 'inputs' must be a sequence of tensors, not a tensor (use list(t) to split one)")
     try:
         inputs = list(inputs)
     except TypeError:
-        raise TypeError(f"weighted_sum: 'inputs' must be a sequence of tensors, got {type(inputs).__name__}") from None
+        raise TypeError(f"{op}: 'inputs' must be a sequence of tensors, got {type(inputs).__name__}") from None
     if not inputs:
-        raise ValueError("weighted_sum: 'inputs' must hold at least one tensor, got an empty sequence")
+        raise ValueError(f"{op}: 'inputs' must hold at least one tensor, got an empty sequence")
     first = inputs[0]
     for k, t in enumerate(inputs):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"weighted_sum: 'inputs[{k}]' must be a tensor, got {type(t).__name__}")
+            raise TypeError(f"{op}: 'inputs[{k}]' must be a tensor, got {type(t).__name__}")
         if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(
-                f"weighted_sum: 'inputs' must be float16, bfloat16, float32 or float64, got {t.dtype} at inputs[{k}]"
-            )
-        if t.dtype != first.dtype:
-            raise TypeError(f"weighted_sum: 'inputs' must share one dtype; inputs[0] is {first.dtype}, inputs[{k}] is {t.dtype}")
+            raise TypeError(f"{op}: 'inputs' must be float16, bfloat16, float32 or float64, got {t.dtype} at inputs[{k}]")
+        if one_dtype and t.dtype != first.dtype:
+            raise TypeError(f"{op}: 'inputs' must share one dtype; inputs[0] is {first.dtype}, inputs[{k}] is {t.dtype}")
         if t.shape != first.shape:
             raise ValueError(
-                f"weighted_sum: 'inputs' must share one shape; inputs[0] is {tuple(first.shape)}, inputs[{k}] is {tuple(t.shape)}"
+                f"{op}: 'inputs' must share one shape; inputs[0] is {tuple(first.shape)}, inputs[{k}] is {tuple(t.shape)}"
             )
         if t.device != first.device:
-            raise ValueError(f"weighted_sum: 'inputs' must share one device; inputs[0] is on {first.device}, inputs[{k}] on {t.device}")
+            raise ValueError(f"{op}: 'inputs' must share one device; inputs[0] is on {first.device}, inputs[{k}] on {t.device}")
+    if batched and first.dim() == 0:
+        raise ValueError(f"{op}: 'inputs' must have a batch dimension ([N, ...]), got 0-d tensors")
+    return inputs
+
+
+def check_weighted_sum(inputs, weights) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Validate weighted_sum arguments; return (inputs as a list, weights as 1-D)."""
+    inputs = check_input_list(inputs, "weighted_sum")
+    first = inputs[0]
     weights = check_weights(weights, "weighted_sum", len(inputs), "one element per input", first.device,
                             "the inputs' device", rows=False)
     return inputs, weights
+
+
+def check_sample_weighted_sum(inputs, weights) -> List[torch.Tensor]:
+    """Validate sample_weighted_sum arguments: the inputs as weighted_sum's, with a batch
+    dimension; weights a floating [K, N] tensor on their device. Return the inputs as a list."""
+    op = "sample_weighted_sum"
+    inputs = check_input_list(inputs, op, batched=True)
+    first = inputs[0]
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{op}: 'weights' must be a [K, N] tensor, got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{op}: 'weights' must be a floating-point tensor, got {weights.dtype}")
+    want = (len(inputs), first.shape[0])
+    if tuple(weights.shape) != want:
+        raise ValueError(f"{op}: 'weights' must be [K, N] = {list(want)} (one row per input, one column per "
+                         f"sample), got shape {tuple(weights.shape)}")
+    if weights.device != first.device:
+        raise ValueError(f"{op}: 'weights' must be on the inputs' device {first.device}, got {weights.device}")
+    return inputs
+
+
+def check_drop_path(inputs, drop_prob, drop) -> Tuple[List[torch.Tensor], float, List[bool]]:
+    """Validate drop_path_sum arguments: the inputs (one shape and device; dtypes may differ,
+    they are promoted as `+` would), drop_prob a number in [0, 1), drop None or one bool per
+    input. Return (inputs as a list, drop_prob as a float, drop as a list)."""
+    op = "drop_path_sum"
+    inputs = check_input_list(inputs, op, one_dtype=False, batched=True)
+    if isinstance(drop_prob, bool) or not isinstance(drop_prob, Real):
+        raise TypeError(f"{op}: 'drop_prob' must be a number, got {type(drop_prob).__name__}")
+    if not 0.0 <= drop_prob < 1.0:
+        raise ValueError(f"{op}: 'drop_prob' must be in [0, 1), got {drop_prob!r}")
+    if drop is None:
+        return inputs, float(drop_prob), [True] * len(inputs)
+    try:
+        drop = list(drop)
+    except TypeError:
+        raise TypeError(f"{op}: 'drop' must be None or a sequence of bools, got {type(drop).__name__}") from None
+    if len(drop) != len(inputs):
+        raise ValueError(f"{op}: 'drop' must have one flag per input ({len(inputs)}), got {len(drop)}")
+    for k, flag in enumerate(drop):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{op}: 'drop[{k}]' must be a bool, got {type(flag).__name__}")
+    return inputs, float(drop_prob), drop
 
 
 def check_weights(weights, op: str, count: int, what: str, device: torch.device, device_name: str,

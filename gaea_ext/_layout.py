@@ -31,6 +31,22 @@ def empty_in_layout(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.empty_like(first, memory_format=torch.contiguous_format)
 
 
+def batch_outermost(t: torch.Tensor) -> bool:
+    """True when the first dimension (the batch) has the largest stride of a dense layout, so
+    each sample is one stretch of the flat storage (contiguous and channels_last tensors)."""
+    return t.dim() >= 1 and t.stride(0) * t.shape[0] == t.numel()
+
+
+def empty_in_batch_major_layout(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mirror of csrc/host_common.cpp with_batch_major_layout: an empty tensor laid out like
+    the per-sample kernels' output (sample_weighted_sum): the operands' shared dense layout
+    when the batch is outermost in it, else contiguous."""
+    first = tensors[0]
+    if batch_outermost(first) and share_dense_layout(tensors):
+        return torch.empty_like(first, memory_format=torch.preserve_format)
+    return torch.empty_like(first, memory_format=torch.contiguous_format)
+
+
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """Mirror of csrc/host_common.cpp in_layout_of: the layout a kernel gives the result that
     belongs to `x` (e.g. its gradient): channels_last when `x` is channels_last and not also

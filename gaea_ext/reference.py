@@ -25,6 +25,18 @@ def weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch
     return out.to(dtype)
 
 
+def sample_weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """out[n] = sum_k weights[k, n] * inputs[k][n] (weights [K, N]), accumulated in float32 for
+    half types (autograd-able)."""
+    dtype = inputs[0].dtype
+    acc = accumulation_dtype(dtype)
+    w = weights.to(acc).reshape(weights.shape + (1,) * (inputs[0].dim() - 1))
+    out = w[0] * inputs[0].to(acc)
+    for k in range(1, len(inputs)):
+        out = out + w[k] * inputs[k].to(acc)
+    return out.to(dtype)
+
+
 MIXED_KINDS = ("none", "skip", "avg_pool_3x3", "max_pool_3x3", "tensor", "avg_pool_3x3_bn", "max_pool_3x3_bn",
                "ones", "tensor_bn")
 # Kinds normalised by a [2, C] norm: the pools followed by BatchNorm (affine=False), and a

@@ -16,7 +16,7 @@ from typing import List, Sequence, Union
 import torch
 
 from . import reference
-from ._autograd import by_need, double_backward_enabled, reference_grads
+from ._autograd import register_weighted_sum_autograd, weighted_sum_backward_fake
 from ._backend import HAS_EXTENSION, use_reference
 from ._checks import check_weighted_sum
 from ._layout import empty_in_layout
@@ -46,36 +46,7 @@ if HAS_EXTENSION:
         torch._check(len(inputs) == weights.shape[0], lambda: "weighted_sum: one weight per input")
         return empty_in_layout(inputs)
 
-    @torch.library.register_fake("gaea_ext::weighted_sum_backward")
-    def _weighted_sum_backward_fake(grad_out, inputs, weights, inputs_need_grad, weights_need_grad):
-        operands = list(inputs) + [grad_out]
-        grad_inputs = [empty_in_layout(operands) for need in inputs_need_grad if need]
-        if weights_need_grad:
-            grad_weights = weights.new_empty(weights.shape)
-        else:
-            grad_weights = weights.new_empty((0,))
-        return grad_inputs, grad_weights
+    torch.library.register_fake("gaea_ext::weighted_sum_backward")(weighted_sum_backward_fake(empty_in_layout))
 
-    def _setup_context(ctx, inputs, output):
-        ys, weights = inputs
-        # Only what the backward reads is kept alive: the inputs for grad_weights,
-        # the weights for grad_inputs.
-        ctx.num_inputs = len(ys)
-        ctx.save_for_backward(weights, *(ys if weights.requires_grad else ()))
-
-    def _backward(ctx, grad_out):
-        inputs_need_grad, weights_need_grad = ctx.needs_input_grad
-        weights, *ys = ctx.saved_tensors
-        if double_backward_enabled():
-            # The output is linear in each input: unsaved inputs are stood in for by zeros.
-            ys = ys or [torch.zeros_like(grad_out) for _ in range(ctx.num_inputs)]
-            return tuple(reference_grads(reference.weighted_sum, (list(ys), weights),
-                                         (list(inputs_need_grad), weights_need_grad), grad_out))
-        if not ys:  # inputs were not saved; the kernel only reads their metadata
-            ys = [grad_out] * ctx.num_inputs
-        grad_list, grad_weights = torch.ops.gaea_ext.weighted_sum_backward(
-            grad_out, list(ys), weights, list(inputs_need_grad), bool(weights_need_grad)
-        )
-        return by_need(grad_list, inputs_need_grad), (grad_weights if weights_need_grad else None)
-
-    torch.library.register_autograd("gaea_ext::weighted_sum", _backward, setup_context=_setup_context)
+    register_weighted_sum_autograd("gaea_ext::weighted_sum", reference.weighted_sum,
+                                   torch.ops.gaea_ext.weighted_sum_backward)

@@ -8,8 +8,10 @@
   simplex_parameter, init_simplex_     architecture parameters on the simplex
   node_segments(steps)                 per-node segments of an edge-weight vector ([2, 3, 4, 5])
   arch_grads(loss, arch_params)        gradients of the architecture parameters only
+  drop_path_sum(inputs, drop_prob)     a discrete cell's node under drop path, in one pass
 """
 from .arch import PRIMITIVES, arch_grads, darts_kind, darts_kinds, init_simplex_, node_segments, simplex_parameter
+from .drop_path import drop_path_sum
 from .modules import MixedNode, MixedOp, PartialChannelNode
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "arch_grads",
     "darts_kind",
     "darts_kinds",
+    "drop_path_sum",
     "init_simplex_",
     "node_segments",
     "simplex_parameter",

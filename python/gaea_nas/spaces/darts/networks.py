@@ -13,6 +13,11 @@ input sizes, 32x32 and 224x224):
 
 - ``NetworkImageNet`` pools globally with ``AdaptiveAvgPool2d(1)`` instead of ``AvgPool2d(7)``
   (identical on the 7x7 map of a 224 input; also works for other sizes).
+- Drop path is fused into each node's sum by default (``fused_drop_path=True``):
+  ``gaea_ext.drop_path_sum`` draws the same per-sample masks, in the same order, as
+  ``drop_path`` and weights the two op outputs by mask / (1 - p) in one pass, without
+  materialising the dropped tensors (docs/porting.md, "Fused drop path").
+  ``fused_drop_path=False`` runs ``drop_path`` on each op output and adds them.
 - ``drop_path`` is out of place (the reference modifies the op output in place), and the ReLUs
   that open the auxiliary heads and ``stem1`` are out of place (the reference's in-place ones
   also rewrite the trunk tensor they read, which only the next cell's leading ReLU hides).
@@ -24,6 +29,8 @@ from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
+
+from gaea_ext import drop_path_sum
 
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from .genotypes import Genotype, get_genotype
@@ -48,11 +55,18 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 
 class DiscreteCell(nn.Module):
-    """A fixed DARTS cell: node i = op_a(state a) + op_b(state b) from the genotype's pairs."""
+    """A fixed DARTS cell: node i = op_a(state a) + op_b(state b) from the genotype's pairs.
+
+    In training with ``drop_prob`` > 0 every op output but the identities goes through drop
+    path: fused into the node's sum (``gaea_ext.drop_path_sum``) when ``fused_drop_path``
+    (the default, also an attribute that may be changed), else ``drop_path`` per op output.
+    Both draw the same masks from the global generator, in the same order.
+    """
 
     def __init__(self, pairs: Sequence[tuple], concat: Sequence[int], C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool):
+                 reduction: bool, reduction_prev: bool, fused_drop_path: bool = True):
         super().__init__()
+        self.fused_drop_path = fused_drop_path
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C)
         else:
@@ -68,6 +82,8 @@ class DiscreteCell(nn.Module):
         for name, index in zip(op_names, indices):
             stride = 2 if reduction and index < 2 else 1
             self._ops.append(build_op(name, C, stride, affine=True))
+        # Drop path skips the identities, as in the reference.
+        self._droppable = [not isinstance(op, Identity) for op in self._ops]
 
     def forward(self, s0, s1, drop_prob: float = 0.0):
         s0 = self.preprocess0(s0)
@@ -77,12 +93,15 @@ class DiscreteCell(nn.Module):
             op1, op2 = self._ops[2 * i], self._ops[2 * i + 1]
             h1 = op1(states[self._indices[2 * i]])
             h2 = op2(states[self._indices[2 * i + 1]])
-            if self.training and drop_prob > 0.0:
-                if not isinstance(op1, Identity):
-                    h1 = drop_path(h1, drop_prob)
-                if not isinstance(op2, Identity):
-                    h2 = drop_path(h2, drop_prob)
-            states.append(h1 + h2)
+            if self.fused_drop_path:
+                states.append(drop_path_sum([h1, h2], drop_prob, self.training, drop=self._droppable[2 * i:2 * i + 2]))
+            else:
+                if self.training and drop_prob > 0.0:
+                    if not isinstance(op1, Identity):
+                        h1 = drop_path(h1, drop_prob)
+                    if not isinstance(op2, Identity):
+                        h2 = drop_path(h2, drop_prob)
+                states.append(h1 + h2)
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
@@ -141,7 +160,7 @@ def _check_args(C: int, num_classes: int, layers: int) -> None:
 
 class _DartsNetwork(nn.Module):
     def _build_cells(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C_curr: int, layers: int,
-                     reduction_prev: bool):
+                     reduction_prev: bool, fused_drop_path: bool):
         self.cells = nn.ModuleList()
         C_to_auxiliary = None
         for i in range(layers):
@@ -152,7 +171,8 @@ class _DartsNetwork(nn.Module):
                 reduction = False
             pairs, concat = (genotype.reduce, genotype.reduce_concat) if reduction else \
                 (genotype.normal, genotype.normal_concat)
-            cell = DiscreteCell(pairs, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            cell = DiscreteCell(pairs, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                fused_drop_path=fused_drop_path)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
@@ -175,11 +195,13 @@ class NetworkCIFAR(_DartsNetwork):
 
     ``genotype``: a :class:`Genotype`, a published name (``"DARTS_V2"``) or a printed literal.
     Set ``model.drop_path_prob`` per epoch as the reference training loop does.
+    ``fused_drop_path``: drop path fused into the nodes' sums (default) or per op output
+    (:class:`DiscreteCell`).
     """
 
     def __init__(self, C: int = 36, num_classes: int = 10, layers: int = 20, auxiliary: bool = True,
                  genotype: Union[Genotype, str] = "DARTS_V2", drop_path_prob: float = 0.0,
-                 stem_multiplier: int = 3):
+                 stem_multiplier: int = 3, fused_drop_path: bool = True):
         super().__init__()
         _check_args(C, num_classes, layers)
         genotype = get_genotype(genotype)
@@ -192,7 +214,8 @@ class NetworkCIFAR(_DartsNetwork):
             nn.Conv2d(3, C_curr, 3, padding=1, bias=False),
             nn.BatchNorm2d(C_curr),
         )
-        C_prev, C_to_auxiliary = self._build_cells(genotype, C_curr, C_curr, C, layers, reduction_prev=False)
+        C_prev, C_to_auxiliary = self._build_cells(genotype, C_curr, C_curr, C, layers, reduction_prev=False,
+                                                   fused_drop_path=fused_drop_path)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_to_auxiliary, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -207,10 +230,12 @@ class NetworkCIFAR(_DartsNetwork):
 
 class NetworkImageNet(_DartsNetwork):
     """DARTS ImageNet evaluation network: stem0 (two stride-2 convs), stem1 (one), ``layers``
-    cells (the first treats its predecessor as a reduction), auxiliary head, 7x7 pool + Linear."""
+    cells (the first treats its predecessor as a reduction), auxiliary head, 7x7 pool + Linear.
+    ``fused_drop_path`` as for :class:`NetworkCIFAR`."""
 
     def __init__(self, C: int = 48, num_classes: int = 1000, layers: int = 14, auxiliary: bool = True,
-                 genotype: Union[Genotype, str] = "DARTS_V2", drop_path_prob: float = 0.0):
+                 genotype: Union[Genotype, str] = "DARTS_V2", drop_path_prob: float = 0.0,
+                 fused_drop_path: bool = True):
         super().__init__()
         _check_args(C, num_classes, layers)
         genotype = get_genotype(genotype)
@@ -230,7 +255,8 @@ class NetworkImageNet(_DartsNetwork):
             nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(C),
         )
-        C_prev, C_to_auxiliary = self._build_cells(genotype, C, C, C, layers, reduction_prev=True)
+        C_prev, C_to_auxiliary = self._build_cells(genotype, C, C, C, layers, reduction_prev=True,
+                                                   fused_drop_path=fused_drop_path)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_to_auxiliary, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
