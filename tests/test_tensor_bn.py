@@ -325,3 +325,40 @@ def test_refusals_change_no_running_statistics():
     with pytest.raises(ValueError, match="'bns'"):
         gaea_ext.tensor_batch_norm(torch.randn(2, 4, 3, 3), [good, _eval(nn.BatchNorm2d(2, affine=False))])
     assert int(good.num_batches_tracked) == 0 and torch.equal(good.running_mean, torch.zeros(2))
+
+
+# ---- gaea_ext.nn: a Sequential ending in Conv2d, BatchNorm2d(affine=False) --------------------
+
+
+@requires_kernels
+def test_mixed_op_module_runs_conv_bn_sequentials_as_tensor_bn():
+    import copy
+
+    C = 3
+    ops = [nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 3, padding=1, bias=False), nn.BatchNorm2d(C, affine=False)),
+           nn.Identity(),
+           nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.BatchNorm2d(C, affine=False)),
+           nn.Sequential(nn.Conv2d(C, C, 1), nn.BatchNorm2d(C))]  # affine: runs as a module
+    theirs = copy.deepcopy(ops)
+    mixed = gaea_ext.nn.MixedOp(ops).double()
+    for op in theirs:
+        op.double()
+    assert mixed.kinds == ["tensor_bn", "skip", "max_pool_3x3_bn", "tensor"]
+    w = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    for step in range(3):
+        if step == 2:
+            mixed.eval()
+            for op in theirs:
+                op.eval()
+        x = torch.randn(2, C, 5, 4, dtype=torch.float64, requires_grad=True)
+        got = mixed(x, w)
+        want = sum(wk * op(x) for wk, op in zip(w, theirs))
+        torch.testing.assert_close(got, want)
+        g = torch.randn_like(got)
+        ours_leaves, their_leaves = [x, w, ops[0][1].weight], [x, w, theirs[0][1].weight]
+        _assert_grads_close(torch.autograd.grad(got, ours_leaves, g), torch.autograd.grad(want, their_leaves, g),
+                            ours_leaves, 1e-9)
+    for ours_bn, their_bn in ((ops[0][2], theirs[0][2]), (ops[2][1], theirs[2][1])):
+        torch.testing.assert_close(ours_bn.running_mean, their_bn.running_mean, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(ours_bn.running_var, their_bn.running_var, rtol=1e-14, atol=1e-14)
+        assert int(ours_bn.num_batches_tracked) == int(their_bn.num_batches_tracked) == 2

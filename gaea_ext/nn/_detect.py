@@ -6,7 +6,12 @@ An op is given a kernel kind by what it does, never by its class name alone:
   stride-1, padding-1 ``nn.AvgPool2d(count_include_pad=False)`` / ``nn.MaxPool2d`` is
   ``"avg_pool_3x3"`` / ``"max_pool_3x3"``; an ``nn.Sequential`` of such a pool and an
   ``nn.BatchNorm2d(affine=False)`` is the pool's ``"_bn"`` kind (its statistics come from
-  :func:`gaea_ext.pool_batch_norm`, which keeps the BatchNorm's running statistics);
+  :func:`gaea_ext.pool_batch_norm`, which keeps the BatchNorm's running statistics); an
+  ``nn.Sequential`` whose last two modules are an ``nn.Conv2d`` and an
+  ``nn.BatchNorm2d(affine=False)`` is ``"tensor_bn"``: the modules before the BatchNorm run,
+  and the kernel normalises their output (statistics from :func:`gaea_ext.tensor_batch_norm`,
+  running statistics kept). (DARTS' conv op classes wrap such a Sequential in their own
+  class, whose forward only a probe could check: they stay ``"tensor"``.)
 - any other op without parameters or buffers is probed once, at the first forward, on a
   small random tensor with the real input's channel count (``torch.no_grad``, its own random
   generator, so the global RNG stream is untouched), run twice: an op whose output is its
@@ -55,7 +60,8 @@ def _pool_kind(m: nn.Module) -> Optional[str]:
 
 
 def _is_pool_bn(m: nn.Module) -> bool:
-    """A ``BatchNorm2d(affine=False)`` the kernel can stand in for (``pool_batch_norm``)."""
+    """A ``BatchNorm2d(affine=False)`` the kernel can stand in for (``pool_batch_norm``,
+    ``tensor_batch_norm``)."""
     return type(m) is nn.BatchNorm2d and not m.affine and not _has_hooks(m)
 
 
@@ -75,6 +81,8 @@ def static_kind(op: nn.Module) -> Optional[str]:
         kind = _pool_kind(op[0])
         if kind is not None and _is_pool_bn(op[1]):
             return kind + "_bn"
+    if type(op) is nn.Sequential and len(op) >= 2 and isinstance(op[-2], nn.Conv2d) and _is_pool_bn(op[-1]):
+        return "tensor_bn"
     if isinstance(op, _DropoutNd) or not _is_stateless(op):
         return "tensor"
     if type(op) in (nn.Sequential, nn.ModuleList, nn.ModuleDict) and len(op) > 0:

@@ -1,6 +1,6 @@
 """Drop-in modules for DARTS-style search code: :class:`MixedOp`, :class:`MixedNode` and
 :class:`PartialChannelNode`. See docs/porting.md."""
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -73,7 +73,9 @@ def _as_op_list(ops, owner: str) -> nn.ModuleList:
 class MixedOp(nn.Module):
     """A DARTS mixed op: ``forward(x, weights) = sum_k weights[k] * ops[k](x)`` in one fused
     kernel call, with ``none``, skip and the stride-1 3x3 pools (also followed by
-    ``BatchNorm2d(affine=False)``) computed inside the kernel instead of by their modules.
+    ``BatchNorm2d(affine=False)``) computed inside the kernel instead of by their modules, and
+    the final ``BatchNorm2d(affine=False)`` of an ``nn.Sequential(..., Conv2d, BatchNorm2d)``
+    applied inside it (``"tensor_bn"``).
 
     ``ops``: any iterable of op modules; the same objects are kept and registered (an
     ``nn.ModuleList`` is registered as is, as ``self.ops``). ``weights``: a 1-D tensor of
@@ -148,13 +150,19 @@ def _mix(edges: Sequence[Tuple[torch.Tensor, nn.ModuleList, List[str]]], w: torc
     outputs: List[torch.Tensor] = []
     kinds: List[str] = []
     sources: List[int] = []
-    norms: List[torch.Tensor] = []
+    norms: List[Union[torch.Tensor, nn.Module]] = []  # BN modules of tensor_bn terms, else [2, C] norms
     slot: Dict[int, int] = {}
     shapes: List[Tuple[torch.Size, int, int]] = []  # (term shape, edge, op) for the error message
     for e, (x, ops, edge_kinds) in enumerate(edges):
         for k, (op, kind) in enumerate(zip(ops, edge_kinds)):
-            if kind == "tensor":
-                y = op(x)
+            if kind in reference.OUTPUT_KINDS:
+                if kind == "tensor_bn":  # Sequential(..., Conv2d, BatchNorm2d): the kernel applies the BN
+                    y = x
+                    for module in list(op)[:-1]:
+                        y = module(y)
+                    norms.append(op[-1])
+                else:
+                    y = op(x)
                 sources.append(len(outputs))
                 outputs.append(y)
                 shapes.append((y.shape, e, k))
