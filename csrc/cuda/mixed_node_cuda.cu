@@ -29,12 +29,12 @@
 
 #include "../gaea_ext.h"
 #include "../host_common.h"
-#include "pool_windows.cuh"
+#include "../kernels/pool_windows.cuh"
 
 namespace gaea_ext {
 namespace {
 
-using namespace pool_windows;
+using namespace gaea_kernels::pool_windows;
 
 constexpr int kThreads = 256;
 constexpr int kMaxT = static_cast<int>(kMaxMixedTerms);
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) input_grads_kernel(NodeArgs<scalar_t
       for (int t = 0; t < a.T; ++t) {
         const int kind = a.kinds[t];
         if (a.src[t] != s || kind == kNone || is_output_kind(kind) || kind == kOnes) continue;
-        const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
+        const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, is_avg_kind(kind), h, c, H, W);
         const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
         v += scale * adj;
       }
