@@ -124,11 +124,12 @@ def test_emulated_launch_path_runs_the_python_launchers(monkeypatch):
     if gaea_ext.backend("cpu") != "cupy":
         pytest.skip("runs under GAEA_CUDA_EMULATION=1 GAEA_EXT_BACKEND=cupy")
     launcher = cupy_backend._launcher()
+    launch = launcher.launch
     launched = []
 
     def recording(device, header, expr, *args):
         launched.append(expr)
-        return launcher.launch(device, header, expr, *args)
+        return launch(device, header, expr, *args)
 
     monkeypatch.setattr(launcher, "launch", recording)
     xs = [torch.randn(36, dtype=torch.float16)[1:] for _ in range(3)]  # 2 bytes off 16: the scalar path
