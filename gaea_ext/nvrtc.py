@@ -8,7 +8,8 @@ NVRTC bindings (no GPU needed) and caches the cubin under cache_dir(), keyed by 
 source (with the headers it includes), the architecture and the NVRTC version.
 
     python -m gaea_ext.nvrtc --arch sm_90          # compile every kernel; registers and stack
-    python -m gaea_ext.nvrtc --arch sm_80 --check  # exit 1 if a non-double kernel uses stack
+    python -m gaea_ext.nvrtc --arch sm_80 --check  # exit 1 if a non-double kernel keeps an
+                                                   # array on its stack (over 16 B, as for nvcc)
 
 The cupy backend (gaea_ext/cupy_backend.py) loads these cubins and launches them.
 """
@@ -277,10 +278,13 @@ def _is_double(expr: str) -> bool:
 
 
 def main(argv=None) -> int:
+    from ._cuobjdump import MAX_STACK_BYTES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="sm_90", help="target architecture (default sm_90)")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if a float/half/bfloat16 kernel uses stack or local memory")
+                        help="exit 1 if a float/half/bfloat16 kernel has over MAX_STACK_BYTES (16) of stack "
+                             "or any local memory (benchmarks/kernel_resources.py's rule)")
     parser.add_argument("--cache-dir", help="cubin cache (default $GAEA_EXT_CACHE_DIR or ~/.cache/gaea_ext/nvrtc)")
     args = parser.parse_args(argv)
     bad = []
@@ -292,9 +296,10 @@ def main(argv=None) -> int:
         for expr, row in resource_usage(compiled):
             count += 1
             print(f"{row.registers:4d} {row.stack:6d}  {expr}")
-            if not _is_double(expr) and (row.stack > 0 or row.local > 0):
+            if not _is_double(expr) and (row.stack > MAX_STACK_BYTES or row.local > 0):
                 bad.append(expr)
-    print(f"{count} kernels; {len(bad)} float/half/bfloat16 kernels with stack or local memory")
+    print(f"{count} kernels; {len(bad)} float/half/bfloat16 kernels with over {MAX_STACK_BYTES} B of stack "
+          "or local memory")
     for expr in bad:
         print(f"  STACK  {expr}")
     return 1 if args.check and bad else 0
