@@ -78,26 +78,27 @@ KERNELS: Dict[str, List[str]] = {
 }
 
 
-def kernel_dir() -> Path:
-    """The directory holding the kernel headers: the installed package data `gaea_ext.kernels`,
-    else csrc/kernels of the source tree."""
-    try:
-        from importlib.resources import files
-
-        installed = Path(str(files("gaea_ext.kernels")))
-        if (installed / "limits.cuh").is_file():
-            return installed
-    except (ImportError, ModuleNotFoundError, TypeError):
-        pass
+def kernel_dir():
+    """The kernel headers: csrc/kernels of the source tree this package lies in (a checkout,
+    editable or on sys.path), else the installed package data `gaea_ext.kernels` (an
+    importlib.resources Traversable)."""
     source = Path(__file__).resolve().parent.parent / "csrc" / "kernels"
     if (source / "limits.cuh").is_file():
         return source
+    try:
+        from importlib.resources import files
+
+        installed = files("gaea_ext.kernels")
+        if installed.joinpath("limits.cuh").is_file():
+            return installed
+    except (ImportError, TypeError, AttributeError):
+        pass
     raise FileNotFoundError("gaea_ext: the kernel headers (package data gaea_ext.kernels) are not installed")
 
 
 def header_text(name: str) -> str:
     """The text of kernel header `name` (e.g. "weighted_sum.cuh")."""
-    return (kernel_dir() / name).read_text()
+    return kernel_dir().joinpath(name).read_text()
 
 
 def included_headers(name: str) -> List[str]:
