@@ -47,7 +47,7 @@ def header_constants(header: str) -> Dict[str, int]:
             python = re.sub(r"\b(\d+)(?:LL|ll|u|U)?\b", r"\1", expression).replace("/", "//")
             try:
                 values[constant] = int(eval(python, {"__builtins__": {}}, dict(values)))  # noqa: S307
-            except NameError:
+            except (NameError, SyntaxError):
                 continue
     return values
 
@@ -162,6 +162,22 @@ def _in_layout_of(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
         return result.contiguous(memory_format=torch.channels_last)
     return result
+
+
+def _has_even_planes(t: torch.Tensor) -> bool:
+    return t.shape[2] == 1 or t.shape[3] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+
+def _plane_strides(t: torch.Tensor):
+    """(n, c, cell) strides of a 4-D tensor's planes (host_common's plane_strides)."""
+    cell = t.stride(2) if t.shape[3] == 1 and t.shape[2] > 1 else t.stride(3)
+    return t.stride(0), t.stride(1), cell
+
+
+def _empty_in_layout_of(like: torch.Tensor) -> torch.Tensor:
+    channels_last = not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _pointer_array(count: int):
@@ -380,18 +396,203 @@ def exp_grad_step_(params, grads, lrs, segments, segment_counts, min_values, ent
     return found
 
 
+# ---- mixed_node ---------------------------------------------------------------------------
+
+_MN = "mixed_node.cuh"
+_MN_NS = "gaea_kernels::mixed_node::"
+
+
+def _kind(name: str) -> int:
+    return header_constants("term_kinds.cuh")[name]
+
+
+def _is_output_kind(kind: int) -> bool:
+    return kind in (_kind("kTensor"), _kind("kTensorBN"))
+
+
+def _bn_rank(kinds: Sequence[int]) -> List[int]:
+    """Each term's rank among the BN terms (the kinds named k...BN), or -1."""
+    bn_kinds = {value for name, value in header_constants("term_kinds.cuh").items() if re.fullmatch(r"k\w+BN", name)}
+    rank, count = [], 0
+    for kind in kinds:
+        rank.append(count if kind in bn_kinds else -1)
+        count += kind in bn_kinds
+    return rank
+
+
+class _NodeArgs(ctypes.Structure):
+    _T, _S = header_constants(_MN)["kMaxT"], header_constants(_MN)["kMaxS"]
+    _fields_ = [("xs", ctypes.c_void_p * _S), ("ys", ctypes.c_void_p * _T), ("y_n", ctypes.c_longlong * _T),
+                ("y_c", ctypes.c_longlong * _T), ("y_cell", ctypes.c_longlong * _T), ("kinds", ctypes.c_int * _T),
+                ("src", ctypes.c_int * _T), ("bn", ctypes.c_int * _T), ("T", ctypes.c_int)]
+
+
+class _GradArgs(ctypes.Structure):
+    _fields_ = [("gx", ctypes.c_void_p * _NodeArgs._S), ("gy", ctypes.c_void_p * _NodeArgs._T)]
+
+
+class _TermList(ctypes.Structure):  # BnTerms (count B) and DotTerms (count D): the same layout
+    _fields_ = [("term", ctypes.c_int * _NodeArgs._T), ("count", ctypes.c_int)]
+
+
+def _check_mn_limits(xs, kinds) -> None:
+    limits = cuda_limits()
+    if len(kinds) > limits["mixed_node_terms"]:
+        raise ValueError(f"mixed_node (CUDA): at most {limits['mixed_node_terms']} terms per call, got {len(kinds)}")
+    if len(xs) > limits["mixed_node_xs"]:
+        raise ValueError(f"mixed_node (CUDA): at most {limits['mixed_node_xs']} xs per call, got {len(xs)}")
+
+
+def _node_args(xs, ys, kinds, sources, bn_rank) -> _NodeArgs:
+    a = _NodeArgs()
+    for s, x in enumerate(xs):
+        a.xs[s] = x.data_ptr()
+    a.T = len(kinds)
+    for t, kind in enumerate(kinds):
+        a.kinds[t], a.src[t], a.bn[t] = kind, sources[t], bn_rank[t]
+        if _is_output_kind(kind):
+            y = ys[sources[t]]
+            a.ys[t] = y.data_ptr()
+            a.y_n[t], a.y_c[t], a.y_cell[t] = _plane_strides(y)
+    return a
+
+
+def _term_list(terms: List[int]) -> _TermList:
+    out = _TermList()
+    out.count = len(terms)
+    for i, t in enumerate(terms):
+        out.term[i] = t
+    return out
+
+
+def _norm_as(norm: Optional[torch.Tensor], acc_dtype) -> Optional[torch.Tensor]:
+    if norm is None or norm.numel() == 0:
+        return None
+    return norm.to(acc_dtype).contiguous()
+
+
+def mixed_node(xs_in, outputs_in, weights, kinds, sources, norm=None) -> torch.Tensor:
+    """gaea_ext::mixed_node (mirror of mixed_node_cuda)."""
+    _check_mn_limits(xs_in, kinds)
+    c = header_constants(_MN)
+    threads = c["kThreads"]
+    xs = [x.contiguous() for x in xs_in]
+    ys = [y if _has_even_planes(y) else y.contiguous() for y in outputs_in]
+    x0 = xs[0]
+    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    numel = x0.numel()
+    if numel == 0:
+        return _in_layout_of(out, xs_in[0])
+    _, C, H, W = x0.shape
+    element, acc, acc_dtype = _types(x0.dtype)
+    wt = weights.to(acc_dtype).contiguous()
+    nt = _norm_as(norm, acc_dtype)
+    _launch(x0.device, _MN, f"{_MN_NS}mixed_node_kernel<{element}, {acc}>", _grid_for(numel, threads, c["kMaxGrid"]),
+            threads, [_node_args(xs, ys, kinds, sources, _bn_rank(kinds)), _ptr(wt), _ptr(nt), _ptr(out),
+                      ctypes.c_longlong(numel), ctypes.c_int(C), ctypes.c_int(H), ctypes.c_int(W)])
+    return _in_layout_of(out, xs_in[0])
+
+
+def mixed_node_backward(grad_out_in, xs_in, outputs_in, weights, kinds, sources, norm, xs_need_grad,
+                        outputs_need_grad, weights_need_grad, norm_need_grad):
+    """gaea_ext::mixed_node_backward (mirror of mixed_node_backward_cuda)."""
+    _check_mn_limits(xs_in, kinds)
+    c = header_constants(_MN)
+    threads, cap = c["kThreads"], c["kMaxGrid"]
+    xs = [x.contiguous() for x in xs_in]
+    ys = [y if _has_even_planes(y) else y.contiguous() for y in outputs_in]
+    grad_out = grad_out_in.contiguous()
+    x0 = xs[0]
+    device = x0.device
+    numel, T, S = x0.numel(), len(kinds), len(xs)
+    bn_rank = _bn_rank(kinds)
+    bn_terms = [t for t, rank in enumerate(bn_rank) if rank >= 0]
+    norm_need_grad = norm_need_grad and len(bn_terms) > 0
+    grad_xs = {s: torch.empty(x0.shape, dtype=x0.dtype, device=device) for s, need in enumerate(xs_need_grad) if need}
+    grad_ys = {s: torch.empty(x0.shape, dtype=x0.dtype, device=device)
+               for s, need in enumerate(outputs_need_grad) if need}
+    grad_weights = (torch.zeros(T, dtype=weights.dtype, device=weights.device) if weights_need_grad
+                    else weights.new_empty((0,)))
+    grad_norm = torch.zeros_like(norm, memory_format=torch.contiguous_format) if norm_need_grad else weights.new_empty((0,))
+    if numel > 0:
+        N, C, H, W = x0.shape
+        element, acc, acc_dtype = _types(x0.dtype)
+        wt = weights.to(acc_dtype).contiguous()
+        nt = _norm_as(norm, acc_dtype)
+        a = _node_args(xs, ys, kinds, sources, bn_rank)
+        ga = _GradArgs()
+        for s in range(S):
+            ga.gx[s] = grad_xs[s].data_ptr() if s in grad_xs else None
+        for t in range(T):
+            gy = grad_ys.get(sources[t]) if _is_output_kind(kinds[t]) else None
+            ga.gy[t] = gy.data_ptr() if gy is not None else None
+        dot_terms = [t for t in range(T) if kinds[t] != _kind("kNone") and bn_rank[t] < 0] if weights_need_grad else []
+        dt = _term_list(dot_terms)
+        chunk = c["kDotRowBytes"] // (8 if acc == "double" else 4)  # kDotChunk<Acc>
+        blocks = _grid_for(numel, threads, c["kBwdMaxBlocks"])
+        if grad_xs or grad_ys:
+            _launch(device, _MN, f"{_MN_NS}input_grads_kernel<{element}, {acc}>", _grid_for(numel, threads, cap),
+                    threads, [a, ga, _ptr(wt), _ptr(nt), _ptr(grad_out), ctypes.c_int(S), ctypes.c_longlong(numel),
+                              ctypes.c_int(C), ctypes.c_int(H), ctypes.c_int(W)])
+        partials = torch.empty(max(1, blocks * len(dot_terms)), dtype=acc_dtype, device=device)
+        gw = torch.zeros(T, dtype=acc_dtype, device=device)
+        if dot_terms:
+            rows = (len(dot_terms) + chunk - 1) // chunk
+            _launch(device, _MN, f"{_MN_NS}weight_dots_kernel<{element}, {acc}>", (blocks, rows), threads,
+                    [a, dt, _ptr(grad_out), _ptr(partials), ctypes.c_longlong(numel), ctypes.c_int(C),
+                     ctypes.c_int(H), ctypes.c_int(W)])
+            _launch(device, _MN, f"{_MN_NS}sum_partials_kernel<{acc}>", 1, c["kMaxT"],
+                    [_ptr(partials), ctypes.c_longlong(blocks), dt, _ptr(gw)])
+        B = len(bn_terms)
+        if B > 0 and (weights_need_grad or norm_need_grad):
+            bt = _term_list(bn_terms)
+            planes = N * C
+            sums = torch.empty(planes * (B + 1), dtype=acc_dtype, device=device)
+            columns = (B + chunk) // chunk
+            _launch(device, _MN, f"{_MN_NS}bn_plane_sums_kernel<{element}, {acc}>", (planes, columns), threads,
+                    [a, bt, _ptr(grad_out), _ptr(sums), ctypes.c_int(C), ctypes.c_int(H), ctypes.c_int(W)])
+            gn = torch.zeros(norm.shape, dtype=acc_dtype, device=device) if norm_need_grad else None
+            per_channel = torch.empty(B * C, dtype=acc_dtype, device=device)
+            _launch(device, _MN, f"{_MN_NS}bn_channel_kernel<{acc}>", _grid_for(B * C, threads, cap), threads,
+                    [bt, _ptr(sums), _ptr(wt), _ptr(nt), ctypes.c_int(N), ctypes.c_int(C), _ptr(per_channel),
+                     _ptr(gn)])
+            if weights_need_grad:
+                _launch(device, _MN, f"{_MN_NS}bn_weight_kernel<{acc}>", B, threads,
+                        [bt, _ptr(per_channel), ctypes.c_int(C), _ptr(gw)])
+            if norm_need_grad:
+                grad_norm = gn.to(norm.dtype)
+        if weights_need_grad:
+            grad_weights = gw.to(weights.dtype)
+    grad_x_list = [_in_layout_of(grad_xs[s], xs_in[s]) for s in sorted(grad_xs)]
+    grad_y_list = [_in_layout_of(grad_ys[s], outputs_in[s]) for s in sorted(grad_ys)]
+    return grad_x_list, grad_y_list, grad_weights, grad_norm
+
+
 # ---- pool_stats -----------------------------------------------------------------------------
 
 _PS = "pool_stats.cuh"
 _PS_NS = "gaea_kernels::pool_stats::"
-_AVG_KINDS = (2, 5)  # kAvgPool, kAvgPoolBN (csrc/gaea_ext.h)
+
+
+class _XPlanes(ctypes.Structure):
+    _fields_ = [("n_stride", ctypes.c_longlong), ("c_stride", ctypes.c_longlong), ("cell_stride", ctypes.c_longlong),
+                ("C", ctypes.c_int)]
+
+
+def _x_planes(x: torch.Tensor) -> _XPlanes:
+    return _XPlanes(*_plane_strides(x), x.shape[1])
+
+
+def _readable(x: torch.Tensor, kind: int) -> torch.Tensor:
+    """x as the kernels read it: kTensorBN (the identity) in place when its planes are even."""
+    return x if kind == _kind("kTensorBN") and _has_even_planes(x) else x.contiguous()
 
 
 def pool_stats(x_in: torch.Tensor, kind: int) -> torch.Tensor:
     """gaea_ext::pool_stats (mirror of pool_stats_cuda)."""
     c = header_constants(_PS)
     threads = c["kThreads"]
-    x = x_in.contiguous()
+    x = _readable(x_in, kind)
     N, C, H, W = x.shape
     element, acc, acc_dtype = _types(x.dtype)
     stats = torch.empty((2, C), dtype=acc_dtype, device=x.device)
@@ -400,7 +601,7 @@ def pool_stats(x_in: torch.Tensor, kind: int) -> torch.Tensor:
     planes = N * C
     moments = torch.empty((2, planes), dtype=torch.float64, device=x.device)
     _launch(x.device, _PS, f"{_PS_NS}plane_moments_kernel<{element}, {acc}>", planes, threads,
-            [_ptr(x), ctypes.c_bool(kind in _AVG_KINDS), ctypes.c_int(H), ctypes.c_int(W), _ptr(moments),
+            [_ptr(x), _x_planes(x), ctypes.c_int(kind), ctypes.c_int(H), ctypes.c_int(W), _ptr(moments),
              _ptr(moments, planes)])
     _launch(x.device, _PS, f"{_PS_NS}merge_planes_kernel<{acc}>", (C + threads - 1) // threads, threads,
             [_ptr(moments), _ptr(moments, planes), ctypes.c_int(N), ctypes.c_int(C), ctypes.c_int(H * W),
@@ -412,8 +613,10 @@ def pool_stats_backward(grad_stats: torch.Tensor, x_in: torch.Tensor, stats: tor
     """gaea_ext::pool_stats_backward (mirror of pool_stats_backward_cuda)."""
     c = header_constants(_PS)
     threads = c["kThreads"]
-    x = x_in.contiguous()
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    x = _readable(x_in, kind)
+    # The identity writes grad_x in its final layout; the pools write contiguous planes.
+    grad_x = (_empty_in_layout_of(x_in) if kind == _kind("kTensorBN")
+              else torch.empty(x.shape, dtype=x.dtype, device=x.device))
     numel = x.numel()
     if numel == 0:
         return _in_layout_of(grad_x, x_in)
@@ -425,8 +628,9 @@ def pool_stats_backward(grad_stats: torch.Tensor, x_in: torch.Tensor, stats: tor
     inv_m = float(torch.tensor(1.0, dtype=acc_dtype) / torch.tensor(float(N * H * W), dtype=acc_dtype))
     _launch(x.device, _PS, f"{_PS_NS}pool_stats_backward_kernel<{element}, {acc}>",
             _grid_for(numel, threads, c["kMaxGrid"]), threads,
-            [_ptr(x), _ptr(gs), _ptr(st), ctypes.c_bool(kind in _AVG_KINDS), _acc_scalar(acc, inv_m),
-             ctypes.c_longlong(numel), ctypes.c_int(C), ctypes.c_int(H), ctypes.c_int(W), _ptr(grad_x)])
+            [_ptr(x), _x_planes(x), _ptr(gs), _ptr(st), ctypes.c_int(kind), _acc_scalar(acc, inv_m),
+             ctypes.c_longlong(numel), ctypes.c_int(C), ctypes.c_int(H), ctypes.c_int(W), _ptr(grad_x),
+             _x_planes(grad_x)])
     return _in_layout_of(grad_x, x_in)
 
 
@@ -536,6 +740,8 @@ LAUNCHERS = {
     "pool_stats_backward": pool_stats_backward,
     "partial_channel_node": partial_channel_node,
     "partial_channel_node_backward": partial_channel_node_backward,
+    "mixed_node": mixed_node,
+    "mixed_node_backward": mixed_node_backward,
 }
 
 

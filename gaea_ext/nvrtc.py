@@ -75,6 +75,10 @@ KERNELS: Dict[str, List[str]] = {
         "gaea_kernels::partial_channel::",
         ["pc_forward_kernel", "pc_grad_state_kernel", "pc_grad_weights_kernel"],
         acc_kernels=["pc_sum_partials_kernel"], element_only=["pc_grad_mixed_kernel"]),
+    "mixed_node.cuh": _per_dtype(
+        "gaea_kernels::mixed_node::",
+        ["mixed_node_kernel", "input_grads_kernel", "weight_dots_kernel", "bn_plane_sums_kernel"],
+        acc_kernels=["sum_partials_kernel", "bn_channel_kernel", "bn_weight_kernel"]),
 }
 
 
