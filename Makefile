@@ -72,9 +72,23 @@ test: build
 EMULATED_TESTS := tests/test_mixed_node.py tests/test_pool_batch_norm.py tests/test_tensor_bn.py tests/test_partial_channel.py tests/test_double_backward.py \
   tests/test_weighted_sum.py tests/test_sample_weighted_sum.py tests/test_exp_grad.py tests/test_optim.py tests/test_bad_input.py \
   tests/nas/test_nb201_space.py tests/nas/test_darts_space.py
+# The same kernels through the NVRTC backend's Python launchers (gaea_ext/cupy_backend.py), their
+# launches run by name on the emulated kernels: a few cases per op.
+NVRTC_EMULATED_TESTS := tests/test_nvrtc_backend.py tests/test_weighted_sum.py tests/test_exp_grad.py \
+  tests/test_pool_batch_norm.py tests/test_partial_channel.py
+NVRTC_EMULATED_CASES := launch_path or (test_weighted_sum and (matches_reference or many_inputs or only_some \
+  or gradcheck_partial)) or (test_exp_grad and (matches_formula or multi_steps or multi_nonfinite or segments_normalise)) \
+  or (test_pool_batch_norm and (pool_stats_matches or pool_stats_layouts)) \
+  or (test_partial_channel and (matches_reference or odd_shapes or layouts))
 test-cuda-emulation: build
 	GAEA_CUDA_EMULATION=1 $(PY) -m pytest $(EMULATED_TESTS) -q -k "not compile and not deterministic and not threads \
 	  and not (shapes_and_grads and softmax) and not exclude_none and (not stays_valid or darts)"
+	GAEA_CUDA_EMULATION=1 GAEA_EXT_BACKEND=cupy $(PY) -m pytest $(NVRTC_EMULATED_TESTS) -q -k "$(NVRTC_EMULATED_CASES)"
+
+# Every kernel compiled with NVRTC for sm_80 and sm_90, with its registers and stack (no GPU needed).
+nvrtc-kernels: venv
+	$(PY) -m gaea_ext.nvrtc --arch sm_80 --check
+	$(PY) -m gaea_ext.nvrtc --arch sm_90 --check
 
 # Registers, stack and shared memory of every compiled CUDA kernel (cuobjdump; no GPU needed).
 kernel-resources: build

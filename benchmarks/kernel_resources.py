@@ -13,48 +13,15 @@ are not checked.
 """
 import argparse
 import glob
-import os
 import re
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_STACK_BYTES = 16
+sys.path.insert(0, str(ROOT))  # gaea_ext of this tree, also when run as a script
 
-
-@dataclass
-class KernelUsage:
-    """One kernel's resources for one architecture, as cuobjdump reports them."""
-    arch: str
-    name: str  # demangled where c++filt is available
-    registers: int
-    stack: int
-    shared: int
-    local: int
-
-    @property
-    def is_double(self):
-        return re.search(r"\bdouble\b", self.name) is not None
-
-
-def find_cuobjdump():
-    """cuobjdump from PATH, $CUDA_HOME/bin, or the copy bundled with triton (installed with
-    CUDA builds of torch); None if there is none."""
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    cuda_home = os.environ.get("CUDA_HOME")
-    if cuda_home and os.access(os.path.join(cuda_home, "bin", "cuobjdump"), os.X_OK):
-        return os.path.join(cuda_home, "bin", "cuobjdump")
-    try:
-        import triton.backends.nvidia as nvidia_backend
-    except ImportError:
-        return None
-    bundled = os.path.join(os.path.dirname(nvidia_backend.__file__), "bin", "cuobjdump")
-    return bundled if os.access(bundled, os.X_OK) else None
+from gaea_ext._cuobjdump import (  # noqa: E402  (re-exported for the tests)
+    MAX_STACK_BYTES, KernelUsage, demangle, find_cuobjdump, kernel_usage, parse_resource_usage, stack_violations)
 
 
 def extension_path():
@@ -65,52 +32,10 @@ def extension_path():
     return paths[0]
 
 
-def demangle(names):
-    """Demangled names (unchanged where c++filt is missing)."""
-    cxxfilt = shutil.which("c++filt")
-    if not cxxfilt or not names:
-        return list(names)
-    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True, check=True).stdout
-    lines = out.splitlines()
-    return lines if len(lines) == len(names) else list(names)
-
-
-def parse_resource_usage(text):
-    """KernelUsage rows from `cuobjdump --dump-resource-usage` output."""
-    rows, arch, function = [], None, None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("arch = "):
-            arch = line.split("=", 1)[1].strip()
-        elif line.startswith("Function "):
-            function = line[len("Function "):].rstrip(":")
-        elif line.startswith("REG:") and function is not None:
-            fields = dict(re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", line))
-            rows.append(KernelUsage(arch, function, int(fields["REG"]), int(fields["STACK"]),
-                                    int(fields["SHARED"]), int(fields["LOCAL"])))
-            function = None
-    for row, name in zip(rows, demangle([r.name for r in rows])):
-        row.name = name
-    return rows
-
-
-def kernel_usage(so_path=None, cuobjdump=None):
-    """Resource usage of every kernel in the extension (empty for a CPU-only build)."""
-    cuobjdump = cuobjdump or find_cuobjdump()
-    if cuobjdump is None:
-        raise FileNotFoundError("cuobjdump not found (PATH, $CUDA_HOME/bin, triton's copy)")
-    so_path = so_path or extension_path()
-    proc = subprocess.run([cuobjdump, "--dump-resource-usage", so_path], capture_output=True, text=True)
-    if proc.returncode != 0:
-        if "does not contain device code" in proc.stderr + proc.stdout:
-            return []
-        raise RuntimeError(f"cuobjdump failed on {so_path}: {proc.stderr.strip()}")
-    return parse_resource_usage(proc.stdout)
-
-
 def short_name(name):
-    """`void gaea_ext::(anonymous namespace)::k<float, float>(...)` -> `k<float, float>`."""
+    """`void gaea_kernels::op::k<float, float>(...)` -> `k<float, float>`."""
     name = re.sub(r"^void ", "", name).replace("gaea_ext::(anonymous namespace)::", "")
+    name = re.sub(r"gaea_kernels::(\w+::)?", "", name)
     name = name.replace("c10::", "").replace("gaea_ext::", "")
     depth, end = 0, len(name)
     for i, ch in enumerate(name):  # cut the parameter list after the template arguments
@@ -122,19 +47,13 @@ def short_name(name):
     return name[:end]
 
 
-def stack_violations(rows, max_stack=MAX_STACK_BYTES):
-    """Kernels other than double instantiations with more than `max_stack` bytes of stack, or
-    with local memory."""
-    return [r for r in rows if not r.is_double and (r.stack > max_stack or r.local > 0)]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--so", help="extension to read (default: gaea_ext/_C*.so of this tree)")
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 if a non-double kernel has over {MAX_STACK_BYTES} B of stack")
     args = parser.parse_args(argv)
-    rows = kernel_usage(args.so)
+    rows = kernel_usage(args.so or extension_path())
     if not rows:
         print("no CUDA kernels in the extension (a CPU-only build)")
         return 1 if args.check else 0

@@ -273,7 +273,7 @@ std::vector<int64_t> check_exp_grad_args(at::TensorList params, at::TensorList g
 // Element chunk of the deterministic CPU reductions.
 constexpr int64_t kCpuChunk = 2048;
 // Bits of the flag returned by exp_grad_step_.
-constexpr int32_t kNonFiniteGrad = 1;
-constexpr int32_t kInvalidParam = 2;
+constexpr int32_t kNonFiniteGrad = gaea_kernels::kNonFiniteGrad;
+constexpr int32_t kInvalidParam = gaea_kernels::kInvalidParam;
 
 }  // namespace gaea_ext

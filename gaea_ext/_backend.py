@@ -1,4 +1,11 @@
-"""Loading of the compiled kernels and the choice of implementation per device."""
+"""Loading of the compiled kernels and the choice of implementation per device.
+
+GAEA_EXT_BACKEND: "auto" (default), "reference" (the pure-PyTorch references everywhere) or
+"cupy" (the CUDA kernels compiled at run time with NVRTC and launched through cupy,
+gaea_ext/cupy_backend.py, over any compiled CUDA kernels). Without "cupy", the NVRTC backend
+serves CUDA tensors when the compiled extension has no CUDA kernels and cupy is installed.
+"""
+import importlib.util
 import os
 import warnings
 
@@ -14,10 +21,12 @@ except ImportError as error:  # not built, or built against another torch
     HAS_EXTENSION = False
     _IMPORT_ERROR = error
 
-FORCED_REFERENCE = os.environ.get("GAEA_EXT_BACKEND", "").strip().lower() == "reference"
-if os.environ.get("GAEA_EXT_BACKEND", "").strip().lower() not in ("", "reference", "auto"):
+_BACKEND_SETTING = os.environ.get("GAEA_EXT_BACKEND", "").strip().lower()
+FORCED_REFERENCE = _BACKEND_SETTING == "reference"
+FORCED_CUPY = _BACKEND_SETTING == "cupy"
+if _BACKEND_SETTING not in ("", "reference", "auto", "cupy"):
     raise ValueError(
-        f"GAEA_EXT_BACKEND must be 'reference' or 'auto', got {os.environ['GAEA_EXT_BACKEND']!r}"
+        f"GAEA_EXT_BACKEND must be 'reference', 'cupy' or 'auto', got {os.environ['GAEA_EXT_BACKEND']!r}"
     )
 
 if not HAS_EXTENSION and not FORCED_REFERENCE:
@@ -39,6 +48,33 @@ def _has_kernel(dispatch_key: str) -> bool:
 _HAS_CPU_KERNELS = _has_kernel("CPU")
 _HAS_CUDA_KERNELS = _has_kernel("CUDA")
 
+# Without gaea_ext._C the op schemas are defined from Python (gaea_ext/_schemas.py), so the
+# NVRTC backend can serve them and the op modules register their fakes and autograd.
+_SCHEMA_LIBRARY = None
+if not HAS_EXTENSION:
+    from ._schemas import define_schemas
+
+    _SCHEMA_LIBRARY = define_schemas()
+# torch.ops.gaea_ext.* exist (from gaea_ext._C or from _schemas): the op modules register fakes and autograd.
+HAS_OPS = HAS_EXTENSION or _SCHEMA_LIBRARY is not None
+
+
+def _cupy_installed() -> bool:
+    return importlib.util.find_spec("cupy") is not None and importlib.util.find_spec("cupy_backends") is not None
+
+
+# The NVRTC backend's launchers as the CUDA kernels (gaea_ext/cupy_backend.py).
+_CUPY_LIBRARY = None
+if not FORCED_REFERENCE and (FORCED_CUPY or (not _HAS_CUDA_KERNELS and _cupy_installed())):
+    try:
+        from . import cupy_backend
+
+        _CUPY_LIBRARY = cupy_backend.register("CUDA")
+    except (ImportError, OSError) as error:  # e.g. the kernel headers (package data) are missing
+        if FORCED_CUPY:
+            raise
+        warnings.warn(f"gaea_ext: the NVRTC backend is not available ({error})", RuntimeWarning, stacklevel=2)
+
 
 # Set by the CUDA emulation of the tests (tests/cuda_emulation, GAEA_CUDA_EMULATION=1): the
 # CUDA kernels, compiled for the host, serve CPU tensors, and the wrappers route CPU calls as
@@ -47,12 +83,16 @@ CPU_SERVED_BY_CUDA_EMULATION = False
 
 
 def backend(device) -> str:
-    """Which implementation serves `device`: "cuda", "cpu" or "reference" (pure PyTorch)."""
+    """Which implementation serves `device`: "cuda" (the compiled CUDA kernels), "cupy" (the
+    CUDA kernels compiled with NVRTC, launched through cupy), "cpu" or "reference" (pure
+    PyTorch)."""
     device = torch.device(device)
     if FORCED_REFERENCE:
         return "reference"
     if device.type == "cpu" and CPU_SERVED_BY_CUDA_EMULATION:
-        return "cuda"
+        return "cupy" if FORCED_CUPY else "cuda"
+    if device.type == "cuda" and _CUPY_LIBRARY is not None:
+        return "cupy"
     if device.type == "cuda" and _HAS_CUDA_KERNELS:
         return "cuda"
     if device.type == "cpu" and _HAS_CPU_KERNELS:
@@ -60,9 +100,14 @@ def backend(device) -> str:
     return "reference"
 
 
-# The CUDA kernels' per-call limits, read from the compiled extension (csrc/cuda_limits.h);
-# without the extension no CUDA kernel runs, so there are none.
-_CUDA_LIMITS = dict(_C.cuda_limits()) if HAS_EXTENSION else None
+# The CUDA kernels' per-call limits, read from the compiled extension (csrc/cuda_limits.h), or
+# from the kernel headers for the NVRTC backend; without either no CUDA kernel runs.
+if HAS_EXTENSION:
+    _CUDA_LIMITS = dict(_C.cuda_limits())
+elif _CUPY_LIBRARY is not None:
+    _CUDA_LIMITS = cupy_backend.cuda_limits()
+else:
+    _CUDA_LIMITS = None
 
 
 def cuda_limits() -> dict:
@@ -79,21 +124,33 @@ def cuda_limits() -> dict:
 
 def use_reference(device, **counts: int) -> bool:
     """Whether the reference serves a call on `device` rather than the compiled kernels: when
-    backend(device) is "reference", or when it is "cuda" and a count of the call exceeds its
+    backend(device) is "reference", or when it is "cuda" or "cupy" and a count of the call exceeds its
     CUDA kernel limit (`counts` keyed by cuda_limits() names, e.g. mixed_node_terms=85).
     The one place every op wrapper asks."""
     kernels = backend(device)
     if kernels == "reference":
         return True
-    if kernels == "cuda":
+    if kernels in ("cuda", "cupy"):
         return any(count > _CUDA_LIMITS[name] for name, count in counts.items())
     return False
 
 
+def _nvrtc_info() -> dict:
+    """The NVRTC backend: whether it serves CUDA, cupy's and NVRTC's versions, the cubin cache."""
+    info = {"cupy_backend": _CUPY_LIBRARY is not None, "cupy_version": None, "nvrtc_version": None,
+            "nvrtc_cache_dir": None}
+    if _cupy_installed():
+        from . import cupy_backend
+
+        info.update(cupy_backend.versions())
+    return info
+
+
 def build_info() -> dict:
-    """What the compiled extension was built with (CUDA on/off, archs, torch, compiler)."""
+    """What the compiled extension was built with (CUDA on/off, archs, torch, compiler), and
+    the NVRTC backend's state (cupy and NVRTC versions, cubin cache directory)."""
     if not HAS_EXTENSION:
-        return {
+        info = {
             "cuda": False,
             "cuda_version": None,
             "cuda_arch_list": None,
@@ -102,6 +159,8 @@ def build_info() -> dict:
             "cpu_kernels": False,
             "error": str(_IMPORT_ERROR),
         }
-    info = dict(_C.build_info())
-    info["cuda_kernels_registered"] = _HAS_CUDA_KERNELS
+    else:
+        info = dict(_C.build_info())
+        info["cuda_kernels_registered"] = _HAS_CUDA_KERNELS
+    info.update(_nvrtc_info())
     return info

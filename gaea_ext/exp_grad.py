@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import reference
-from ._backend import HAS_EXTENSION, use_reference
+from ._backend import HAS_OPS, use_reference
 from ._checks import (
     check_entropic_reg,
     check_lr,
@@ -169,7 +169,7 @@ def _simplices_valid(p: torch.Tensor, segments: List[int]) -> torch.Tensor:
     return valid
 
 
-if HAS_EXTENSION:
+if HAS_OPS:
 
     # The schema marks `params` as written (Tensor(a!)[]), but an op defined in C++ gets a
     # fallthrough ADInplaceOrView kernel, which bumps no version counter. This kernel bumps

@@ -56,7 +56,7 @@ import torch
 
 from . import reference
 from ._autograd import by_need, double_backward_enabled, reference_grads
-from ._backend import HAS_EXTENSION, use_reference
+from ._backend import HAS_OPS, use_reference
 from ._checks import check_kinds, check_mixed_node, check_norms
 from ._layout import empty_like_layout, memory_format_of
 from .pool_stats import pool_batch_norm, tensor_batch_norm
@@ -204,7 +204,7 @@ def _norm_tensor(entries: Optional[list], xs: List[torch.Tensor], outputs: List[
     return torch.stack(rows)
 
 
-if HAS_EXTENSION:
+if HAS_OPS:
 
     @torch.library.register_fake("gaea_ext::mixed_node")
     def _mixed_node_fake(xs, outputs, weights, kinds, sources, norm=None):

@@ -29,7 +29,7 @@ import torch
 
 from . import reference
 from ._autograd import by_need, double_backward_enabled, reference_grads
-from ._backend import HAS_EXTENSION, use_reference
+from ._backend import HAS_OPS, use_reference
 from ._checks import check_partial_channel_node
 from ._layout import empty_like_layout, memory_format_of
 
@@ -51,7 +51,7 @@ def partial_channel_node(mixed: torch.Tensor, states: Sequence[torch.Tensor], we
     return torch.ops.gaea_ext.partial_channel_node(mixed, states, weights, strides, groups)
 
 
-if HAS_EXTENSION:
+if HAS_OPS:
 
     @torch.library.register_fake("gaea_ext::partial_channel_node")
     def _partial_channel_node_fake(mixed, states, weights, strides, groups):

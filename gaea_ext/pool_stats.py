@@ -39,7 +39,7 @@ import torch
 
 from . import reference
 from ._autograd import double_backward_enabled, reference_grads
-from ._backend import HAS_EXTENSION, use_reference
+from ._backend import HAS_OPS, use_reference
 from ._checks import check_pool_stats, check_tensor_batch_norm
 from ._layout import empty_like_layout
 
@@ -128,7 +128,7 @@ def _update_running_stats(bn: BatchNorm, mean: torch.Tensor, var: torch.Tensor, 
         bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
 
 
-if HAS_EXTENSION:
+if HAS_OPS:
 
     @torch.library.register_fake("gaea_ext::pool_stats")
     def _pool_stats_fake(x, kind):

@@ -17,7 +17,7 @@ import torch
 
 from . import reference
 from ._autograd import register_weighted_sum_autograd, weighted_sum_backward_fake
-from ._backend import HAS_EXTENSION, use_reference
+from ._backend import HAS_OPS, use_reference
 from ._checks import check_weighted_sum
 from ._layout import empty_in_layout
 
@@ -39,7 +39,7 @@ def weighted_sum(inputs: Sequence[torch.Tensor],
     return torch.ops.gaea_ext.weighted_sum(inputs, weights)
 
 
-if HAS_EXTENSION:
+if HAS_OPS:
 
     @torch.library.register_fake("gaea_ext::weighted_sum")
     def _weighted_sum_fake(inputs: List[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:

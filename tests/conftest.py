@@ -123,10 +123,17 @@ def _one_thread_for_nas_tests(request):
 
 # GAEA_CUDA_EMULATION=1: the gaea_ext ops run their CUDA kernels, emulated on the CPU
 # (tests/cuda_emulation), for CPU tensors, so the CPU cases of the op tests check the CUDA code.
+# With GAEA_EXT_BACKEND=cupy as well, they run the NVRTC backend's Python launchers
+# (gaea_ext/cupy_backend.py), which launch the emulated kernels by name.
 if os.environ.get("GAEA_CUDA_EMULATION") == "1":
-    from cuda_emulation.build import route_cpu_kernels_to_emulation
+    if gaea_ext._backend.FORCED_CUPY:
+        from cuda_emulation.build import route_cpu_kernels_to_cupy_launchers
 
-    _EMULATION = route_cpu_kernels_to_emulation()
+        _EMULATION = route_cpu_kernels_to_cupy_launchers()
+    else:
+        from cuda_emulation.build import route_cpu_kernels_to_emulation
+
+        _EMULATION = route_cpu_kernels_to_emulation()
 
 
 # The project's data (never committed) lies in ../shared/data beside the checkout; CI has it.

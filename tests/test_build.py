@@ -121,7 +121,7 @@ def test_import_warning_only_without_extension():
 
 # ---- the CUDA kernels' limits: defined in csrc/cuda_limits.h, read through the extension -------
 
-# cuda_limits() name -> the constant of csrc/cuda_limits.h
+# cuda_limits() name -> the constant of csrc/kernels/limits.cuh (csrc/cuda_limits.h's values)
 LIMIT_CONSTANTS = {
     "mixed_node_terms": "kMaxMixedTerms",
     "mixed_node_xs": "kMaxMixedSources",
@@ -136,8 +136,8 @@ ROUTING_LIMITS = ["mixed_node_terms", "mixed_node_xs", "partial_channel_states",
 
 @requires_kernels
 def test_cuda_limits_are_the_header_constants():
-    header = (ROOT / "csrc" / "cuda_limits.h").read_text()
-    constants = {name: int(value) for name, value in re.findall(r"constexpr int64_t (\w+) = (\d+);", header)}
+    header = (ROOT / "csrc" / "kernels" / "limits.cuh").read_text()
+    constants = {name: int(value) for name, value in re.findall(r"constexpr int (\w+) = (\d+);", header)}
     limits = gaea_ext.cuda_limits()
     assert set(limits) == set(LIMIT_CONSTANTS)
     for name, constant in LIMIT_CONSTANTS.items():

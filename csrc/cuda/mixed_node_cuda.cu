@@ -1,4 +1,5 @@
-// CUDA kernels of gaea_ext::mixed_node and gaea_ext::mixed_node_backward.
+// CUDA kernels of gaea_ext::mixed_node and gaea_ext::mixed_node_backward: the host launch logic
+// (the device code is in csrc/kernels/mixed_node.cuh).
 //
 // One thread per output element (grid-stride over contiguous NCHW). The pools are
 // recomputed from x in registers (the 3x3 window comes from L1/L2), so no pooled tensor is
@@ -29,262 +30,29 @@
 
 #include "../gaea_ext.h"
 #include "../host_common.h"
-#include "pool_windows.cuh"
+#include "../kernels/mixed_node.cuh"
 
 namespace gaea_ext {
 namespace {
 
-using namespace pool_windows;
+using gaea_kernels::mixed_node::BnTerms;
+using gaea_kernels::mixed_node::DotTerms;
+using gaea_kernels::mixed_node::GradArgs;
+using gaea_kernels::mixed_node::NodeArgs;
+using gaea_kernels::mixed_node::bn_channel_kernel;
+using gaea_kernels::mixed_node::bn_plane_sums_kernel;
+using gaea_kernels::mixed_node::bn_weight_kernel;
+using gaea_kernels::mixed_node::input_grads_kernel;
+using gaea_kernels::mixed_node::kBwdMaxBlocks;
+using gaea_kernels::mixed_node::kDotChunk;
+using gaea_kernels::mixed_node::kMaxGrid;
+using gaea_kernels::mixed_node::kMaxT;
+using gaea_kernels::mixed_node::kThreads;
+using gaea_kernels::mixed_node::mixed_node_kernel;
+using gaea_kernels::mixed_node::sum_partials_kernel;
+using gaea_kernels::mixed_node::weight_dots_kernel;
 
-constexpr int kThreads = 256;
-constexpr int kMaxT = static_cast<int>(kMaxMixedTerms);
-constexpr int kMaxS = static_cast<int>(kMaxMixedSources);
-// Fixed grid cap of the backward: its partial sums depend only on the tensor size.
-constexpr int64_t kBwdMaxBlocks = 1024;
-// Weight-gradient dot products per thread in one backward block: a fully unrolled register
-// array (a runtime-indexed one lives in local memory), kDotRowBytes of registers. NB201 nodes
-// need at most 12, DARTS nodes 25 (two rows of float blocks).
-template <typename acc_t>
-constexpr int kDotChunk = static_cast<int>(kDotRowBytes / sizeof(acc_t));
-
-template <typename scalar_t>
-struct NodeArgs {
-  const scalar_t* xs[kMaxS];
-  const scalar_t* ys[kMaxT];  // per term: the output of a kTensor / kTensorBN term
-  // per term: its output's cell (n, c, hw) is at ys[t] + n * y_n[t] + c * y_c[t] + hw * y_cell[t]
-  long long y_n[kMaxT], y_c[kMaxT], y_cell[kMaxT];
-  int kinds[kMaxT];
-  int src[kMaxT];
-  int bn[kMaxT];  // per term: its rank among the BN terms, or -1
-  int T;
-};
-
-template <typename scalar_t>
-struct GradArgs {
-  scalar_t* gx[kMaxS];  // nullptr: no gradient for that x
-  scalar_t* gy[kMaxT];  // per term: grad of its output, or nullptr
-};
-
-// Term index of each BN term (for the per-channel finish of their gradients).
-struct BnTerms {
-  int term[kMaxT];
-  int B;
-};
-
-// Term index of each term whose weight gradient the backward kernel reduces: not kNone (0)
-// and not a BN term (reduced per channel instead).
-struct DotTerms {
-  int term[kMaxT];
-  int D;
-};
-
-// Raw value of term t at element i (plane offset `off` of plane (n, ch), position (h, w)): a
-// BN term's pool or output before its normalisation.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t term_value(const NodeArgs<scalar_t>& a, int t, int64_t i, int64_t off, int n, int ch,
-                                            int h, int w, int H, int W) {
-  switch (a.kinds[t]) {
-    case kSkip: return static_cast<acc_t>(a.xs[a.src[t]][i]);
-    case kTensor:
-    case kTensorBN:
-      return static_cast<acc_t>(a.ys[t][n * a.y_n[t] + ch * a.y_c[t] + (i - off) * a.y_cell[t]]);
-    case kOnes: return acc_t(1);
-    case kAvgPool:
-    case kAvgPoolBN: return avg3<scalar_t, acc_t>(a.xs[a.src[t]] + off, h, w, H, W);
-    case kMaxPool:
-    case kMaxPoolBN: {
-      int index;
-      return max3<scalar_t, acc_t>(a.xs[a.src[t]] + off, h, w, H, W, &index);
-    }
-    default: return acc_t(0);
-  }
-}
-
-// norm of BN rank b at channel c: [B, 2, C] -> mean at (b, 0, c), 1/std at (b, 1, c).
-template <typename acc_t>
-__device__ __forceinline__ acc_t norm_mean(const acc_t* norm, int b, int c, int C) {
-  return norm[(2 * int64_t{b}) * C + c];
-}
-template <typename acc_t>
-__device__ __forceinline__ acc_t norm_rstd(const acc_t* norm, int b, int c, int C) {
-  return norm[(2 * int64_t{b} + 1) * C + c];
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) mixed_node_kernel(NodeArgs<scalar_t> a, const acc_t* __restrict w,
-                                                              const acc_t* __restrict norm, scalar_t* __restrict out,
-                                                              int64_t numel, int C, int H, int W) {
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HW, off = plane * HW;
-    const int n = static_cast<int>(plane / C), ch = static_cast<int>(plane - static_cast<int64_t>(n) * C);
-    const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
-    acc_t s = 0;
-    for (int t = 0; t < a.T; ++t) {
-      if (a.kinds[t] == kNone) continue;
-      const acc_t v = term_value<scalar_t, acc_t>(a, t, i, off, n, ch, h, c, H, W);
-      const int b = a.bn[t];
-      s += b < 0 ? w[t] * v : w[t] * norm_rstd(norm, b, ch, C) * (v - norm_mean(norm, b, ch, C));
-    }
-    out[i] = static_cast<scalar_t>(s);
-  }
-}
-
-// grad_x of every source and grad of every tensor term's output, at every element.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) input_grads_kernel(NodeArgs<scalar_t> a, GradArgs<scalar_t> ga,
-                                                               const acc_t* __restrict w, const acc_t* __restrict norm,
-                                                               const scalar_t* __restrict g, int num_xs,
-                                                               int64_t numel, int C, int H, int W) {
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HW, off = plane * HW;
-    const int ch = static_cast<int>(plane % C);
-    const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
-    const acc_t gi = static_cast<acc_t>(g[i]);
-    for (int s = 0; s < num_xs; ++s) {
-      if (ga.gx[s] == nullptr) continue;
-      acc_t v = 0;
-      for (int t = 0; t < a.T; ++t) {
-        const int kind = a.kinds[t];
-        if (a.src[t] != s || kind == kNone || is_output_kind(kind) || kind == kOnes) continue;
-        const acc_t adj = kind == kSkip ? gi : pool_adjoint<scalar_t, acc_t>(g + off, a.xs[s] + off, kind, h, c, H, W);
-        const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
-        v += scale * adj;
-      }
-      ga.gx[s][i] = static_cast<scalar_t>(v);
-    }
-    for (int t = 0; t < a.T; ++t) {
-      if (!is_output_kind(a.kinds[t]) || ga.gy[t] == nullptr) continue;
-      const acc_t scale = a.bn[t] < 0 ? w[t] : w[t] * norm_rstd(norm, a.bn[t], ch, C);
-      ga.gy[t][i] = static_cast<scalar_t>(scale * gi);
-    }
-  }
-}
-
-// partials[blockIdx.x, d] = this block's share of <term dt.term[d], g>: each row of blocks
-// (blockIdx.y) takes the kDotChunk dot terms from d0 = blockIdx.y * kDotChunk, reduced in a
-// fixed tree: deterministic.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) weight_dots_kernel(NodeArgs<scalar_t> a, DotTerms dt,
-                                                               const scalar_t* __restrict g,
-                                                               acc_t* __restrict partials, int64_t numel, int C,
-                                                               int H, int W) {
-  __shared__ acc_t red[kThreads];
-  constexpr int kChunk = kDotChunk<acc_t>;
-  const int d0 = static_cast<int>(blockIdx.y) * kChunk;
-  const int nd = min(kChunk, dt.D - d0);  // uniform over the block
-  acc_t dots[kChunk];
-#pragma unroll
-  for (int j = 0; j < kChunk; ++j) dots[j] = 0;
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int plane = static_cast<int>(i / HW), n = plane / C, ch = plane - n * C;
-    const int64_t off = static_cast<int64_t>(plane) * HW;
-    const int hw = static_cast<int>(i - off), h = hw / W, c = hw - h * W;
-    const acc_t gi = static_cast<acc_t>(g[i]);
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j)
-      if (j < nd) dots[j] += term_value<scalar_t, acc_t>(a, dt.term[d0 + j], i, off, n, ch, h, c, H, W) * gi;
-  }
-#pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
-    if (j < nd) {
-      const acc_t total = block_sum<kThreads>(dots[j], red);
-      if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(dt.D) + d0 + j] = total;
-    }
-  }
-}
-
-// grad_w[dt.term[d]] = sum over blocks of partials[., d], in block order (deterministic).
-template <typename acc_t>
-__global__ void sum_partials_kernel(const acc_t* __restrict partials, int64_t blocks, DotTerms dt,
-                                    acc_t* __restrict grad_w) {
-  const int d = blockIdx.x * blockDim.x + threadIdx.x;
-  if (d >= dt.D) return;
-  double s = 0;  // in double, as the CPU kernel combines its partial sums
-  for (int64_t b = 0; b < blocks; ++b) s += static_cast<double>(partials[b * dt.D + d]);
-  grad_w[dt.term[d]] = static_cast<acc_t>(s);
-}
-
-// One block per (n, c) plane and chunk of columns: sums[plane, b] = <raw pool of BN term b, g>
-// over the plane and sums[plane, B] = sum(g) over the plane. Row blockIdx.y of the grid takes
-// the kDotChunk columns from blockIdx.y * kDotChunk in one pass over the plane, their sums in
-// registers; each column is reduced in a fixed tree (deterministic).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) bn_plane_sums_kernel(NodeArgs<scalar_t> a, BnTerms bt,
-                                                                 const scalar_t* __restrict g,
-                                                                 acc_t* __restrict sums, int C, int H, int W) {
-  __shared__ acc_t red[kThreads];
-  constexpr int kChunk = kDotChunk<acc_t>;
-  const int j0 = static_cast<int>(blockIdx.y) * kChunk, nj = min(kChunk, bt.B + 1 - j0);  // uniform
-  const int64_t HW = static_cast<int64_t>(H) * W, off = blockIdx.x * HW;
-  const int n = static_cast<int>(blockIdx.x) / C, ch = static_cast<int>(blockIdx.x) - n * C;
-  acc_t s[kChunk];
-#pragma unroll
-  for (int j = 0; j < kChunk; ++j) s[j] = 0;
-  for (int64_t hw = threadIdx.x; hw < HW; hw += kThreads) {
-    const acc_t gi = static_cast<acc_t>(g[off + hw]);
-    const int h = static_cast<int>(hw / W), c = static_cast<int>(hw - h * W);
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
-      if (j >= nj) continue;
-      const int b = j0 + j;
-      s[j] += b == bt.B ? gi : term_value<scalar_t, acc_t>(a, bt.term[b], off + hw, off, n, ch, h, c, H, W) * gi;
-    }
-  }
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (bt.B + 1) + j0;
-#pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
-    if (j < nj) {
-      const acc_t total = block_sum<kThreads>(s[j], red);
-      if (threadIdx.x == 0) sums[row + j] = total;
-    }
-  }
-}
-
-// One thread per (BN term b, channel c): combine the channel's planes in order, then
-//   grad_norm[b, 0, c] = -w * rstd * Sg,  grad_norm[b, 1, c] = w * (Sgp - mean * Sg),
-//   per_channel[b, c] = rstd * (Sgp - mean * Sg)   (grad_weights[t] sums it over c).
-template <typename acc_t>
-__global__ void bn_channel_kernel(BnTerms bt, const acc_t* __restrict sums, const acc_t* __restrict w,
-                                  const acc_t* __restrict norm, int N, int C, acc_t* __restrict per_channel,
-                                  acc_t* __restrict grad_norm) {
-  const int64_t total = static_cast<int64_t>(bt.B) * C;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int b = static_cast<int>(i / C), c = static_cast<int>(i - static_cast<int64_t>(b) * C);
-    const int t = bt.term[b];
-    double sgp = 0, sg = 0;
-    for (int n = 0; n < N; ++n) {
-      const int64_t row = (static_cast<int64_t>(n) * C + c) * (bt.B + 1);
-      sgp += static_cast<double>(sums[row + b]);
-      sg += static_cast<double>(sums[row + bt.B]);
-    }
-    const acc_t mean = norm_mean(norm, b, c, C), rstd = norm_rstd(norm, b, c, C);
-    const acc_t centred = static_cast<acc_t>(sgp) - mean * static_cast<acc_t>(sg);
-    per_channel[i] = rstd * centred;
-    if (grad_norm != nullptr) {
-      grad_norm[(2 * int64_t{b}) * C + c] = -w[t] * rstd * static_cast<acc_t>(sg);
-      grad_norm[(2 * int64_t{b} + 1) * C + c] = w[t] * centred;
-    }
-  }
-}
-
-// One block per BN term: grad_w[term] = sum_c per_channel[b, c] in a fixed tree (deterministic).
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) bn_weight_kernel(BnTerms bt, const acc_t* __restrict per_channel, int C,
-                                                             acc_t* __restrict grad_w) {
-  __shared__ double red[kThreads];
-  const int b = blockIdx.x;
-  double s = 0;
-  for (int c = threadIdx.x; c < C; c += kThreads) s += static_cast<double>(per_channel[static_cast<int64_t>(b) * C + c]);
-  const double total = block_sum<kThreads>(s, red);
-  if (threadIdx.x == 0) grad_w[bt.term[b]] = static_cast<acc_t>(total);
-}
+GAEA_KERNELS_CHECK_TERM_KINDS();
 
 void check_cuda_limits(at::TensorList xs, c10::IntArrayRef kinds) {
   TORCH_CHECK(static_cast<int64_t>(kinds.size()) <= kMaxMixedTerms, "mixed_node (CUDA): at most ", kMaxMixedTerms,
@@ -362,7 +130,7 @@ at::Tensor mixed_node_cuda(at::TensorList xs_in, at::TensorList outputs_in, cons
     const at::Tensor wt = contiguous_as(weights, acc_type);
     const at::Tensor nt = norm_as(norm, acc_type);
     const auto a = node_args<scalar_t>(xs, ys, kinds, sources, bn_rank);
-    mixed_node_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
+    mixed_node_kernel<scalar_t, acc_t><<<grid_for(numel, kMaxGrid), kThreads, 0, stream>>>(
         a, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), out.mutable_data_ptr<scalar_t>(), numel, C, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -416,7 +184,7 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
       const unsigned int blocks = grid_for(numel, kBwdMaxBlocks);
       const auto acc_opts = x0.options().dtype(acc_type);
       if (!grad_xs.grads.empty() || !grad_ys.grads.empty()) {
-        input_grads_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
+        input_grads_kernel<scalar_t, acc_t><<<grid_for(numel, kMaxGrid), kThreads, 0, stream>>>(
             a, ga, wt.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(nt), grad_out.const_data_ptr<scalar_t>(),
             static_cast<int>(S), numel, C, H, W);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -445,7 +213,7 @@ MixedNodeGrads mixed_node_backward_cuda(const at::Tensor& grad_out_in, at::Tenso
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (norm_need_grad) gn = at::zeros(norm->sizes(), acc_opts);
         at::Tensor per_channel = at::empty({static_cast<int64_t>(bt.B) * C}, acc_opts);
-        bn_channel_kernel<acc_t><<<grid_for(static_cast<int64_t>(bt.B) * C, int64_t{1} << 20), kThreads, 0, stream>>>(
+        bn_channel_kernel<acc_t><<<grid_for(static_cast<int64_t>(bt.B) * C, kMaxGrid), kThreads, 0, stream>>>(
             bt, sums.const_data_ptr<acc_t>(), wt.const_data_ptr<acc_t>(), nt.const_data_ptr<acc_t>(),
             static_cast<int>(N), C, per_channel.mutable_data_ptr<acc_t>(),
             norm_need_grad ? gn.mutable_data_ptr<acc_t>() : nullptr);

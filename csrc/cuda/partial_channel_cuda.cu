@@ -1,5 +1,6 @@
-// CUDA kernels of gaea_ext::partial_channel_node and its backward (see
-// csrc/cpu/partial_channel_cpu.cpp for the layout maths).
+// CUDA kernels of gaea_ext::partial_channel_node and its backward: the host launch logic
+// (the device code is in csrc/kernels/partial_channel.cuh; csrc/cpu/partial_channel_cpu.cpp
+// has the layout maths).
 //
 // Forward: one thread per output element reads the mixed element or the weighted bypass
 // (the 2x2 max pool recomputed from the state). Backward: one thread per state element
@@ -20,153 +21,21 @@
 
 #include "../gaea_ext.h"
 #include "../host_common.h"
-#include "pool_windows.cuh"
+#include "../kernels/partial_channel.cuh"
 
 namespace gaea_ext {
 namespace {
 
-using namespace pool_windows;
-
-constexpr int kThreads = 256;
-constexpr int kMaxStates = static_cast<int>(kMaxPartialChannelStates);
-constexpr int64_t kMaxBlocks = 1024;
-
-template <typename scalar_t>
-struct States {
-  const scalar_t* x[kMaxStates];
-  int H[kMaxStates], W[kMaxStates], stride[kMaxStates];
-  int E;
-};
-
-// First maximum of the 2x2 stride-2 window (h, w) of a plane (PyTorch's order, NaN wins).
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ int argmax2x2(const scalar_t* x, int h, int w, int W) {
-  int best = 2 * h * W + 2 * w;
-  acc_t m = static_cast<acc_t>(x[best]);
-  for (int dh = 0; dh < 2; ++dh) {
-    for (int dw = 0; dw < 2; ++dw) {
-      const int i = (2 * h + dh) * W + 2 * w + dw;
-      const acc_t v = static_cast<acc_t>(x[i]);
-      if (v > m || v != v) {
-        m = v;
-        best = i;
-      }
-    }
-  }
-  return best;
-}
-
-// Value of state e's tail at (n, state channel sc, h, w) of the Ho x Wo grid.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t tail_value(const States<scalar_t>& s, int e, int64_t n, int C, int sc, int h, int w,
-                                            int Wo) {
-  const int H = s.H[e], W = s.W[e];
-  const scalar_t* plane = s.x[e] + (n * C + sc) * static_cast<int64_t>(H) * W;
-  if (s.stride[e] == 1) return static_cast<acc_t>(plane[h * W + w]);
-  return static_cast<acc_t>(plane[argmax2x2<scalar_t, acc_t>(plane, h, w, W)]);
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) pc_forward_kernel(const scalar_t* __restrict mixed, States<scalar_t> s,
-                                                              const acc_t* __restrict w, scalar_t* __restrict out,
-                                                              int64_t numel, int C, int K, int q, int Ho, int Wo) {
-  const int64_t HWo = static_cast<int64_t>(Ho) * Wo;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HWo, n = plane / C;
-    const int o = static_cast<int>(plane % C), g = o % K, j = o / K;
-    const int hw = static_cast<int>(i - plane * HWo), h = hw / Wo, c = hw - h * Wo;
-    if (g == 0) {
-      out[i] = mixed[(n * q + j) * HWo + hw];
-      continue;
-    }
-    const int sc = q + (g - 1) * q + j;
-    acc_t acc = 0;
-    for (int e = 0; e < s.E; ++e) acc += w[e] * tail_value<scalar_t, acc_t>(s, e, n, C, sc, h, c, Wo);
-    out[i] = static_cast<scalar_t>(acc);
-  }
-}
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) pc_grad_mixed_kernel(const scalar_t* __restrict g,
-                                                                 scalar_t* __restrict grad_mixed, int64_t numel,
-                                                                 int C, int K, int q, int64_t HWo) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HWo, n = plane / q;
-    const int j = static_cast<int>(plane % q);
-    grad_mixed[i] = g[(n * C + static_cast<int64_t>(j) * K) * HWo + (i - plane * HWo)];
-  }
-}
-
-// grad of state e: 0 on the first q channels; weight * (bypass grad) on the tail, routed to
-// the first maximum of its 2x2 window for stride 2 (rows/columns past the last window: 0).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) pc_grad_state_kernel(const scalar_t* __restrict g,
-                                                                 const scalar_t* __restrict x,
-                                                                 const acc_t* __restrict w, int e, int stride, scalar_t* __restrict grad_x,
-                                                                 int64_t numel, int C, int K, int q, int H, int W,
-                                                                 int Ho, int Wo) {
-  const int64_t HW = static_cast<int64_t>(H) * W, HWo = static_cast<int64_t>(Ho) * Wo;
-  const acc_t weight = w[e];
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HW, n = plane / C;
-    const int sc = static_cast<int>(plane % C);
-    acc_t v = 0;
-    if (sc >= q) {
-      const int b = sc - q, o = (b % q) * K + b / q + 1;  // cat channel q + b -> output channel
-      const int p = static_cast<int>(i - plane * HW), h = p / W, c = p - h * W;
-      const scalar_t* gplane = g + (n * C + o) * HWo;
-      if (stride == 1) {
-        v = weight * static_cast<acc_t>(gplane[p]);
-      } else if (h / 2 < Ho && c / 2 < Wo && argmax2x2<scalar_t, acc_t>(x + plane * HW, h / 2, c / 2, W) == p) {
-        v = weight * static_cast<acc_t>(gplane[(h / 2) * Wo + c / 2]);
-      }
-    }
-    grad_x[i] = static_cast<scalar_t>(v);
-  }
-}
-
-// partials[block * E + e] = this block's share of <tail_e, bypass grad>, over the bypass
-// elements (n, b, h, w) of the output.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 4) pc_grad_weights_kernel(const scalar_t* __restrict g, States<scalar_t> s,
-                                                                   acc_t* __restrict partials, int64_t numel, int C,
-                                                                   int K, int q, int Ho, int Wo) {
-  __shared__ acc_t red[kThreads];
-  acc_t dots[kMaxStates];  // fully unrolled below, so in registers, not local memory
-#pragma unroll
-  for (int e = 0; e < kMaxStates; ++e) dots[e] = 0;
-  const int64_t HWo = static_cast<int64_t>(Ho) * Wo, bypass = C - q;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane = i / HWo, n = plane / bypass;
-    const int b = static_cast<int>(plane % bypass), o = (b % q) * K + b / q + 1;
-    const int hw = static_cast<int>(i - plane * HWo), h = hw / Wo, c = hw - h * Wo;
-    const acc_t gi = static_cast<acc_t>(g[(n * C + o) * HWo + hw]);
-#pragma unroll
-    for (int e = 0; e < kMaxStates; ++e)
-      if (e < s.E) dots[e] += tail_value<scalar_t, acc_t>(s, e, n, C, q + b, h, c, Wo) * gi;
-  }
-#pragma unroll
-  for (int e = 0; e < kMaxStates; ++e) {  // s.E is uniform over the block
-    if (e < s.E) {
-      const acc_t total = block_sum<kThreads>(dots[e], red);
-      if (threadIdx.x == 0) partials[blockIdx.x * static_cast<int64_t>(s.E) + e] = total;
-    }
-  }
-}
-
-template <typename acc_t>
-__global__ void pc_sum_partials_kernel(const acc_t* __restrict partials, int64_t blocks, int E,
-                                       acc_t* __restrict out) {
-  const int e = threadIdx.x;
-  if (e >= E) return;
-  double s = 0;  // in double, as the CPU kernel combines its partial sums
-  for (int64_t b = 0; b < blocks; ++b) s += static_cast<double>(partials[b * E + e]);  // block order
-  out[e] = static_cast<acc_t>(s);
-}
+using gaea_kernels::partial_channel::kMaxBlocks;
+using gaea_kernels::partial_channel::kMaxGrid;
+using gaea_kernels::partial_channel::kMaxStates;
+using gaea_kernels::partial_channel::kThreads;
+using gaea_kernels::partial_channel::pc_forward_kernel;
+using gaea_kernels::partial_channel::pc_grad_mixed_kernel;
+using gaea_kernels::partial_channel::pc_grad_state_kernel;
+using gaea_kernels::partial_channel::pc_grad_weights_kernel;
+using gaea_kernels::partial_channel::pc_sum_partials_kernel;
+using gaea_kernels::partial_channel::States;
 
 unsigned int grid_for(int64_t numel, int64_t cap) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((numel + kThreads - 1) / kThreads, cap)));
@@ -210,7 +79,7 @@ at::Tensor partial_channel_node_cuda(const at::Tensor& mixed_in, at::TensorList 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mixed.scalar_type(), "partial_channel_node_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor wt = contiguous_as(weights, at::CppTypeToScalarType<acc_t>::value);
-    pc_forward_kernel<scalar_t, acc_t><<<grid_for(numel, int64_t{1} << 20), kThreads, 0, stream>>>(
+    pc_forward_kernel<scalar_t, acc_t><<<grid_for(numel, kMaxGrid), kThreads, 0, stream>>>(
         mixed.const_data_ptr<scalar_t>(), states_args<scalar_t>(states, strides), wt.const_data_ptr<acc_t>(),
         out.mutable_data_ptr<scalar_t>(), numel, static_cast<int>(C), static_cast<int>(groups), static_cast<int>(q),
         static_cast<int>(Ho), static_cast<int>(Wo));
@@ -245,7 +114,7 @@ PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_ou
     const at::Tensor wt = contiguous_as(weights, acc_type);
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
     if (mixed_need_grad && grad_mixed.numel() > 0) {
-      pc_grad_mixed_kernel<scalar_t><<<grid_for(grad_mixed.numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
+      pc_grad_mixed_kernel<scalar_t><<<grid_for(grad_mixed.numel(), kMaxGrid), kThreads, 0, stream>>>(
           g, grad_mixed.mutable_data_ptr<scalar_t>(), grad_mixed.numel(), static_cast<int>(C),
           static_cast<int>(groups), static_cast<int>(q), Ho * Wo);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -253,7 +122,7 @@ PartialChannelGrads partial_channel_node_backward_cuda(const at::Tensor& grad_ou
     for (int64_t e = 0; e < E; ++e) {
       at::Tensor* gx = grad_states.of(e);
       if (gx == nullptr || gx->numel() == 0) continue;
-      pc_grad_state_kernel<scalar_t, acc_t><<<grid_for(gx->numel(), int64_t{1} << 20), kThreads, 0, stream>>>(
+      pc_grad_state_kernel<scalar_t, acc_t><<<grid_for(gx->numel(), kMaxGrid), kThreads, 0, stream>>>(
           g, states[e].const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), static_cast<int>(e),
           static_cast<int>(strides[e]),
           gx->mutable_data_ptr<scalar_t>(), gx->numel(), static_cast<int>(C), static_cast<int>(groups),

@@ -1,5 +1,6 @@
-// CUDA kernels of gaea_ext::pool_stats and gaea_ext::pool_stats_backward (see
-// csrc/cpu/pool_stats_cpu.cpp for the maths).
+// CUDA kernels of gaea_ext::pool_stats and gaea_ext::pool_stats_backward: the host launch
+// logic (the device code is in csrc/kernels/pool_stats.cuh; csrc/cpu/pool_stats_cpu.cpp has
+// the maths).
 //
 // Forward: one block per (n, c) plane recomputes the pool in registers twice (mean, then the
 // centred sum of squares) and writes the plane's moments; one thread per channel merges its
@@ -23,116 +24,19 @@
 
 #include "../gaea_ext.h"
 #include "../host_common.h"
-#include "pool_windows.cuh"
+#include "../kernels/pool_stats.cuh"
 
 namespace gaea_ext {
 namespace {
 
-using namespace pool_windows;
+using gaea_kernels::pool_stats::kMaxGrid;
+using gaea_kernels::pool_stats::kThreads;
+using gaea_kernels::pool_stats::merge_planes_kernel;
+using gaea_kernels::pool_stats::plane_moments_kernel;
+using gaea_kernels::pool_stats::pool_stats_backward_kernel;
+using gaea_kernels::pool_stats::XPlanes;
 
-constexpr int kThreads = 256;
-
-// Where x's planes lie: plane (n, c) at x + n * n_stride + c * c_stride, its cells
-// cell_stride apart (1 for the pools).
-struct XPlanes {
-  long long n_stride, c_stride, cell_stride;
-  int C;
-};
-
-template <typename T>
-__device__ __forceinline__ T* plane_at(T* x, const XPlanes& xp, long long plane) {
-  const long long n = plane / xp.C;
-  return x + n * xp.n_stride + (plane - n * xp.C) * xp.c_stride;
-}
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t pool_at(int kind, const scalar_t* plane, long long cell_stride, int h, int w, int H,
-                                         int W) {
-  if (kind == kTensorBN) return static_cast<acc_t>(plane[(static_cast<long long>(h) * W + w) * cell_stride]);
-  if (is_avg_kind(kind)) return avg3<scalar_t, acc_t>(plane, h, w, H, W);
-  int index;
-  return max3<scalar_t, acc_t>(plane, h, w, H, W, &index);
-}
-
-// The pool values in acc_t (as the CPU kernel), their sums in double (as the CPU kernel: a
-// float sum of a large plane with a mean far from 0 loses the variance's digits).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) plane_moments_kernel(const scalar_t* __restrict x, XPlanes xp, int kind,
-                                                                 int H, int W, double* __restrict plane_mean,
-                                                                 double* __restrict plane_m2) {
-  __shared__ double red[kThreads];
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  const scalar_t* plane = plane_at(x, xp, blockIdx.x);
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
-    const int h = static_cast<int>(i / W), w = static_cast<int>(i - static_cast<int64_t>(h) * W);
-    s += static_cast<double>(pool_at<scalar_t, acc_t>(kind, plane, xp.cell_stride, h, w, H, W));
-  }
-  const double mean = block_sum<kThreads>(s, red) / static_cast<double>(HW);
-  double m2 = 0;
-  for (int64_t i = threadIdx.x; i < HW; i += kThreads) {
-    const int h = static_cast<int>(i / W), w = static_cast<int>(i - static_cast<int64_t>(h) * W);
-    const double d = static_cast<double>(pool_at<scalar_t, acc_t>(kind, plane, xp.cell_stride, h, w, H, W)) - mean;
-    m2 += d * d;
-  }
-  const double total_m2 = block_sum<kThreads>(m2, red);
-  if (threadIdx.x == 0) {
-    plane_mean[blockIdx.x] = mean;
-    plane_m2[blockIdx.x] = total_m2;
-  }
-}
-
-template <typename acc_t>
-__global__ void merge_planes_kernel(const double* __restrict plane_mean, const double* __restrict plane_m2, int N,
-                                    int C, int HW, acc_t* __restrict stats) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  double count = 0.0, mean = 0.0, m2 = 0.0;
-  for (int n = 0; n < N; ++n) {
-    const int64_t p = static_cast<int64_t>(n) * C + c;
-    const double nb = static_cast<double>(HW), total = count + nb, delta = plane_mean[p] - mean;
-    mean += delta * nb / total;
-    m2 += plane_m2[p] + delta * delta * count * nb / total;
-    count = total;
-  }
-  stats[c] = static_cast<acc_t>(mean);
-  stats[C + c] = static_cast<acc_t>(m2 / count);
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) pool_stats_backward_kernel(
-    const scalar_t* __restrict x, XPlanes xp, const acc_t* __restrict grad_stats, const acc_t* __restrict stats,
-    int kind, acc_t inv_m, int64_t numel, int C, int H, int W, scalar_t* __restrict grad_x, XPlanes gp) {
-  const int64_t HW = static_cast<int64_t>(H) * W;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t plane_index = i / HW, off = plane_index * HW;
-    const int c = static_cast<int>(plane_index % C);
-    const int p = static_cast<int>(i - off), h = p / W, w = p - h * W;
-    const scalar_t* plane = plane_at(x, xp, plane_index);
-    const acc_t g_mean = grad_stats[c] * inv_m, g_var = 2 * grad_stats[C + c] * inv_m, mean = stats[c];
-    acc_t s = 0;
-    if (kind == kTensorBN) {  // the identity: dL/dx = dL/dpool
-      s = g_mean + g_var * (static_cast<acc_t>(plane[p * xp.cell_stride]) - mean);
-    } else if (is_avg_kind(kind)) {
-      acc_t v[9];
-      window_averages<scalar_t, acc_t>(plane, h, w, H, W, v);
-#pragma unroll
-      for (int k = 0; k < 9; ++k) {
-        if (!window_in_plane(k, h, w, H, W)) continue;
-        const int cnt = window_count(h + k / 3 - 1, w + k % 3 - 1, H, W);
-        s += (g_mean + g_var * (v[k] - mean)) / static_cast<acc_t>(cnt);
-      }
-    } else {  // a window routing to (h, w) has x(h, w) as its max
-      const unsigned routed = max_windows_routing_to<scalar_t, acc_t>(plane, h, w, H, W);
-      const acc_t v = static_cast<acc_t>(plane[p]);
-#pragma unroll
-      for (int k = 0; k < 9; ++k)
-        if (routed >> k & 1u) s += g_mean + g_var * (v - mean);
-    }
-    plane_at(grad_x, gp, plane_index)[p * gp.cell_stride] = static_cast<scalar_t>(s);
-  }
-}
+GAEA_KERNELS_CHECK_TERM_KINDS();
 
 // x as the kernels read it: the identity reads any tensor with even planes in place; the
 // pools need contiguous planes.
@@ -195,7 +99,7 @@ at::Tensor pool_stats_backward_cuda(const at::Tensor& grad_stats_in, const at::T
     const auto acc_type = at::CppTypeToScalarType<acc_t>::value;
     const at::Tensor gs = contiguous_as(grad_stats_in, acc_type), st = contiguous_as(stats_in, acc_type);
     const unsigned int blocks =
-        static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((numel + kThreads - 1) / kThreads, 1 << 20)));
+        static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((numel + kThreads - 1) / kThreads, kMaxGrid)));
     pool_stats_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), x_planes(x), gs.const_data_ptr<acc_t>(), st.const_data_ptr<acc_t>(),
         static_cast<int>(kind),

@@ -1,4 +1,5 @@
-// CUDA kernels of gaea_ext::weighted_sum and gaea_ext::weighted_sum_backward.
+// CUDA kernels of gaea_ext::weighted_sum and gaea_ext::weighted_sum_backward: the host
+// launch logic (the device code is in csrc/kernels/weighted_sum.cuh).
 //
 // Forward: one grid-stride streaming kernel per group of up to kMaxInputsPerLaunch inputs
 // (pointers passed by value). When every pointer is 16-byte aligned, each thread moves
@@ -24,45 +25,20 @@
 
 #include "../gaea_ext.h"
 #include "../host_common.h"
+#include "../kernels/weighted_sum.cuh"
 
 namespace gaea_ext {
 namespace {
 
-constexpr int kMaxK = static_cast<int>(kMaxInputsPerLaunch);
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-// Forward: resident blocks per SM we size the grid for (__launch_bounds__ keeps it possible).
-constexpr int kFwdBlocksPerSm = 4;
-// Backward: elements per thread and per block. A compile-time constant, so the partial
-// sums (and hence the result) do not depend on the device.
-constexpr int kBwdItems = 8;
-constexpr int64_t kBwdChunk = static_cast<int64_t>(kThreads) * kBwdItems;
-
-// N elements moved as one access: 16 bytes for the vector path, one element otherwise.
-template <typename T, int N>
-struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Vec {
-  T v[N];
-};
-
-template <typename scalar_t>
-struct InputPtrs {
-  const scalar_t* ptr[kMaxK];
-};
-
-template <typename scalar_t>
-struct GradPtrs {
-  scalar_t* ptr[kMaxK];  // nullptr: that input needs no gradient
-};
-
-template <int N, typename T>
-__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
-  return *reinterpret_cast<const Vec<T, N>*>(p);
-}
-
-template <int N, typename T>
-__device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
-  *reinterpret_cast<Vec<T, N>*>(p) = v;
-}
+using gaea_kernels::weighted_sum::GradPtrs;
+using gaea_kernels::weighted_sum::InputPtrs;
+using gaea_kernels::weighted_sum::kBwdChunk;
+using gaea_kernels::weighted_sum::kFwdBlocksPerSm;
+using gaea_kernels::weighted_sum::kMaxK;
+using gaea_kernels::weighted_sum::kThreads;
+using gaea_kernels::weighted_sum::reduce_partials_kernel;
+using gaea_kernels::weighted_sum::weighted_sum_backward_kernel;
+using gaea_kernels::weighted_sum::weighted_sum_kernel;
 
 int sm_count(c10::DeviceIndex device) {
   constexpr int kMaxDevices = 64;
@@ -85,176 +61,20 @@ void check_cuda(at::TensorList inputs, const char* op) {
   TORCH_CHECK(inputs[0].is_cuda(), op, " (CUDA kernel): 'inputs' must be CUDA tensors, got ", inputs[0].device());
 }
 
-// ---- forward ------------------------------------------------------------------------
-
-// out[i] = (prev ? prev[i] : 0) + sum_{k<K} w[k] * ys[k][i] over the flat range [0, n).
-// prev (accumulation type) carries the sum of earlier input groups when K > kMaxK; it may
-// alias out, which is safe because each element is read and written by the same thread.
-template <typename scalar_t, typename out_t, int VEC>
-__global__ void __launch_bounds__(kThreads, kFwdBlocksPerSm)
-    weighted_sum_kernel(InputPtrs<scalar_t> ys, const at::opmath_type<scalar_t>* w, int K,
-                        const at::opmath_type<scalar_t>* prev, out_t* out, int64_t n) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t w_s[kMaxK];
-  for (int k = threadIdx.x; k < K; k += blockDim.x) w_s[k] = w[k];
-  __syncthreads();
-
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t nvec = n / VEC;
-  for (int64_t v = tid; v < nvec; v += stride) {
-    const int64_t base = v * VEC;
-    acc_t acc[VEC];
-    if (prev != nullptr) {
-      const Vec<acc_t, VEC> p = load_vec<VEC>(prev + base);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) acc[j] = p.v[j];
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) acc[j] = acc_t(0);
-    }
-#pragma unroll 4
-    for (int k = 0; k < K; ++k) {
-      const Vec<scalar_t, VEC> y = load_vec<VEC>(ys.ptr[k] + base);
-      const acc_t wk = w_s[k];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) acc[j] += wk * static_cast<acc_t>(y.v[j]);
-    }
-    Vec<out_t, VEC> o;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) o.v[j] = static_cast<out_t>(acc[j]);
-    store_vec<VEC>(out + base, o);
-  }
-  // Tail (fewer than VEC elements), one element per thread.
-  for (int64_t i = nvec * VEC + tid; i < n; i += stride) {
-    acc_t acc = prev != nullptr ? prev[i] : acc_t(0);
-    for (int k = 0; k < K; ++k) acc += w_s[k] * static_cast<acc_t>(ys.ptr[k][i]);
-    out[i] = static_cast<out_t>(acc);
-  }
-}
-
 template <typename scalar_t, typename out_t>
 void launch_weighted_sum(const InputPtrs<scalar_t>& ys, const at::opmath_type<scalar_t>* w, int K,
                          const at::opmath_type<scalar_t>* prev, out_t* out, int64_t n, bool vectorize,
                          int max_blocks, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
   constexpr int kVec = 16 / sizeof(scalar_t);
   const int64_t units = vectorize ? std::max<int64_t>(n / kVec, 1) : n;
   const int blocks = static_cast<int>(std::min<int64_t>((units + kThreads - 1) / kThreads, max_blocks));
   if (vectorize) {
-    weighted_sum_kernel<scalar_t, out_t, kVec><<<blocks, kThreads, 0, stream>>>(ys, w, K, prev, out, n);
+    weighted_sum_kernel<scalar_t, acc_t, out_t, kVec><<<blocks, kThreads, 0, stream>>>(ys, w, K, prev, out, n);
   } else {
-    weighted_sum_kernel<scalar_t, out_t, 1><<<blocks, kThreads, 0, stream>>>(ys, w, K, prev, out, n);
+    weighted_sum_kernel<scalar_t, acc_t, out_t, 1><<<blocks, kThreads, 0, stream>>>(ys, w, K, prev, out, n);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// ---- backward -----------------------------------------------------------------------
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t x) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
-  return x;  // complete in lane 0
-}
-
-// Block b owns elements [b * kBwdChunk, (b + 1) * kBwdChunk). Thread t owns the VEC-wide
-// groups t, t + kThreads, ... of that chunk and keeps its grad_out values in registers.
-// For each of the K inputs of this launch: grad_inputs[k] = w[k] * g (if requested) and,
-// if partials != nullptr, partials[k * num_blocks + b] = sum over the chunk of ys[k] * g,
-// summed per thread in element order, then across lanes and warps in a fixed tree order.
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    weighted_sum_backward_kernel(const scalar_t* g_ptr, InputPtrs<scalar_t> ys, GradPtrs<scalar_t> grads,
-                                 const at::opmath_type<scalar_t>* w, int K, int64_t n,
-                                 at::opmath_type<scalar_t>* partials, int64_t num_blocks) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int kGroups = kBwdItems / VEC;
-  static_assert(kBwdItems % VEC == 0, "a thread owns whole vectors");
-  __shared__ acc_t warp_partials[kMaxK][kWarps];
-
-  const int64_t chunk = static_cast<int64_t>(blockIdx.x) * kBwdChunk;
-  acc_t g[kGroups][VEC];
-#pragma unroll
-  for (int s = 0; s < kGroups; ++s) {
-    const int64_t base = chunk + (static_cast<int64_t>(s) * kThreads + threadIdx.x) * VEC;
-    if (base + VEC <= n) {
-      const Vec<scalar_t, VEC> x = load_vec<VEC>(g_ptr + base);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) g[s][j] = static_cast<acc_t>(x.v[j]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) g[s][j] = base + j < n ? static_cast<acc_t>(g_ptr[base + j]) : acc_t(0);
-    }
-  }
-
-  const bool dots = partials != nullptr;  // uniform over the grid
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  for (int k = 0; k < K; ++k) {
-    const acc_t wk = w[k];
-    scalar_t* gi = grads.ptr[k];
-    const scalar_t* y = ys.ptr[k];
-    acc_t dot = acc_t(0);
-#pragma unroll
-    for (int s = 0; s < kGroups; ++s) {
-      const int64_t base = chunk + (static_cast<int64_t>(s) * kThreads + threadIdx.x) * VEC;
-      if (base + VEC <= n) {
-        if (gi != nullptr) {
-          Vec<scalar_t, VEC> o;
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) o.v[j] = static_cast<scalar_t>(wk * g[s][j]);
-          store_vec<VEC>(gi + base, o);
-        }
-        if (dots) {
-          const Vec<scalar_t, VEC> x = load_vec<VEC>(y + base);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) dot += static_cast<acc_t>(x.v[j]) * g[s][j];
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          if (base + j < n) {
-            if (gi != nullptr) gi[base + j] = static_cast<scalar_t>(wk * g[s][j]);
-            if (dots) dot += static_cast<acc_t>(y[base + j]) * g[s][j];
-          }
-        }
-      }
-    }
-    if (dots) {
-      dot = warp_sum(dot);
-      if (lane == 0) warp_partials[k][warp] = dot;
-    }
-  }
-  if (dots) {
-    // warp_partials is written once per (k, warp) above and only read below: one barrier.
-    __syncthreads();
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-      acc_t total = acc_t(0);
-#pragma unroll
-      for (int i = 0; i < kWarps; ++i) total += warp_partials[k][i];
-      partials[static_cast<int64_t>(k) * num_blocks + blockIdx.x] = total;
-    }
-  }
-}
-
-// grad_weights[k] = sum_b partials[k * num_blocks + b], in double, one block per k:
-// thread t sums b = t, t + kThreads, ... in order, then a fixed tree across the block.
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    reduce_partials_kernel(const acc_t* partials, int64_t num_blocks, acc_t* grad_weights) {
-  __shared__ double warp_totals[kWarps];
-  const acc_t* row = partials + static_cast<int64_t>(blockIdx.x) * num_blocks;
-  double total = 0.0;
-  for (int64_t b = threadIdx.x; b < num_blocks; b += blockDim.x) total += static_cast<double>(row[b]);
-  total = warp_sum(total);
-  if (threadIdx.x % 32 == 0) warp_totals[threadIdx.x / 32] = total;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double sum = 0.0;
-#pragma unroll
-    for (int i = 0; i < kWarps; ++i) sum += warp_totals[i];
-    grad_weights[blockIdx.x] = static_cast<acc_t>(sum);
-  }
 }
 
 }  // namespace
@@ -380,10 +200,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
       acc_t* chunk_partials = partials_ptr != nullptr ? partials_ptr + k0 * num_blocks : nullptr;
       const dim3 grid(static_cast<unsigned int>(num_blocks));
       if (vectorize) {
-        weighted_sum_backward_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(
+        weighted_sum_backward_kernel<scalar_t, acc_t, kVec><<<grid, kThreads, 0, stream>>>(
             g_ptr, ys, grads, w_ptr + k0, kc, n, chunk_partials, num_blocks);
       } else {
-        weighted_sum_backward_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
+        weighted_sum_backward_kernel<scalar_t, acc_t, 1><<<grid, kThreads, 0, stream>>>(
             g_ptr, ys, grads, w_ptr + k0, kc, n, chunk_partials, num_blocks);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -7,7 +7,10 @@ tensors live in host memory); nothing else changes. The translations, runtime.cp
 csrc/checks.cpp and csrc/host_common.cpp are compiled by the host compiler
 (torch.utils.cpp_extension, ninja) with the emulation headers ahead of torch's, and the
 library registers the kernels' entry points as `torch.ops.gaea_ext_cuda_emulated.<op>`,
-taking CPU tensors.
+taking CPU tensors. It also holds every kernel of gaea_ext.nvrtc.KERNELS by its NVRTC name
+expression (gaea_emu_launch_kernel, a cuLaunchKernel-like C entry point), so the NVRTC
+backend's Python launchers run on the CPU too (emulated_launcher() below). The kernels'
+headers (csrc/kernels/*.cuh) are found through the include path; ninja's depfiles track them.
 
     python tests/cuda_emulation/build.py      # build (or reuse) and print the library path
 
@@ -63,6 +66,22 @@ def translate(text: str) -> str:
     return "".join(out).replace(".is_cuda()", ".is_cpu()")
 
 
+# NVRTC's half types -> the nvcc launchers' (same layout; the emulation compiles c10's).
+HOST_TYPES = {"__half": "c10::Half", "__nv_bfloat16": "c10::BFloat16"}
+
+
+def kernel_registry(header: str, expressions) -> str:
+    """C++ registering every kernel of `header` by its NVRTC name expression, launched from a
+    cuLaunchKernel-style argument array (gaea_emu::launch_packed)."""
+    lines = ["#include <c10/util/BFloat16.h>", "#include <c10/util/Half.h>", "",
+             f'#include "../kernels/{header}"', "", "namespace {", ""]
+    for i, expr in enumerate(expressions):
+        host = re.sub(r"\b(__half|__nv_bfloat16)\b", lambda m: HOST_TYPES[m.group(1)], expr)
+        lines.append(f'const ::gaea_emu::NamedKernel kernel_{i}("{expr}", [](const ::gaea_emu::LaunchConfig& c, '
+                     f"void** args) {{ ::gaea_emu::launch_packed(c, &{host}, args); }});")
+    return "\n".join(lines + ["", "}  // namespace", ""])
+
+
 def build(verbose: bool = False) -> str:
     """Translate, compile and load the emulated kernels; returns the library's path. The ops
     are then `torch.ops.gaea_ext_cuda_emulated.*`. Rebuilds only what changed."""
@@ -79,6 +98,14 @@ def build(verbose: bool = False) -> str:
         target = gen_dir / (cu.stem + ".cpp")
         text = f'#line 1 "{cu}"\n' + translate(cu.read_text())
         if not target.exists() or target.read_text() != text:  # keep mtimes for ninja
+            target.write_text(text)
+        sources.append(str(target))
+    from gaea_ext.nvrtc import KERNELS
+
+    for header, expressions in KERNELS.items():  # the by-name table of the NVRTC backend's kernels
+        target = gen_dir / f"registry_{Path(header).stem}.cpp"
+        text = kernel_registry(header, expressions)
+        if not target.exists() or target.read_text() != text:
             target.write_text(text)
         sources.append(str(target))
     include = HERE / "include"
@@ -148,6 +175,47 @@ def route_cpu_kernels_to_emulation():
             if ns == NAMESPACE and name in names:  # not the emulation's own ops (selftest, schedule)
                 library.impl(name, _with_defaults(getattr(emulated, name), getattr(torch.ops.gaea_ext, name)), "CPU")
     return library
+
+
+class EmulatedLauncher:
+    """gaea_ext.cupy_backend's launcher on the emulation: launches the emulated kernel of the
+    same NVRTC name expression with the same grid, block, shared memory and kernelParams
+    array (the tensors are CPU tensors, so their pointers are host memory)."""
+
+    # The emulated device's multiprocessors (include/cuda_runtime.h's cudaDeviceGetAttribute).
+    MULTIPROCESSORS = 4
+
+    def __init__(self, path: str):
+        import ctypes
+
+        self._library = ctypes.CDLL(path)
+        self._launch = self._library.gaea_emu_launch_kernel
+        self._launch.restype = ctypes.c_int
+        self._launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p]
+        self._library.gaea_emu_last_error.restype = ctypes.c_char_p
+
+    def multiprocessor_count(self, device) -> int:
+        return self.MULTIPROCESSORS
+
+    def launch(self, device, header, expr, grid, block, shared_bytes, params) -> None:
+        import ctypes
+
+        if self._launch(expr.encode(), *grid, *block, shared_bytes, ctypes.addressof(params)) != 0:
+            raise RuntimeError(self._library.gaea_emu_last_error().decode())
+
+
+def route_cpu_kernels_to_cupy_launchers():
+    """Make every gaea_ext op run gaea_ext.cupy_backend's Python launcher for CPU tensors,
+    its kernels launched on the emulation by name (EmulatedLauncher): the NVRTC backend's
+    launch path, tested without a GPU. Returns the torch.library.Library holding the
+    overrides."""
+    import gaea_ext._backend
+    from gaea_ext import cupy_backend
+
+    path = build()
+    cupy_backend.set_launcher(EmulatedLauncher(path))
+    gaea_ext._backend.CPU_SERVED_BY_CUDA_EMULATION = True  # route CPU calls as CUDA ones
+    return cupy_backend.register("CPU")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -229,6 +230,16 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
 
 void set_reverse_schedule(bool reverse) { state.reverse = reverse; }
 
+namespace {
+std::map<std::string, PackedLaunch>& named_kernels() {
+  static std::map<std::string, PackedLaunch> kernels;
+  return kernels;
+}
+std::string last_launch_error;
+}  // namespace
+
+NamedKernel::NamedKernel(const char* name, PackedLaunch launch) { named_kernels()[name] = launch; }
+
 torch::Library& emulated_library() {
   static torch::Library library(torch::Library::FRAGMENT, "gaea_ext_cuda_emulated", std::nullopt, __FILE__, __LINE__);
   return library;
@@ -241,3 +252,27 @@ const Registrar schedule_registrar([](EmulatedLibrary& m) { m.impl("set_reverse_
 }  // namespace
 
 }  // namespace gaea_emu
+
+// The by-name launch (cuLaunchKernel's shape) for ctypes: 0 on success, else nonzero with the
+// message in gaea_emu_last_error().
+extern "C" __attribute__((visibility("default"))) int gaea_emu_launch_kernel(
+    const char* name, unsigned int grid_x, unsigned int grid_y, unsigned int grid_z, unsigned int block_x,
+    unsigned int block_y, unsigned int block_z, unsigned int shared_bytes, void** args) {
+  using namespace gaea_emu;
+  const auto found = named_kernels().find(name);
+  if (found == named_kernels().end()) {
+    last_launch_error = std::string("CUDA emulation: no kernel named ") + name;
+    return 1;
+  }
+  try {
+    found->second(LaunchConfig(dim3(grid_x, grid_y, grid_z), dim3(block_x, block_y, block_z), shared_bytes), args);
+  } catch (const std::exception& error) {
+    last_launch_error = error.what();
+    return 2;
+  }
+  return 0;
+}
+
+extern "C" __attribute__((visibility("default"))) const char* gaea_emu_last_error() {
+  return gaea_emu::last_launch_error.c_str();
+}

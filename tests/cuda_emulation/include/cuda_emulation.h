@@ -63,6 +63,25 @@ void launch(const LaunchConfig& config, Kernel kernel, Args... args) {
   run_grid(config, [&]() { kernel(args...); });
 }
 
+// Kernels by name, for launches through a cuLaunchKernel-like interface (the NVRTC backend's
+// Python launchers, gaea_ext/cupy_backend.py): `args` holds one pointer per kernel parameter,
+// as cuLaunchKernel's kernelParams. build.py generates the table from gaea_ext.nvrtc.KERNELS
+// (the NVRTC name expressions, with the half types spelt c10::Half / c10::BFloat16).
+using PackedLaunch = void (*)(const LaunchConfig& config, void** args);
+struct NamedKernel {
+  NamedKernel(const char* name, PackedLaunch launch);  // registers the kernel (runtime.cpp)
+};
+
+template <typename... Params, std::size_t... I>
+void launch_packed(const LaunchConfig& config, void (*kernel)(Params...), void** args, std::index_sequence<I...>) {
+  launch(config, kernel, *static_cast<std::remove_cv_t<std::remove_reference_t<Params>>*>(args[I])...);
+}
+
+template <typename... Params>
+void launch_packed(const LaunchConfig& config, void (*kernel)(Params...), void** args) {
+  launch_packed(config, kernel, args, std::index_sequence_for<Params...>{});
+}
+
 // The ops of the translated files register here (namespace gaea_ext_cuda_emulated, schemas
 // inferred from the C++ signatures) instead of under the CUDA key of gaea_ext.
 torch::Library& emulated_library();
