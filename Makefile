@@ -74,10 +74,11 @@ EMULATED_TESTS := tests/test_mixed_node.py tests/test_pool_batch_norm.py tests/t
   tests/nas/test_nb201_space.py tests/nas/test_darts_space.py
 # The same kernels through the NVRTC backend's Python launchers (gaea_ext/cupy_backend.py), their
 # launches run by name on the emulated kernels: a few cases per op.
-NVRTC_EMULATED_TESTS := tests/test_nvrtc_backend.py tests/test_weighted_sum.py tests/test_exp_grad.py \
-  tests/test_pool_batch_norm.py tests/test_partial_channel.py
+NVRTC_EMULATED_TESTS := tests/test_nvrtc_backend.py tests/test_weighted_sum.py tests/test_sample_weighted_sum.py \
+  tests/test_exp_grad.py tests/test_pool_batch_norm.py tests/test_partial_channel.py
 NVRTC_EMULATED_CASES := launch_path or (test_weighted_sum and (matches_reference or many_inputs or only_some \
-  or gradcheck_partial)) or (test_exp_grad and (matches_formula or multi_steps or multi_nonfinite or segments_normalise)) \
+  or gradcheck_partial)) or (test_sample_weighted_sum and (matches_reference or layouts or many_inputs \
+  or gradient_patterns)) or (test_exp_grad and (matches_formula or multi_steps or multi_nonfinite or segments_normalise)) \
   or (test_pool_batch_norm and (pool_stats_matches or pool_stats_layouts)) \
   or (test_partial_channel and (matches_reference or odd_shapes or layouts))
 test-cuda-emulation: build

@@ -9,6 +9,10 @@ SCHEMAS = {
     "weighted_sum_backward": (
         "weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
         "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)"),
+    "sample_weighted_sum": "sample_weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor",
+    "sample_weighted_sum_backward": (
+        "sample_weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, "
+        "bool[] inputs_need_grad, bool weights_need_grad) -> (Tensor[], Tensor)"),
     "mixed_node": (
         "mixed_node(Tensor[] xs, Tensor[] outputs, Tensor weights, int[] kinds, int[] sources, Tensor? norm=None) "
         "-> Tensor"),

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import nvrtc
-from ._layout import share_dense_layout
+from ._layout import batch_outermost, share_dense_layout
 
 _NVRTC_TYPES = {dtype: nvrtc.DTYPES[name] for dtype, name in (
     (torch.float16, "float16"), (torch.bfloat16, "bfloat16"), (torch.float32, "float32"), (torch.float64, "float64"))}
@@ -281,6 +281,125 @@ def weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, weights_n
     if weights_need_grad:
         _launch(device, _WS, f"{_WS_NS}reduce_partials_kernel<{acc}>", K, threads,
                 [_ptr(partials), ctypes.c_longlong(num_blocks), _ptr(grad_weights_acc)])
+        grad_weights = grad_weights_acc.to(weights.dtype)
+    else:
+        grad_weights = weights.new_empty((0,))
+    return grad_list, grad_weights
+
+
+# ---- sample_weighted_sum --------------------------------------------------------------------
+
+_SWS = "sample_weighted_sum.cuh"
+_SWS_NS = "gaea_kernels::"
+
+
+class _SampleSumPtrs(ctypes.Structure):
+    """SampleSumInputs<T> / SampleSumGrads<T>: one launch's input (or gradient) pointers."""
+    _fields_ = [("ptr", _pointer_array(header_constants(_SWS)["kSampleSumMaxInputs"]))]
+
+
+def _share_batch_major_layout(tensors: List[torch.Tensor]) -> bool:
+    return batch_outermost(tensors[0]) and share_dense_layout(tensors)
+
+
+def _sample_sum_vectorizes(tensors: List[torch.Tensor], inner: int, vec: int) -> bool:
+    """The VEC-wide path: every pointer 16-byte aligned and no vector straddles two samples."""
+    return inner % vec == 0 and all(_aligned16(t) for t in tensors)
+
+
+def sample_weighted_sum(inputs: List[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """gaea_ext::sample_weighted_sum (mirror of sample_weighted_sum_cuda)."""
+    c = header_constants(_SWS)
+    max_inputs, threads = c["kSampleSumMaxInputs"], c["kSampleSumThreads"]
+    ys = list(inputs) if _share_batch_major_layout(list(inputs)) else [t.contiguous() for t in inputs]
+    out = torch.empty_like(ys[0], memory_format=torch.preserve_format)
+    n = out.numel()
+    if n == 0:
+        return out
+    device = out.device
+    K, samples = len(ys), out.shape[0]
+    inner = n // samples
+    element, acc, acc_dtype = _types(out.dtype)
+    w = weights.to(acc_dtype).contiguous()  # [K, N]
+    same = element == acc
+    # K > kSampleSumMaxInputs: the running sum between input groups in the accumulation type.
+    running = None
+    if K > max_inputs:
+        running = out if same else torch.empty(n, dtype=acc_dtype, device=device)
+    vec = nvrtc.vector_width(element)
+    if not _sample_sum_vectorizes([out] + ([running] if running is not None else []) + ys, inner, vec):
+        vec = 1
+    blocks = min((n // vec + threads - 1) // threads, c["kSampleSumMaxBlocks"])
+    for k0 in range(0, K, max_inputs):
+        kc = min(max_inputs, K - k0)
+        group = _SampleSumPtrs()
+        for k in range(kc):
+            group.ptr[k] = ys[k0 + k].data_ptr()
+        prev = None if k0 == 0 else running
+        dest, dest_type = (out, element) if k0 + kc == K or same else (running, acc)
+        _launch(device, _SWS, f"{_SWS_NS}sample_weighted_sum_kernel<{element}, {acc}, {dest_type}, {vec}>", blocks,
+                threads, [group, _ptr(w, k0 * samples), ctypes.c_int(kc), ctypes.c_longlong(samples),
+                          ctypes.c_longlong(inner), _ptr(prev), _ptr(dest), ctypes.c_longlong(n)])
+    return out
+
+
+def sample_weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, weights_need_grad):
+    """gaea_ext::sample_weighted_sum_backward (mirror of sample_weighted_sum_backward_cuda)."""
+    c = header_constants(_SWS)
+    max_inputs, threads, chunk = c["kSampleSumMaxInputs"], c["kSampleSumThreads"], c["kSampleSumBwdChunk"]
+    K = len(inputs)
+    # The inputs are only read for the weight gradient: without it only grad_out is copied.
+    every = list(inputs) + [grad_out]
+    if not _share_batch_major_layout(every):
+        if weights_need_grad:
+            every = [t.contiguous() for t in every]
+        else:
+            every[-1] = grad_out.contiguous()
+    g = every[-1]
+    n = g.numel()
+    grads = {k: torch.empty_like(g, memory_format=torch.preserve_format)
+             for k, need in enumerate(inputs_need_grad) if need}
+    grad_list = [grads[k] for k in sorted(grads)]
+    if n == 0 or (not grads and not weights_need_grad):
+        grad_weights = (torch.zeros(weights.shape, dtype=weights.dtype, device=weights.device) if weights_need_grad
+                        else weights.new_empty((0,)))
+        return grad_list, grad_weights
+    device = g.device
+    samples = g.shape[0]
+    inner = n // samples
+    element, acc, acc_dtype = _types(g.dtype)
+    w = weights.to(acc_dtype).contiguous()  # [K, N]
+    chunks_per_sample = (inner + chunk - 1) // chunk
+    num_blocks = samples * chunks_per_sample
+    if num_blocks > 2**31 - 1:
+        raise RuntimeError(f"sample_weighted_sum_backward: tensor too large ({n} elements)")
+    partials = torch.empty((K, num_blocks), dtype=acc_dtype, device=device) if weights_need_grad else None
+    grad_weights_acc = torch.empty((K, samples), dtype=acc_dtype, device=device) if weights_need_grad else None
+    vec = nvrtc.vector_width(element)
+    if not _sample_sum_vectorizes([g] + grad_list + (every[:K] if weights_need_grad else []), inner, vec):
+        vec = 1
+    for k0 in range(0, K, max_inputs):
+        kc = min(max_inputs, K - k0)
+        ys, gs = _SampleSumPtrs(), _SampleSumPtrs()
+        any_grad = False
+        for k in range(kc):
+            if weights_need_grad:
+                ys.ptr[k] = every[k0 + k].data_ptr()
+            if k0 + k in grads:
+                gs.ptr[k] = grads[k0 + k].data_ptr()
+                any_grad = True
+        if not any_grad and not weights_need_grad:
+            continue
+        _launch(device, _SWS, f"{_SWS_NS}sample_weighted_sum_backward_kernel<{element}, {acc}, {vec}>", num_blocks,
+                threads, [_ptr(g), ys, gs, _ptr(w, k0 * samples), ctypes.c_int(kc), ctypes.c_longlong(samples),
+                          ctypes.c_longlong(inner), ctypes.c_longlong(chunks_per_sample),
+                          _ptr(partials, k0 * num_blocks) if partials is not None else _ptr(None),
+                          ctypes.c_longlong(num_blocks)])
+    if weights_need_grad:
+        rows = K * samples
+        _launch(device, _SWS, f"{_SWS_NS}sample_weighted_sum_reduce_kernel<{acc}>", (rows + threads - 1) // threads,
+                threads, [_ptr(partials), ctypes.c_longlong(rows), ctypes.c_longlong(chunks_per_sample),
+                          _ptr(grad_weights_acc)])
         grad_weights = grad_weights_acc.to(weights.dtype)
     else:
         grad_weights = weights.new_empty((0,))
@@ -735,6 +854,8 @@ def partial_channel_node_backward(grad_out_in, states_in, weights, strides, grou
 LAUNCHERS = {
     "weighted_sum": weighted_sum,
     "weighted_sum_backward": weighted_sum_backward,
+    "sample_weighted_sum": sample_weighted_sum,
+    "sample_weighted_sum_backward": sample_weighted_sum_backward,
     "exp_grad_step_": exp_grad_step_,
     "pool_stats": pool_stats,
     "pool_stats_backward": pool_stats_backward,

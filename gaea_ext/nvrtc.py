@@ -41,19 +41,21 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
 def vector_width(element: str) -> int:
-    """Elements per 16-byte access of weighted_sum's vector path."""
+    """Elements per 16-byte access of weighted_sum's and sample_weighted_sum's vector paths."""
     return 16 // _SIZES[element]
 
 
-def _weighted_sum() -> List[str]:
-    ns = "gaea_kernels::weighted_sum::"
+def _streaming_sum(ns: str, forward: str, backward: str, reduce: str) -> List[str]:
+    """The instantiations of a weighted_sum-style op: the forward <T, Acc, Out, VEC> writing the
+    element type or (between input groups) the accumulation type, the backward <T, Acc, VEC>,
+    each with the 16-byte vector width and the scalar path, and the partials' reduce <Acc>."""
     out = []
     for t, acc in DTYPES.values():
         for vec in (vector_width(t), 1):
             for dest in dict.fromkeys((t, acc)):
-                out.append(f"{ns}weighted_sum_kernel<{t}, {acc}, {dest}, {vec}>")
-            out.append(f"{ns}weighted_sum_backward_kernel<{t}, {acc}, {vec}>")
-    out += [f"{ns}reduce_partials_kernel<{acc}>" for acc in _ACC_TYPES]
+                out.append(f"{ns}{forward}<{t}, {acc}, {dest}, {vec}>")
+            out.append(f"{ns}{backward}<{t}, {acc}, {vec}>")
+    out += [f"{ns}{reduce}<{acc}>" for acc in _ACC_TYPES]
     return out
 
 
@@ -66,7 +68,11 @@ def _per_dtype(ns: str, element_kernels, acc_kernels=(), element_only=()) -> Lis
 
 # header -> every kernel instantiation the launchers use.
 KERNELS: Dict[str, List[str]] = {
-    "weighted_sum.cuh": _weighted_sum(),
+    "weighted_sum.cuh": _streaming_sum("gaea_kernels::weighted_sum::", "weighted_sum_kernel",
+                                       "weighted_sum_backward_kernel", "reduce_partials_kernel"),
+    "sample_weighted_sum.cuh": _streaming_sum(
+        "gaea_kernels::", "sample_weighted_sum_kernel", "sample_weighted_sum_backward_kernel",
+        "sample_weighted_sum_reduce_kernel"),
     "exp_grad.cuh": _per_dtype("gaea_kernels::exp_grad::",
                                ["exp_grad_fused_kernel", "exp_grad_inspect_kernel", "exp_grad_step_kernel"]),
     "pool_stats.cuh": _per_dtype("gaea_kernels::pool_stats::", ["plane_moments_kernel", "pool_stats_backward_kernel"],

@@ -19,7 +19,7 @@ running the backward kernel (gaea_ext._autograd.reference_grads); the first-orde
 runs the kernel. The weight gradient is deterministic (fixed chunks, fixed-order sums).
 
 Kernels: csrc/cpu/sample_weighted_sum_cpu.cpp, csrc/kernels/sample_weighted_sum.cuh
-(launched by csrc/cuda/sample_weighted_sum_cuda.cu). Reference:
+(launched by csrc/cuda/sample_weighted_sum_cuda.cu, or by gaea_ext/cupy_backend.py). Reference:
 gaea_ext.reference.sample_weighted_sum. Tests: tests/test_sample_weighted_sum.py.
 """
 from typing import List, Sequence
@@ -28,7 +28,7 @@ import torch
 
 from . import reference
 from ._autograd import register_weighted_sum_autograd, weighted_sum_backward_fake
-from ._backend import HAS_EXTENSION, use_reference
+from ._backend import HAS_OPS, use_reference
 from ._checks import check_sample_weighted_sum
 from ._layout import empty_in_batch_major_layout
 
@@ -48,7 +48,7 @@ def sample_weighted_sum(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -
     return torch.ops.gaea_ext.sample_weighted_sum(inputs, weights)
 
 
-if HAS_EXTENSION:
+if HAS_OPS:
 
     @torch.library.register_fake("gaea_ext::sample_weighted_sum")
     def _sample_weighted_sum_fake(inputs: List[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:

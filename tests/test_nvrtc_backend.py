@@ -70,6 +70,22 @@ def test_headers_are_torch_free():
         assert all(inc.startswith('"') and inc.endswith('.cuh"') for inc in includes), (path.name, includes)
 
 
+def test_every_kernel_header_is_in_the_table():
+    """Every __global__ kernel of csrc/kernels is instantiated in gaea_ext.nvrtc.KERNELS, so
+    the NVRTC backend (and this file's compile test) cover every op's device code."""
+    for path in sorted((ROOT / "csrc" / "kernels").glob("*.cuh")):
+        kernels = re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", path.read_text())
+        if not kernels:
+            continue
+        assert path.name in nvrtc.KERNELS, path.name
+        instantiated = {re.match(r"[\w:]*?(\w+)<", expr).group(1) for expr in nvrtc.KERNELS[path.name]}
+        assert set(kernels) == instantiated, path.name
+
+
+def test_every_op_has_a_launcher():
+    assert set(cupy_backend.LAUNCHERS) == set(_schemas.SCHEMAS)
+
+
 def test_launch_constants_are_the_compiled_limits():
     if not gaea_ext.HAS_EXTENSION:
         pytest.skip("compares with the compiled extension's limits")
@@ -85,8 +101,12 @@ def test_launch_structs_have_the_c_layout():
 
 
 def test_python_schemas_equal_the_registered_ones():
+    """One Python schema per op of gaea_ext._C (csrc/registration.cpp), equal to it."""
     if not gaea_ext.HAS_EXTENSION:
         pytest.skip("compares with the schemas of gaea_ext._C")
+    registered_ops = {name for ns, _, name in (q.partition("::") for q in torch._C._dispatch_get_all_op_names())
+                      if ns == "gaea_ext"}
+    assert registered_ops == set(_schemas.SCHEMAS)
     for name, schema in _schemas.SCHEMAS.items():
         registered = getattr(torch.ops.gaea_ext, name).default._schema
         assert str(torch._C.parse_schema("gaea_ext::" + schema)) == str(registered), name
@@ -141,6 +161,13 @@ def test_emulated_launch_path_runs_the_python_launchers(monkeypatch):
     gaea_ext.weighted_sum(ys, torch.randn(2, dtype=torch.float64))
     assert launched == ["gaea_kernels::weighted_sum::weighted_sum_kernel<double, double, double, 2>"]
     torch.testing.assert_close(out, gaea_ext.reference.weighted_sum(xs, w), atol=2e-3, rtol=2e-3)
+    launched.clear()
+    zs = [torch.randn(2, 3, 5, dtype=torch.float16) for _ in range(2)]  # 15 per sample: the scalar path
+    gaea_ext.sample_weighted_sum(zs, torch.randn(2, 2))
+    vs = [torch.randn(2, 4, 4, dtype=torch.float32) for _ in range(2)]
+    gaea_ext.sample_weighted_sum(vs, torch.randn(2, 2))
+    assert launched == ["gaea_kernels::sample_weighted_sum_kernel<__half, float, __half, 1>",
+                        "gaea_kernels::sample_weighted_sum_kernel<float, float, float, 4>"]
     with pytest.raises(RuntimeError, match="no kernel named"):
         launcher.launch(torch.device("cpu"), "weighted_sum.cuh", "gaea_kernels::no_such_kernel<float>",
                         (1, 1, 1), (1, 1, 1), 0, (cupy_backend.ctypes.c_void_p * 0)())
