@@ -4,7 +4,7 @@ backend: TypeError for an argument of the wrong type or dtype, ValueError for a 
 length, value, layout or device. (The kernels' own TORCH_CHECKs, which would surface as
 RuntimeError, are never the first to see a bad argument.)"""
 from numbers import Real
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -73,18 +73,29 @@ def check_sample_weighted_sum(inputs, weights) -> List[torch.Tensor]:
     return inputs
 
 
-def check_drop_path(inputs, drop_prob, drop) -> Tuple[List[torch.Tensor], float, List[bool]]:
+def check_drop_path(inputs, drop_prob, drop) -> Tuple[List[torch.Tensor], Union[float, torch.Tensor], List[bool]]:
     """Validate drop_path_sum arguments: the inputs (one shape and device; dtypes may differ,
-    they are promoted as `+` would), drop_prob a number in [0, 1), drop None or one bool per
-    input. Return (inputs as a list, drop_prob as a float, drop as a list)."""
+    they are promoted as `+` would), drop_prob a number in [0, 1) or a 0-d floating tensor on
+    the inputs' device (its value is not read: that would synchronise a GPU and make
+    torch.compile specialise on it), drop None or one bool per input. Return (inputs as a
+    list, drop_prob as a float or the tensor, drop as a list)."""
     op = "drop_path_sum"
     inputs = check_input_list(inputs, op, one_dtype=False, batched=True)
-    if isinstance(drop_prob, bool) or not isinstance(drop_prob, Real):
-        raise TypeError(f"{op}: 'drop_prob' must be a number, got {type(drop_prob).__name__}")
-    if not 0.0 <= drop_prob < 1.0:
+    if isinstance(drop_prob, torch.Tensor):
+        if drop_prob.dim() != 0 or not drop_prob.is_floating_point():
+            raise TypeError(f"{op}: 'drop_prob' must be a number or a 0-d floating tensor, got a "
+                            f"{drop_prob.dim()}-d {drop_prob.dtype} tensor")
+        if drop_prob.device != inputs[0].device:
+            raise ValueError(f"{op}: 'drop_prob' must be on the inputs' device {inputs[0].device}, "
+                             f"got {drop_prob.device}")
+    elif isinstance(drop_prob, bool) or not isinstance(drop_prob, Real):
+        raise TypeError(f"{op}: 'drop_prob' must be a number or a 0-d floating tensor, got {type(drop_prob).__name__}")
+    elif not 0.0 <= drop_prob < 1.0:
         raise ValueError(f"{op}: 'drop_prob' must be in [0, 1), got {drop_prob!r}")
+    else:
+        drop_prob = float(drop_prob)
     if drop is None:
-        return inputs, float(drop_prob), [True] * len(inputs)
+        return inputs, drop_prob, [True] * len(inputs)
     try:
         drop = list(drop)
     except TypeError:
@@ -94,7 +105,7 @@ def check_drop_path(inputs, drop_prob, drop) -> Tuple[List[torch.Tensor], float,
     for k, flag in enumerate(drop):
         if not isinstance(flag, bool):
             raise TypeError(f"{op}: 'drop[{k}]' must be a bool, got {type(flag).__name__}")
-    return inputs, float(drop_prob), drop
+    return inputs, drop_prob, drop
 
 
 def check_weights(weights, op: str, count: int, what: str, device: torch.device, device_name: str,

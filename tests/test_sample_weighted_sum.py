@@ -309,6 +309,23 @@ def test_drop_path_sum_generator_eval_and_zero(device):
     assert half.dtype == torch.float32  # promoted as a + b would be
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_drop_path_sum_tensor_prob_equals_float(device, dtype):
+    """A 0-d float64 drop_prob (what a compiled network passes) draws the same masks and gives
+    bitwise the same sum as the float; at 0 it still draws (and keeps every sample)."""
+    a, b = torch.randn(16, 3, 5, device=device, dtype=dtype), torch.randn(16, 3, 5, device=device, dtype=dtype)
+    p = torch.tensor(0.3, dtype=torch.float64, device=device)
+    torch.manual_seed(11)
+    want, after_float = gaea_ext.drop_path_sum([a, b], 0.3), torch.rand(1, device=device)
+    torch.manual_seed(11)
+    got, after_tensor = gaea_ext.drop_path_sum([a, b], p), torch.rand(1, device=device)
+    if device.type == "cpu":  # CUDA draws a tensor probability with another kernel
+        assert torch.equal(got, want) and torch.equal(after_float, after_tensor)
+    assert not torch.equal(got, a + b)
+    zero = gaea_ext.drop_path_sum([a, b], torch.zeros((), dtype=torch.float64, device=device))
+    torch.testing.assert_close(zero, a + b, rtol=0, atol=0)
+
+
 @requires_kernels
 def test_drop_path_sum_saves_no_input(device):
     """The masks need no gradient: the backward keeps only the [K, N] weights alive."""
@@ -327,14 +344,19 @@ def _saved_tensors(grad_fn):
 @pytest.mark.parametrize("case,error,match", [
     ("p=1", ValueError, "'drop_prob' must be in \\[0, 1\\)"),
     ("p=-0.1", ValueError, "'drop_prob' must be in \\[0, 1\\)"),
-    ("p tensor", TypeError, "'drop_prob' must be a number"),
+    ("p 1-d tensor", TypeError, "'drop_prob' must be a number or a 0-d floating tensor"),
+    ("p int tensor", TypeError, "'drop_prob' must be a number or a 0-d floating tensor"),
+    ("p string", TypeError, "'drop_prob' must be a number or a 0-d floating tensor"),
+    ("p device", ValueError, "'drop_prob' must be on the inputs' device cpu"),
     ("drop length", ValueError, "'drop' must have one flag per input"),
     ("drop ints", TypeError, "'drop\\[0\\]' must be a bool"),
     ("shape", ValueError, "'inputs' must share one shape"),
 ])
 def test_drop_path_sum_bad_input(case, error, match):
     a, b = torch.randn(4, 3), torch.randn(4, 3)
-    args = {"p=1": ([a, b], 1.0, None), "p=-0.1": ([a, b], -0.1, None), "p tensor": ([a, b], torch.tensor(0.2), None),
+    args = {"p=1": ([a, b], 1.0, None), "p=-0.1": ([a, b], -0.1, None),
+            "p 1-d tensor": ([a, b], torch.tensor([0.2]), None), "p int tensor": ([a, b], torch.tensor(0), None),
+            "p string": ([a, b], "0.2", None), "p device": ([a, b], torch.tensor(0.2, device="meta"), None),
             "drop length": ([a, b], 0.2, [True]), "drop ints": ([a, b], 0.2, [1, 0]),
             "shape": ([a, torch.randn(4, 2)], 0.2, None)}[case]
     with pytest.raises(error, match="^drop_path_sum: " + match):

@@ -2,7 +2,7 @@
 in one pass: the per-sample keep masks, scaled by 1 / (1 - p), are the weights of
 gaea_ext.sample_weighted_sum, so no dropped tensor is ever materialised and (the masks
 needing no gradient) no input is saved for the backward."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -11,7 +11,7 @@ from ..reference import accumulation_dtype
 from ..sample_weighted_sum import sample_weighted_sum
 
 
-def drop_path_sum(inputs: Sequence[torch.Tensor], drop_prob: float, training: bool = True,
+def drop_path_sum(inputs: Sequence[torch.Tensor], drop_prob: Union[float, torch.Tensor], training: bool = True,
                   generator: Optional[torch.Generator] = None, *,
                   drop: Optional[Sequence[bool]] = None) -> torch.Tensor:
     """Return `sum_k drop_path(inputs[k], drop_prob)` in one fused pass.
@@ -28,9 +28,15 @@ def drop_path_sum(inputs: Sequence[torch.Tensor], drop_prob: float, training: bo
     Out of training, with `drop_prob` == 0 or with no input to drop, it is the plain sum
     `inputs[0] + inputs[1] + ...` (`inputs[0]` itself when K == 1). Inputs share shape
     [N, ...] and device; differing dtypes are promoted as `+` would.
+
+    `drop_prob` may also be a 0-d floating tensor on the inputs' device (float64 for the same
+    masks and scales as the float): its value is never read on the host, so torch.compile does
+    not specialise on it (a network changing it every epoch is not recompiled) and a GPU does
+    not synchronise. The masks are then drawn even at a value of 0 (all kept), and its range
+    is the caller's to keep in [0, 1).
     """
     inputs, drop_prob, drop = check_drop_path(inputs, drop_prob, drop)
-    if not training or drop_prob == 0.0 or not any(drop):
+    if not training or (not isinstance(drop_prob, torch.Tensor) and drop_prob == 0.0) or not any(drop):
         out = inputs[0]
         for t in inputs[1:]:
             out = out + t

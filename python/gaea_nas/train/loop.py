@@ -324,9 +324,6 @@ class _Training:
                  f"multiply-adds; {self.batches.steps_per_epoch} steps/epoch")
         for key, value in cfg.to_dict().items():
             self.log(f"  {key} = {value}")
-        if opts.compile and cfg.drop_path > 0 and hasattr(self.net, "drop_path_prob"):
-            self.log("note: the drop-path probability changes every epoch and torch.compile specialises on it: "
-                     "the network is recompiled each epoch until dynamo's recompile limit, then runs eagerly")
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, amp) -> List[float]:
         """One SGD step; returns ``[loss * batch, correct]`` (NonFiniteLossError before any update)."""

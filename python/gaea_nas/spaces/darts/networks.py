@@ -45,9 +45,13 @@ __all__ = [
 ]
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero each sample with probability ``drop_prob`` and rescale the rest by ``1/(1-p)``."""
-    if drop_prob <= 0.0:
+def drop_path(x: torch.Tensor, drop_prob: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Zero each sample with probability ``drop_prob`` and rescale the rest by ``1/(1-p)``.
+
+    ``drop_prob``: a float, or a 0-d float64 tensor on ``x``'s device (the same masks and
+    scales, without torch.compile specialising on the value; the mask is then drawn even at 0).
+    """
+    if not isinstance(drop_prob, torch.Tensor) and drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
     mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
@@ -60,7 +64,9 @@ class DiscreteCell(nn.Module):
     In training with ``drop_prob`` > 0 every op output but the identities goes through drop
     path: fused into the node's sum (``gaea_ext.drop_path_sum``) when ``fused_drop_path``
     (the default, also an attribute that may be changed), else ``drop_path`` per op output.
-    Both draw the same masks from the global generator, in the same order.
+    Both draw the same masks from the global generator, in the same order. ``drop_prob`` may
+    be a 0-d float64 tensor (the networks pass theirs, see :class:`NetworkCIFAR`): then drop
+    path runs in training whatever its value.
     """
 
     def __init__(self, pairs: Sequence[tuple], concat: Sequence[int], C_prev_prev: int, C_prev: int, C: int,
@@ -85,7 +91,7 @@ class DiscreteCell(nn.Module):
         # Drop path skips the identities, as in the reference.
         self._droppable = [not isinstance(op, Identity) for op in self._ops]
 
-    def forward(self, s0, s1, drop_prob: float = 0.0):
+    def forward(self, s0, s1, drop_prob: Union[float, torch.Tensor] = 0.0):
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
@@ -96,7 +102,7 @@ class DiscreteCell(nn.Module):
             if self.fused_drop_path:
                 states.append(drop_path_sum([h1, h2], drop_prob, self.training, drop=self._droppable[2 * i:2 * i + 2]))
             else:
-                if self.training and drop_prob > 0.0:
+                if self.training and (isinstance(drop_prob, torch.Tensor) or drop_prob > 0.0):
                     if not isinstance(op1, Identity):
                         h1 = drop_path(h1, drop_prob)
                     if not isinstance(op2, Identity):
@@ -159,6 +165,37 @@ def _check_args(C: int, num_classes: int, layers: int) -> None:
 
 
 class _DartsNetwork(nn.Module):
+    """The cells and the drop-path probability shared by the CIFAR and ImageNet networks.
+
+    ``drop_path_prob`` (a float property, set per epoch by a training loop) is kept for the
+    forward as a 0-d float64 tensor that the keep masks read, so a compiled network is not
+    recompiled when it changes; only whether it is positive is a Python value of the forward
+    (one recompile when drop path turns on). The tensor is a buffer (it follows ``.to(device)``;
+    not in the state dict) holding the float64's bits in an int64, so ``.float()`` / ``.half()``
+    do not round it: the masks and scales equal those of the float.
+    """
+
+    def _init_drop_path(self, drop_path_prob: float) -> None:
+        self.register_buffer("_drop_path_bits", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.drop_path_prob = drop_path_prob
+
+    @property
+    def drop_path_prob(self) -> float:
+        """The drop-path probability, in [0, 1)."""
+        return self._drop_path_value
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"drop_path_prob must be in [0, 1), got {value!r}")
+        self._drop_path_value = value
+        self._drop_path_on = value > 0.0
+        self._drop_path_bits.copy_(torch.tensor(value, dtype=torch.float64).view(torch.int64))
+
+    def _drop_prob_for_cells(self) -> Union[float, torch.Tensor]:
+        return self._drop_path_bits.view(torch.float64) if self._drop_path_on else 0.0
+
     def _build_cells(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C_curr: int, layers: int,
                      reduction_prev: bool, fused_drop_path: bool):
         self.cells = nn.ModuleList()
@@ -182,8 +219,9 @@ class _DartsNetwork(nn.Module):
 
     def _run_cells(self, s0, s1):
         logits_aux = None
+        drop_prob = self._drop_prob_for_cells()
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, drop_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         return s1, logits_aux
@@ -208,7 +246,7 @@ class NetworkCIFAR(_DartsNetwork):
         self.genotype = genotype
         self._layers = layers
         self._auxiliary = auxiliary
-        self.drop_path_prob = drop_path_prob
+        self._init_drop_path(drop_path_prob)
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(3, C_curr, 3, padding=1, bias=False),
@@ -242,7 +280,7 @@ class NetworkImageNet(_DartsNetwork):
         self.genotype = genotype
         self._layers = layers
         self._auxiliary = auxiliary
-        self.drop_path_prob = drop_path_prob
+        self._init_drop_path(drop_path_prob)
         self.stem0 = nn.Sequential(
             nn.Conv2d(3, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(C // 2),
