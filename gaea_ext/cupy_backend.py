@@ -233,21 +233,45 @@ def weighted_sum(inputs: List[torch.Tensor], weights: torch.Tensor) -> torch.Ten
     return out
 
 
-def weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, weights_need_grad):
-    """gaea_ext::weighted_sum_backward (mirror of weighted_sum_backward_cuda)."""
-    c = header_constants(_WS)
-    K, max_k, threads, chunk = len(inputs), c["kMaxK"], c["kThreads"], c["kBwdChunk"]
+def _backward_operands(grad_out, inputs, inputs_need_grad, weights_need_grad: bool, shared_layout):
+    """`inputs + [grad_out]` as a weighted sum's backward kernels read them: as they are when
+    `shared_layout` holds for them, else contiguous (only grad_out when the weight gradient,
+    the inputs' one reader, is not needed); and the requested input gradients, by index, in
+    grad_out's layout."""
     every = list(inputs) + [grad_out]
-    if not share_dense_layout(every):
+    if not shared_layout(every):
         if weights_need_grad:
             every = [t.contiguous() for t in every]
         else:
             every[-1] = grad_out.contiguous()
+    grads = {k: torch.empty_like(every[-1], memory_format=torch.preserve_format)
+             for k, need in enumerate(inputs_need_grad) if need}
+    return every, grads
+
+
+def _backward_group(pointers, k0: int, kc: int, inputs, grads: Dict[int, torch.Tensor], weights_need_grad: bool):
+    """The pointer structs (ctypes type `pointers`) of input group [k0, k0 + kc) of a weighted
+    sum's backward: the inputs (read only for the weight gradient, else nullptr) and the
+    requested input gradients (else nullptr); and whether the group has any of the latter."""
+    ys, gs = pointers(), pointers()
+    any_grad = False
+    for k in range(kc):
+        if weights_need_grad:
+            ys.ptr[k] = inputs[k0 + k].data_ptr()
+        if k0 + k in grads:
+            gs.ptr[k] = grads[k0 + k].data_ptr()
+            any_grad = True
+    return ys, gs, any_grad
+
+
+def weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, weights_need_grad):
+    """gaea_ext::weighted_sum_backward (mirror of weighted_sum_backward_cuda)."""
+    c = header_constants(_WS)
+    K, max_k, threads, chunk = len(inputs), c["kMaxK"], c["kThreads"], c["kBwdChunk"]
+    every, grads = _backward_operands(grad_out, inputs, inputs_need_grad, weights_need_grad, share_dense_layout)
     g = every[-1]
     n = g.numel()
     element, acc, acc_dtype = _types(g.dtype)
-    grads = {k: torch.empty_like(g, memory_format=torch.preserve_format)
-             for k, need in enumerate(inputs_need_grad) if need}
     grad_list = [grads[k] for k in sorted(grads)]
     if n == 0 or (not grads and not weights_need_grad):
         grad_weights = (torch.zeros(K, dtype=weights.dtype, device=weights.device) if weights_need_grad
@@ -264,14 +288,7 @@ def weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, weights_n
     vec = nvrtc.vector_width(element) if vectorize else 1
     for k0 in range(0, K, max_k):
         kc = min(max_k, K - k0)
-        ys, gs = _InputPtrs(), _InputPtrs()
-        any_grad = False
-        for k in range(kc):
-            if weights_need_grad:
-                ys.ptr[k] = every[k0 + k].data_ptr()
-            if k0 + k in grads:
-                gs.ptr[k] = grads[k0 + k].data_ptr()
-                any_grad = True
+        ys, gs, any_grad = _backward_group(_InputPtrs, k0, kc, every, grads, weights_need_grad)
         if not any_grad and not weights_need_grad:
             continue
         chunk_partials = _ptr(partials, k0 * num_blocks) if partials is not None else _ptr(None)
@@ -348,17 +365,10 @@ def sample_weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, we
     c = header_constants(_SWS)
     max_inputs, threads, chunk = c["kSampleSumMaxInputs"], c["kSampleSumThreads"], c["kSampleSumBwdChunk"]
     K = len(inputs)
-    # The inputs are only read for the weight gradient: without it only grad_out is copied.
-    every = list(inputs) + [grad_out]
-    if not _share_batch_major_layout(every):
-        if weights_need_grad:
-            every = [t.contiguous() for t in every]
-        else:
-            every[-1] = grad_out.contiguous()
+    every, grads = _backward_operands(grad_out, inputs, inputs_need_grad, weights_need_grad,
+                                      _share_batch_major_layout)
     g = every[-1]
     n = g.numel()
-    grads = {k: torch.empty_like(g, memory_format=torch.preserve_format)
-             for k, need in enumerate(inputs_need_grad) if need}
     grad_list = [grads[k] for k in sorted(grads)]
     if n == 0 or (not grads and not weights_need_grad):
         grad_weights = (torch.zeros(weights.shape, dtype=weights.dtype, device=weights.device) if weights_need_grad
@@ -380,14 +390,7 @@ def sample_weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, we
         vec = 1
     for k0 in range(0, K, max_inputs):
         kc = min(max_inputs, K - k0)
-        ys, gs = _SampleSumPtrs(), _SampleSumPtrs()
-        any_grad = False
-        for k in range(kc):
-            if weights_need_grad:
-                ys.ptr[k] = every[k0 + k].data_ptr()
-            if k0 + k in grads:
-                gs.ptr[k] = grads[k0 + k].data_ptr()
-                any_grad = True
+        ys, gs, any_grad = _backward_group(_SampleSumPtrs, k0, kc, every, grads, weights_need_grad)
         if not any_grad and not weights_need_grad:
             continue
         _launch(device, _SWS, f"{_SWS_NS}sample_weighted_sum_backward_kernel<{element}, {acc}, {vec}>", num_blocks,
