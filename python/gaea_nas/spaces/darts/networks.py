@@ -172,7 +172,9 @@ class _DartsNetwork(nn.Module):
     recompiled when it changes; only whether it is positive is a Python value of the forward
     (one recompile when drop path turns on). The tensor is a buffer (it follows ``.to(device)``;
     not in the state dict) holding the float64's bits in an int64, so ``.float()`` / ``.half()``
-    do not round it: the masks and scales equal those of the float.
+    do not round it: the masks and scales equal those of the float. (An ``AveragedModel`` with
+    ``use_buffers=True`` averages those bits as it averages BatchNorm's counters; its copy is
+    run in eval mode, where drop path is off.)
     """
 
     def _init_drop_path(self, drop_path_prob: float) -> None:
