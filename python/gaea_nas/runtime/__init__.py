@@ -13,8 +13,8 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .devices import device_name, max_threads, resolve_device
-from .distributed import Distributed, init_distributed, wrap_ddp
-from .files import WriteError, atomic_write, write_json, write_jsonl
+from .distributed import Distributed, init_distributed, place_rank, run_distributed, wrap_ddp
+from .files import WriteError, atomic_write, top_new_folder, write_json, write_jsonl
 from .progress import progress_bar
 from .run_log import MetricsLog, RunLog
 from .seeding import check_seed, seed_everything
@@ -43,14 +43,17 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "max_threads",
+    "place_rank",
     "progress",
     "progress_bar",
     "resolve_device",
     "restore_rng_state",
+    "run_distributed",
     "run_log",
     "seed_everything",
     "seeding",
     "signals",
+    "top_new_folder",
     "wrap_ddp",
     "write_json",
     "write_jsonl",

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["Distributed", "init_distributed", "wrap_ddp"]
+from .devices import resolve_device
+
+__all__ = ["Distributed", "init_distributed", "place_rank", "run_distributed", "wrap_ddp"]
 
 
 @dataclass
@@ -104,6 +106,34 @@ def init_distributed(device_kind: str) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return Distributed(rank=rank, world_size=world, local_rank=local)
+
+
+def place_rank(device: torch.device, ctx: Distributed, threads: Optional[int]) -> torch.device:
+    """This rank's device: its own GPU (made current) when distributed on CUDA, else ``device``;
+    also sets torch's thread count when ``threads`` is given."""
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    return device
+
+
+def run_distributed(device_spec: str, start: Callable[[torch.device, Distributed], Any]) -> Any:
+    """Resolve ``device_spec``, join the process group, build a run with ``start(device, ctx)``
+    and return ``run.run()``. On any failure ``run.discard_if_unsaved()`` is called before the
+    error propagates; the process group is always left."""
+    device = resolve_device(device_spec)
+    ctx = init_distributed(device.type)
+    try:
+        run = start(device, ctx)
+        try:
+            return run.run()
+        except BaseException:
+            run.discard_if_unsaved()
+            raise
+    finally:
+        ctx.close()
 
 
 def wrap_ddp(model: nn.Module, ctx: Distributed, device: torch.device, find_unused: bool) -> nn.Module:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Union
 
-__all__ = ["TMP_SUFFIX", "WriteError", "atomic_write", "fsync_dir", "write_json", "write_jsonl"]
+__all__ = ["TMP_SUFFIX", "WriteError", "atomic_write", "fsync_dir", "top_new_folder", "write_json", "write_jsonl"]
 
 PathLike = Union[str, os.PathLike]
 TMP_SUFFIX = ".tmp"
@@ -34,6 +34,15 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         return f"cannot write {self.path}: {self.strerror}"
+
+
+def top_new_folder(folder: PathLike) -> Union[Path, None]:
+    """The outermost folder that creating ``folder`` would create (absolute), or None when
+    ``folder`` exists already."""
+    top = Path(folder).absolute()
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return None if top.exists() else top
 
 
 def fsync_dir(folder: PathLike) -> None:

@@ -48,13 +48,15 @@ from ..runtime import (
     check_rng_state,
     check_seed,
     device_name,
-    init_distributed,
     load_checkpoint,
     max_threads,
+    place_rank,
     progress_bar,
     resolve_device,
     restore_rng_state,
+    run_distributed,
     seed_everything,
+    top_new_folder,
     wrap_ddp,
     write_json,
 )
@@ -279,17 +281,8 @@ def run_search(cfg: SearchConfig, opts: RunOptions, run_dir, *, resume: bool = F
     folder (and the folders above it that it created)."""
     run_dir = Path(run_dir)
     _check_options(cfg, opts)
-    device = resolve_device(opts.device)
-    ctx = init_distributed(device.type)
-    try:
-        search = _Search(cfg, opts, run_dir, device, ctx, resume, dataset, echo, allow_data_change)
-        try:
-            return search.run()
-        except BaseException:
-            search.discard_if_unsaved()
-            raise
-    finally:
-        ctx.close()
+    return run_distributed(opts.device, lambda device, ctx: _Search(cfg, opts, run_dir, device, ctx, resume, dataset,
+                                                                    echo, allow_data_change))
 
 
 class _Search:
@@ -301,12 +294,7 @@ class _Search:
         self.created: Optional[Path] = None  # the top folder this search created, if any
         self.new_files: List[Path] = []      # the files a new search adds to an existing folder
         self.saved = False                   # whether this search wrote a checkpoint
-        if ctx.enabled and device.type == "cuda":
-            device = torch.device("cuda", ctx.local_rank)
-            torch.cuda.set_device(device)
-        self.device = device
-        if opts.threads:
-            torch.set_num_threads(int(opts.threads))
+        self.device = place_rank(device, ctx, opts.threads)
         self.pending_log: List[str] = []
         self.log: Callable[[str], None] = self.pending_log.append  # until the run folder is open
         self.echo = echo
@@ -343,11 +331,7 @@ class _Search:
     def _open_folder(self) -> None:
         """Create the run folder (remembering what this search created) and start logging."""
         if self.ctx.is_main:
-            top = self.run_dir.absolute()
-            while not top.parent.exists() and top.parent != top:
-                top = top.parent
-            if not top.exists():
-                self.created = top
+            self.created = top_new_folder(self.run_dir)
             self.new_files = [self.run_dir / n for n in ("config.json", "log.txt", MetricsLog.FILE, "result.json")
                               if not (self.run_dir / n).exists()]
             self.run_dir.mkdir(parents=True, exist_ok=True)

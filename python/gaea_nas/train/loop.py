@@ -38,13 +38,14 @@ from ..runtime import (
     capture_rng_state,
     check_rng_state,
     device_name,
-    init_distributed,
     load_checkpoint,
     max_threads,
+    place_rank,
     progress_bar,
-    resolve_device,
     restore_rng_state,
+    run_distributed,
     seed_everything,
+    top_new_folder,
     wrap_ddp,
     write_json,
 )
@@ -109,17 +110,8 @@ def run_train(cfg: TrainConfig, opts: TrainOptions, run_dir, *, resume: bool = F
     run_dir = Path(run_dir)
     if opts.threads is not None and opts.threads > max_threads():
         raise OptionError(f"--threads {opts.threads}: at most {max_threads()} on this machine")
-    device = resolve_device(opts.device)
-    ctx = init_distributed(device.type)
-    try:
-        run = _Training(cfg, opts, run_dir, device, ctx, resume, echo, folder_loaders)
-        try:
-            return run.run()
-        except BaseException:
-            run.discard_if_unsaved()
-            raise
-    finally:
-        ctx.close()
+    return run_distributed(opts.device, lambda device, ctx: _Training(cfg, opts, run_dir, device, ctx, resume, echo,
+                                                                      folder_loaders))
 
 
 class _Training:
@@ -132,12 +124,7 @@ class _Training:
                               f"{ctx.world_size} ranks")
         if cfg.sync_bn and device.type != "cuda":
             raise OptionError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-        if ctx.enabled and device.type == "cuda":
-            device = torch.device("cuda", ctx.local_rank)
-            torch.cuda.set_device(device)
-        self.device = device
-        if opts.threads:
-            torch.set_num_threads(int(opts.threads))
+        self.device = device = place_rank(device, ctx, opts.threads)
         self.created: Optional[Path] = None
         self.saved = False
         self.checkpointer: Optional[Checkpointer] = None
@@ -182,11 +169,7 @@ class _Training:
     # -- folder and model ------------------------------------------------------------------
     def _open_folder(self) -> None:
         if self.ctx.is_main:
-            top = self.run_dir.absolute()
-            while not top.parent.exists() and top.parent != top:
-                top = top.parent
-            if not top.exists():
-                self.created = top
+            self.created = top_new_folder(self.run_dir)
             self.checkpointer = Checkpointer(self.run_dir)
         self.ctx.barrier()
         self.log = RunLog(self.run_dir, self.ctx.is_main, self.echo)
