@@ -136,6 +136,68 @@ def _fail(message: str, code: int = EXIT_ERROR) -> int:
     return code
 
 
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    """A ValueError when ``--out`` already holds a run (a checkpoint or a result)."""
+    if (run_dir / "last.pt").exists() or (run_dir / "result.json").exists():
+        raise ValueError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                         "or choose another --out")
+
+
+def _refuse_resume_settings(args, allowed, what: str) -> None:
+    """A ValueError naming the flags (or ARCH) given with ``--resume`` that are not in ``allowed``."""
+    given = sorted(k for k, v in vars(args).items() if v is not None and k not in allowed)
+    if given:
+        flags = ", ".join("ARCH" if k == "arch" else "--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume takes the {what} settings from RUN_DIR/config.json; drop {flags}")
+
+
+def _resume_changes(args, options) -> Dict[str, Any]:
+    """The run options ``--resume`` changes: ``options`` pairs an option name with the flag's
+    value (None when not given); ``--no-progress`` turns the progress bar off."""
+    changes = {k: v for k, v in options if v is not None}
+    if args.no_progress:
+        changes["progress"] = False
+    return changes
+
+
+def _command_settings(load, sub):
+    """``load()``'s settings and exit code 0, or None and the exit code of its failure: a usage
+    error (after the subcommand's usage) for a ValueError, 1 for a missing or unreadable file."""
+    from .runtime import CheckpointError
+    from .search.loop import RunFolderError
+
+    try:
+        return load(), 0
+    except (FileNotFoundError, CheckpointError, RunFolderError, OSError) as e:
+        return None, _fail(_one_line(e))
+    except ValueError as e:
+        sub.print_usage(sys.stderr)
+        return None, _fail(_one_line(e), EXIT_USAGE)
+
+
+def _run_command(start, command: str, run_dir: Path, interrupted, errors):
+    """``start()``'s result and exit code 0, or None and the exit code of its failure: 128 + the
+    signal for ``interrupted`` (with the ``--resume`` line), a usage error for an OptionError,
+    1 for ``errors`` (re-raised under ``GAEA_DEBUG``)."""
+    from .data import DatasetError
+    from .runtime import CheckpointError
+    from .search.loop import OptionError
+
+    try:
+        return start(), 0
+    except interrupted as e:
+        print(f"gaea: {e}\ngaea: resume with: gaea {command} --resume {run_dir}", file=sys.stderr)
+        return None, 128 + int(e.signum)
+    except OptionError as e:  # found only once the dataset is loaded: a usage error, in one line
+        if os.environ.get("GAEA_DEBUG"):
+            raise
+        return None, _fail(_one_line(e), EXIT_USAGE)
+    except (DatasetError, FileNotFoundError, CheckpointError, *errors, ValueError, OSError) as e:
+        if os.environ.get("GAEA_DEBUG"):
+            raise
+        return None, _fail(_one_line(e))
+
+
 # ---------------------------------------------------------------------------------------
 # search
 
@@ -191,9 +253,7 @@ def _new_search(args, parser):
                       keep_epoch_checkpoints=bool(args.keep_epoch_checkpoints), progress=not args.no_progress,
                       threads=args.threads, max_file_bytes=args.max_file_bytes, max_image_pixels=args.max_image_pixels)
     run_dir = Path(args.out) if args.out else _default_run_dir(cfg)
-    if (run_dir / "last.pt").exists() or (run_dir / "result.json").exists():
-        raise ValueError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                         "or choose another --out")
+    _refuse_used_run_dir(run_dir)
     return cfg, opts, run_dir
 
 
@@ -202,20 +262,15 @@ def _resumed_search(args):
 
     from .search import load_run
 
-    given = sorted(k for k, v in vars(args).items() if v is not None and k not in _RESUME_OK)
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ValueError(f"--resume takes the search settings from RUN_DIR/config.json; drop {flags}")
+    _refuse_resume_settings(args, _RESUME_OK, "search")
     run_dir = Path(args.resume)
     saved = load_run(run_dir)
     opts = saved["run"]
-    changes = {k: v for k, v in (("device", args.device), ("threads", args.threads), ("data_root", args.data),
-                                  ("table", args.table), ("checkpoint_every_steps", args.checkpoint_every_steps),
-                                  ("checkpoint_minutes", args.checkpoint_minutes),
-                                  ("max_file_bytes", args.max_file_bytes),
-                                  ("max_image_pixels", args.max_image_pixels)) if v is not None}
-    if args.no_progress:
-        changes["progress"] = False
+    changes = _resume_changes(args, (("device", args.device), ("threads", args.threads), ("data_root", args.data),
+                                     ("table", args.table), ("checkpoint_every_steps", args.checkpoint_every_steps),
+                                     ("checkpoint_minutes", args.checkpoint_minutes),
+                                     ("max_file_bytes", args.max_file_bytes),
+                                     ("max_image_pixels", args.max_image_pixels)))
     if args.keep_epoch_checkpoints:
         changes["keep_epoch_checkpoints"] = True
     return saved["config"], dataclasses.replace(opts, **changes), run_dir
@@ -223,35 +278,24 @@ def _resumed_search(args):
 
 def cmd_search(args, parser) -> int:
     """``gaea search``: run or resume a search; prints the cell found and its NB201 accuracies."""
-    from .data import DatasetError
-    from .runtime import CheckpointError, resolve_device
+    from .runtime import resolve_device
     from .search import SearchError, SearchInterrupted, run_search
-    from .search.loop import OptionError, RunFolderError, check_layout_supported
+    from .search.loop import RunFolderError, check_layout_supported
 
-    sub = parser.search_parser
-    try:
+    def load():
         cfg, opts, run_dir = _resumed_search(args) if args.resume else _new_search(args, parser)
         check_layout_supported(cfg, opts, resolve_device(opts.device))
-    except (FileNotFoundError, CheckpointError, RunFolderError, OSError) as e:
-        return _fail(_one_line(e))
-    except ValueError as e:
-        sub.print_usage(sys.stderr)
-        return _fail(_one_line(e), EXIT_USAGE)
-    try:
-        result = run_search(cfg, opts, run_dir, resume=bool(args.resume),
-                            allow_data_change=bool(args.allow_data_change))
-    except SearchInterrupted as e:
-        print(f"gaea: {e}\ngaea: resume with: gaea search --resume {run_dir}", file=sys.stderr)
-        return 128 + int(e.signum)
-    except OptionError as e:  # found only once the dataset is loaded: a usage error, in one line
-        if os.environ.get("GAEA_DEBUG"):
-            raise
-        return _fail(_one_line(e), EXIT_USAGE)
-    except (DatasetError, FileNotFoundError, CheckpointError, RunFolderError, SearchError, ValueError,
-            OSError) as e:
-        if os.environ.get("GAEA_DEBUG"):
-            raise
-        return _fail(_one_line(e))
+        return cfg, opts, run_dir
+
+    settings, code = _command_settings(load, parser.search_parser)
+    if code:
+        return code
+    cfg, opts, run_dir = settings
+    result, code = _run_command(lambda: run_search(cfg, opts, run_dir, resume=bool(args.resume),
+                                                   allow_data_change=bool(args.allow_data_change)),
+                                "search", run_dir, SearchInterrupted, (RunFolderError, SearchError))
+    if code:
+        return code
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run_dir}")
         print(f"cell: {result['arch']}")
@@ -432,9 +476,7 @@ def _new_training(args):
     name = (spec.name or spec.space).lower().replace("_", "-")
     run_dir = Path(args.out) if args.out else (
         Path("runs") / f"train-{name}-{cfg.protocol}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / "last.pt").exists() or (run_dir / "result.json").exists():
-        raise ValueError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                         "or choose another --out")
+    _refuse_used_run_dir(run_dir)
     return cfg, opts, run_dir
 
 
@@ -444,10 +486,7 @@ def _resumed_training(args):
     from .search.loop import RunFolderError
     from .train import TrainConfig, TrainOptions
 
-    given = sorted(k for k, v in vars(args).items() if v is not None and k not in _TRAIN_RESUME_OK)
-    if given:
-        flags = ", ".join("ARCH" if k == "arch" else "--" + k.replace("_", "-") for k in given)
-        raise ValueError(f"--resume takes the training settings from RUN_DIR/config.json; drop {flags}")
+    _refuse_resume_settings(args, _TRAIN_RESUME_OK, "training")
     run_dir = Path(args.resume)
     path = run_dir / "config.json"
     if not path.is_file():
@@ -458,11 +497,9 @@ def _resumed_training(args):
         cfg, opts = TrainConfig.from_dict(saved["config"]), TrainOptions.from_dict(saved["run"])
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise RunFolderError(f"{path}: not a readable training config ({type(e).__name__}: {_one_line(e)})") from e
-    changes = {k: v for k, v in (("device", args.device), ("threads", args.threads), ("data_root", args.data),
-                                  ("workers", args.workers), ("checkpoint_every_steps", args.checkpoint_every_steps),
-                                  ("checkpoint_minutes", args.checkpoint_minutes)) if v is not None}
-    if args.no_progress:
-        changes["progress"] = False
+    changes = _resume_changes(args, (("device", args.device), ("threads", args.threads), ("data_root", args.data),
+                                     ("workers", args.workers), ("checkpoint_every_steps", args.checkpoint_every_steps),
+                                     ("checkpoint_minutes", args.checkpoint_minutes)))
     if args.tensorboard:
         changes["tensorboard"] = True
     return cfg, dataclasses.replace(opts, **changes), run_dir
@@ -470,32 +507,17 @@ def _resumed_training(args):
 
 def cmd_train(args, parser) -> int:
     """``gaea train``: train (or resume training) a cell; prints its test accuracy."""
-    from .data import DatasetError
-    from .runtime import CheckpointError
-    from .search.loop import OptionError, RunFolderError
     from .train import TrainError, TrainInterrupted, run_train
 
-    sub = parser.train_parser
-    try:
-        cfg, opts, run_dir = _resumed_training(args) if args.resume else _new_training(args)
-    except (FileNotFoundError, CheckpointError, RunFolderError, OSError) as e:
-        return _fail(_one_line(e))
-    except ValueError as e:
-        sub.print_usage(sys.stderr)
-        return _fail(_one_line(e), EXIT_USAGE)
-    try:
-        result = run_train(cfg, opts, run_dir, resume=bool(args.resume))
-    except TrainInterrupted as e:
-        print(f"gaea: {e}\ngaea: resume with: gaea train --resume {run_dir}", file=sys.stderr)
-        return 128 + int(e.signum)
-    except OptionError as e:
-        if os.environ.get("GAEA_DEBUG"):
-            raise
-        return _fail(_one_line(e), EXIT_USAGE)
-    except (DatasetError, FileNotFoundError, CheckpointError, TrainError, ValueError, OSError) as e:
-        if os.environ.get("GAEA_DEBUG"):
-            raise
-        return _fail(_one_line(e))
+    settings, code = _command_settings(lambda: _resumed_training(args) if args.resume else _new_training(args),
+                                       parser.train_parser)
+    if code:
+        return code
+    cfg, opts, run_dir = settings
+    result, code = _run_command(lambda: run_train(cfg, opts, run_dir, resume=bool(args.resume)),
+                                "train", run_dir, TrainInterrupted, (TrainError,))
+    if code:
+        return code
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {run_dir}")
         print(f"test top1 {100 * result['test_top1']:.2f}% (best {100 * result['best_test_top1']:.2f}% at epoch "
