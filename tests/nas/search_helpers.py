@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +28,21 @@ def make_pattern_folder(root: Path, classes: int = 4, n_train: int = 48, n_test:
                 img[y0:y0 + half, x0:x0 + half] += np.uint8(150)
                 Image.fromarray(img).save(d / f"{i:03d}.png")
     return root
+
+
+def pattern_folder_fixture(name: str):
+    """A module-scoped fixture called ``name``: a :func:`make_pattern_folder` dataset in a
+    temporary folder."""
+    @pytest.fixture(scope="module", name=name)
+    def folder(tmp_path_factory):
+        return make_pattern_folder(tmp_path_factory.mktemp(name) / "pattern")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory, monkeypatch):
+    """Points ``GAEA_DATA_CACHE`` at one folder of the test session (autouse where imported)."""
+    monkeypatch.setenv("GAEA_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
 
 
 def search_argv(dataset: Path, out: Path, *extra: str, epochs: int = 2) -> List[str]:

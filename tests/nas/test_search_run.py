@@ -19,19 +19,12 @@ from gaea_nas.spaces.nb201 import NB201_EDGES, NB201_OPS, format_arch
 from gaea_nas.spaces.nb201.table import default_table_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_helpers import make_pattern_folder, read_json, read_jsonl, run_cli, search_argv  # noqa: E402
+from search_helpers import (  # noqa: E402, F401
+    data_cache, make_pattern_folder, pattern_folder_fixture, read_json, read_jsonl, run_cli, search_argv)
 
 HAS_TABLE = default_table_path() is not None
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_pattern_folder(tmp_path_factory.mktemp("pattern") / "pattern")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GAEA_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+data_dir = pattern_folder_fixture("data_dir")
 
 
 def _search(data_dir, out, *extra, epochs=2):

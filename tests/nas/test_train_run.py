@@ -16,19 +16,12 @@ from gaea_nas.runtime import load_checkpoint
 from gaea_nas.train import TrainOptions, canonical_genotype, resolve_config, run_train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_helpers import make_pattern_folder, read_json, read_jsonl, run_cli  # noqa: E402
+from search_helpers import (  # noqa: E402, F401
+    data_cache, make_pattern_folder, pattern_folder_fixture, read_json, read_jsonl, run_cli)
 
 NB201_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 
-
-@pytest.fixture(scope="module")
-def data16(tmp_path_factory):
-    return make_pattern_folder(tmp_path_factory.mktemp("pattern16") / "pattern")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GAEA_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+data16 = pattern_folder_fixture("data16")
 
 
 def nb201_argv(data, out, *extra, epochs=2):
