@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .published import benchmark_of, dataset_family, network_name, published_result
+from .spaces.nb201 import NB201Table
 
 __all__ = ["ReportError", "RunRecord", "add_report_parser", "build_report", "format_markdown", "mean_std",
            "read_run", "run_report_command"]
@@ -114,7 +115,6 @@ def _percent(values) -> List[float]:
 
 
 def _nb201_table(path: Optional[str]):
-    from .spaces.nb201 import NB201Table
     try:
         return NB201Table(path), None
     except (FileNotFoundError, ValueError, OSError) as e:

@@ -14,6 +14,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 
 from ..data import BatchAugment, Dataset, DeviceBatches, DeviceData, mix_seed, subset_indices
+from ..data.image_folder import image_folder_loaders
 from .config import TrainConfig
 
 __all__ = ["DeviceTrainBatches", "FolderTrainBatches"]
@@ -71,7 +72,6 @@ class FolderTrainBatches:
     def __init__(self, root: str, cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1,
                  workers: int = 4, channels_last: bool = False, loaders=None):
         if loaders is None:
-            from ..data.image_folder import image_folder_loaders
             loaders = image_folder_loaders(
                 root, batch_size=cfg.batch_size // world_size, eval_batch_size=max(cfg.eval_batch_size // world_size, 1),
                 workers=workers, train_images=cfg.train_images, test_images=cfg.test_images,

@@ -51,6 +51,8 @@ from ..runtime import (
 )
 from ..search.loop import DataChangedError, OptionError, dataset_fingerprint
 from ..search.step import NonFiniteLossError
+from ..spaces.darts.networks import NetworkCIFAR, NetworkImageNet
+from ..spaces.nb201.network import NB201Network
 from .batches import DeviceTrainBatches, FolderTrainBatches
 from .config import TrainConfig, TrainOptions
 from .protocols import PROTOCOL_SOURCES
@@ -80,9 +82,7 @@ def build_network(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The network ``cfg`` trains: ``NetworkCIFAR`` / ``NetworkImageNet`` of a DARTS genotype
     (auxiliary head when ``auxiliary_weight > 0``) or the NAS-Bench-201 network of a cell."""
     if cfg.network == "nb201":
-        from ..spaces.nb201.network import NB201Network
         return NB201Network(cfg.arch, C=cfg.channels, N=cfg.cells, num_classes=num_classes)
-    from ..spaces.darts.networks import NetworkCIFAR, NetworkImageNet
     cls = NetworkCIFAR if cfg.network == "cifar" else NetworkImageNet
     return cls(C=cfg.channels, num_classes=num_classes, layers=cfg.layers, auxiliary=cfg.auxiliary_weight > 0,
                genotype=cfg.arch)
