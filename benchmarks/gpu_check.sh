@@ -10,23 +10,29 @@
 #   build_info        gaea_ext.build_info(); fails unless the CUDA kernels serve cuda
 #   kernel_resources  registers / stack of every kernel as built here (cuobjdump)
 #   tests_cuda        pytest tests -m cuda                      (junit xml)
+#   tests_cupy        the same through the NVRTC kernels (GAEA_EXT_BACKEND=cupy)
+#   nvrtc_times       NVRTC: first-use compile of every kernel for this GPU, then the cached load
 #   memcheck          compute-sanitizer memcheck  on benchmarks/cuda_kernels_once.py
 #   racecheck         compute-sanitizer racecheck on the same script
 #   bench_cuda        python -m gaea_ext.bench --device cuda    (table + bench_cuda.json)
+#   bench_cupy        the same table on the NVRTC kernels       (bench_cupy.json; same source as bench_cuda)
 #   bench_gpu         pytest benchmarks -m gpu: GPU targets and per-variant benchmarks
 #   search_e2e        benchmarks/search_step.py --device cuda: NB201 search iteration vs the baseline
+#                     (images/s, memory, kernel launches per iteration, largest batch)
+#   train_step        benchmarks/train_step.py --device cuda: NetworkCIFAR(36, 20, aux) training step per
+#                     switch, the largest batch, the projected 600-epoch CIFAR-10 time
 #   tests_full        pytest tests (the whole suite, CUDA cases included)
 #   bench_cpu_quick   python -m gaea_ext.bench --device cpu --quick
-# The whole run stays inside GPU_CHECK_BUDGET_S (default 330 s): a step gets at most the time
+# The whole run stays inside GPU_CHECK_BUDGET_S (default 540 s): a step gets at most the time
 # left, and steps are skipped once it is spent. To keep $OUT to a few files (at most 8), by
-# default (GPU_CHECK_PACK=1) every log is packed into gpu_check_logs.tar.gz and only
-# summary.log, bench_cuda.log and bench_cuda.json stay beside it.
+# default (GPU_CHECK_PACK=1) every log is packed into gpu_check_logs.tar.gz and only the summary
+# and the JSON results stay beside it.
 # GPU_CHECK_SKIP_BUILD=1 reuses gaea_ext/_C*.so already in the tree (a rerun on a warm machine).
 set -u
 
 export OUT=${OUT:-$PWD/gpu_check_out}
 export PY=${PYTHON:-python}
-BUDGET_S=${GPU_CHECK_BUDGET_S:-330}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
 mkdir -p "$OUT"
 : >"$OUT/summary.log"
 
@@ -92,13 +98,26 @@ sanitize() {  # sanitize TOOL: compute-sanitizer TOOL on one run of every CUDA k
         "$PY" benchmarks/cuda_kernels_once.py
 }
 
-export -f build build_info sanitize
+nvrtc_times() {  # first-use NVRTC compile of every kernel for this GPU (empty cache), then the cached load
+    GAEA_EXT_CACHE_DIR=$(mktemp -d) "$PY" - <<'EOF'
+import time, torch
+from gaea_ext import nvrtc
+major, minor = torch.cuda.get_device_capability()
+arch = f"sm_{major}{minor}"
+for label in ("first use (compile)", "cached load"):
+    t = time.perf_counter()
+    compiled = nvrtc.compile_all(arch)
+    print(f"{label}: {len(compiled)} headers for {arch} in {time.perf_counter() - t:.2f} s")
+EOF
+}
+
+export -f build build_info sanitize nvrtc_times
 
 pack_logs() {  # keep at most 8 files in $OUT
     [[ ${GPU_CHECK_PACK:-1} == 1 ]] || return 0
-    local keep=(summary.log bench_cuda.log bench_cuda.json e2e_cuda.json search_e2e.log gpu_check_logs.tar.gz)
+    local keep=(summary.log bench_cuda.json bench_cupy.json e2e_cuda.json search_e2e.log gpu_check_logs.tar.gz)
     (cd "$OUT" && tar czf gpu_check_logs.tar.gz --exclude gpu_check_logs.tar.gz -- * &&
-        for f in *; do [[ " ${keep[*]} " == *" $f "* ]] || rm -rf -- "$f"; done)
+        for f in *; do [[ " ${keep[*]} " == *" $f "* || $f == train-step-*.json ]] || rm -rf -- "$f"; done)
 }
 
 echo "gpu_check: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') budget ${BUDGET_S}s" |
@@ -108,12 +127,18 @@ step build 200 build
 step build_info 60 build_info
 step kernel_resources 20 "$PY" benchmarks/kernel_resources.py --check
 step tests_cuda 90 "$PY" -m pytest tests -m cuda -q -p no:cacheprovider --junitxml="$OUT/junit_tests_cuda.xml"
+step tests_cupy 90 env GAEA_EXT_BACKEND=cupy "$PY" -m pytest tests -m cuda -q -p no:cacheprovider \
+    --junitxml="$OUT/junit_tests_cupy.xml"
+step nvrtc_times 60 nvrtc_times
 step memcheck 90 sanitize memcheck
 step racecheck 90 sanitize racecheck
 step bench_cuda 150 "$PY" -m gaea_ext.bench --device cuda --json "$OUT/bench_cuda.json"
+step bench_cupy 120 env GAEA_EXT_BACKEND=cupy "$PY" -m gaea_ext.bench --device cuda --json "$OUT/bench_cupy.json"
 step bench_gpu 90 env GAEA_BENCH_NO_COMPILE=1 "$PY" -m pytest benchmarks -m gpu -q -p no:cacheprovider \
     --junitxml="$OUT/junit_bench_gpu.xml"
 step search_e2e 120 "$PY" benchmarks/search_step.py --device cuda --iters 10 --warmup 3 --largest-batch --json "$OUT/e2e_cuda.json"
+step train_step 90 "$PY" benchmarks/train_step.py --device cuda --batch 96 --switches channels_last bf16 compile \
+    --out-dir "$OUT"
 step tests_full 120 "$PY" -m pytest tests -q -p no:cacheprovider --junitxml="$OUT/junit_tests_full.xml"
 step bench_cpu_quick 60 "$PY" -m gaea_ext.bench --device cpu --quick
 

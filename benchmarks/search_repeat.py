@@ -45,6 +45,8 @@ MEASURES = [
     ("DARTS search iteration img/s", "darts", "images_per_s", 2.0, True),
     ("PC-DARTS search iteration img/s", "pcdarts", "images_per_s", 2.2, True),
     ("NB201 activation memory MB", "nb201", "activation_mb", 0.5, False),
+    ("NB201 ATen calls per iteration", "nb201", "aten_calls", None, False),
+    ("NB201 CUDA kernel launches per iteration", "nb201", "kernel_launches", None, False),
 ]
 COMPILE_MEASURE = "NB201 GAEA search iteration img/s"
 
@@ -99,7 +101,8 @@ def summarise(runs: List[dict], threads_list: List[int], spaces: List[str]) -> L
         for threads in threads_list:
             def values(variant):
                 return {r["repeat"]: r[field] for r in runs
-                        if r["space"] == space and r["threads"] == threads and r["variant"] == variant}
+                        if r["space"] == space and r["threads"] == threads and r["variant"] == variant
+                        and r.get(field) is not None}
             base, fused = values("baseline"), values("fused")
             if not base or not fused:
                 continue
@@ -109,7 +112,7 @@ def summarise(runs: List[dict], threads_list: List[int], spaces: List[str]) -> L
             paired = [fused[k] / base[k] for k in fused if k in base and base[k]]
             ratio = row["variants"]["fused"]["median"] / row["variants"]["baseline"]["median"]
             row["ratio"] = {"median_of_medians": ratio, "min": min(paired), "max": max(paired)}
-            row["met"] = ratio >= target if higher else ratio <= target
+            row["met"] = None if target is None else (ratio >= target if higher else ratio <= target)
             comp = values("baseline-compile")
             if measure == COMPILE_MEASURE and comp:
                 row["compile_ratio"] = row["variants"]["fused"]["median"] / row["variants"]["baseline-compile"]["median"]
@@ -144,8 +147,8 @@ def markdown(report: dict) -> str:
     for r in report["summary"]:
         v = r["variants"]
         ratio = r["ratio"]
-        target = (">=" if r["higher_is_better"] else "<=") + f" {r['target']}x"
-        met = "yes" if r["met"] else "no"
+        target = "-" if r["target"] is None else (">=" if r["higher_is_better"] else "<=") + f" {r['target']}x"
+        met = "-" if r["met"] is None else "yes" if r["met"] else "no"
         if "beats_compile" in r:
             met += f"; vs compile {r['compile_ratio']:.2f}x ({'beats' if r['beats_compile'] else 'does not beat'})"
         lines.append(f"| {r['measure']} | {r['threads']} | {_cell(v.get('baseline'))} | {_cell(v.get('fused'))} | "

@@ -215,6 +215,24 @@ def _baseline_darts(C: int, layers: int, num_classes: int, partial: int = 0):
     return Net()
 
 
+def count_calls(step, dev) -> Dict[str, int]:
+    """Calls issued by one `step()`, counted with torch.profiler: on CUDA the kernel launches
+    (`kernel_launches`), everywhere the ATen operator calls (`aten_calls`, nested calls too)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    events = prof.events()
+    counts = {"aten_calls": sum(1 for e in events if e.name.startswith("aten::"))}
+    if dev.type == "cuda":
+        counts["kernel_launches"] = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return counts
+
+
 def _run_variant(args) -> Dict[str, float]:
     """Time one variant in this process; returns images/s and memory."""
     import torch
@@ -320,6 +338,7 @@ def _run_variant(args) -> Dict[str, float]:
         train_loss().backward()
         sync()
         fwd_bwd_times.append(time.perf_counter() - t)
+    calls = count_calls(step, dev)
     model.zero_grad(set_to_none=True)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) - base
@@ -329,7 +348,7 @@ def _run_variant(args) -> Dict[str, float]:
     fwd_bwd = sorted(fwd_bwd_times)[len(fwd_bwd_times) // 2]
     return {"images_per_s": batch / median, "step_s": median, "peak_mem_mb": max(peak, 0) / 2**20,
             "activation_mb": activations / 2**20, "fwd_bwd_images_per_s": batch / fwd_bwd,
-            "warmup_s": warmup_s}
+            "warmup_s": warmup_s, **calls}
 
 
 def _largest_batch(args) -> Dict[str, float]:

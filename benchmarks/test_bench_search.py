@@ -62,7 +62,10 @@ def test_search_step_repeat_smoke(tmp_path):
     assert len(report["provenance"]["commit"]) == 40 and isinstance(report["provenance"]["dirty"], bool)
     assert report["config"]["sizes"]["nb201"] == [4, 1, 2]
     assert {r["measure"] for r in report["summary"]} == {
-        "NB201 supernet fwd+bwd img/s", "NB201 GAEA search iteration img/s", "NB201 activation memory MB"}
+        "NB201 supernet fwd+bwd img/s", "NB201 GAEA search iteration img/s", "NB201 activation memory MB",
+        "NB201 ATen calls per iteration"}  # kernel launches are counted on CUDA only
+    calls = {r["variant"]: r["aten_calls"] for r in report["runs"]}
+    assert 0 < calls["fused"] < calls["baseline"]
     assert {(r["space"], r["variant"]) for r in report["runs"]} == {("nb201", "baseline"), ("nb201", "fused")}
     assert "| NB201 activation memory MB | 1 |" in path.with_suffix(".md").read_text()
 
