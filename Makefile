@@ -41,7 +41,7 @@ $(DEPS_STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools>=64" wheel
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)" ninja numpy
-	GAEA_EXT_SKIP_BUILD=1 $(PY) -m pip install --quiet --no-build-isolation -e ".[nas,dev]"
+	GAEA_EXT_SKIP_BUILD=1 $(PY) -m pip install --quiet --no-build-isolation -e ".[nas,dev,cuda]"
 	touch $@
 
 venv: $(DEPS_STAMP)
