@@ -41,7 +41,7 @@ def pattern_folder_fixture(name: str):
 
 @pytest.fixture(autouse=True)
 def data_cache(tmp_path_factory, monkeypatch):
-    """Points ``GAEA_DATA_CACHE`` at one folder of the test session (autouse where imported)."""
+    """Points ``GAEA_DATA_CACHE`` at one temporary folder shared by the tests of a run (autouse where imported)."""
     monkeypatch.setenv("GAEA_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
 
 
