@@ -18,7 +18,7 @@ from conftest import requires_kernels
 from gaea_ext._backend import use_reference
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = {"cuda", "cpu", "reference"}
+BACKENDS = {"cuda", "cupy", "cpu", "reference"}
 
 
 def run_python(code, **env):
@@ -70,6 +70,9 @@ def test_backend_cuda():
     assert got != "cpu"
     if got == "cuda":  # the CUDA kernels are compiled in (a GPU need not be present)
         assert gaea_ext.HAS_EXTENSION and gaea_ext.build_info()["cuda"]
+    elif got == "cupy":  # NVRTC kernels: chosen without nvcc kernels, or forced
+        assert (os.environ.get("GAEA_EXT_BACKEND") == "cupy"
+                or not (gaea_ext.HAS_EXTENSION and gaea_ext.build_info()["cuda"]))
     elif (gaea_ext.HAS_EXTENSION and gaea_ext.build_info()["cuda"] and torch.cuda.is_available()
           and os.environ.get("GAEA_EXT_BACKEND") != "reference"):
         pytest.fail("CUDA kernels are built and a GPU is present, but backend('cuda') is " + got)
