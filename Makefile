@@ -14,8 +14,7 @@ BUILD_DIR ?= build/cmake
 CUDA_ARCHS ?= 80;90
 CMAKE_ARGS ?=
 # Extra pytest options for the test and emulation runs, e.g. PYTEST_ARGS="-n 2 --dist loadfile"
-# (pytest-xdist: one worker per core, each test file on one worker); CI sets that. The benchmark
-# smokes are spread test by test (--dist load): their slow cases share one file.
+# (pytest-xdist: one worker per core, each test file on one worker); CI sets that.
 PYTEST_ARGS ?=
 
 SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh csrc/kernels/*.cuh) setup.py
@@ -64,7 +63,7 @@ search: build
 test: build
 	$(PY) -m pytest tests -q -ra --durations=25 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-cuda-emulation
-	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu and not compile" $(if $(PYTEST_ARGS),$(PYTEST_ARGS) --dist load)
+	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu and not compile" $(PYTEST_ARGS)
 	$(PY) -m gaea_ext.bench --quick --device cpu
 
 # The CUDA kernels compiled for the host and run on the CPU (tests/cuda_emulation/): the op
