@@ -1,6 +1,6 @@
 # gaea-ext developer tasks. On a fresh machine `make search` and `make test` do all the set-up.
 #   make search  venv + build + a ~5-minute GAEA search on NAS-Bench-201 / CIFAR-10 (CPU)
-#   make test    venv + build + tests (unit, CUDA kernels under CPU emulation, benchmark smoke, profiler smoke)
+#   make test    venv + build + tests (unit, CUDA kernels under CPU emulation, benchmark smokes)
 #   make bench   kernel profiler table            make perf    benchmark suites with the targets
 #   make build   (re)build the kernels in place  make cmake-test   CMake build + ctest
 PYTHON ?= python3
@@ -64,7 +64,6 @@ test: build
 	$(PY) -m pytest tests -q -ra --durations=25 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-cuda-emulation
 	$(PY) -m pytest benchmarks -q --benchmark-disable -m "not perf and not gpu and not compile" $(PYTEST_ARGS)
-	$(PY) -m gaea_ext.bench --quick --device cpu
 
 # The CUDA kernels compiled for the host and run on the CPU (tests/cuda_emulation/): the op
 # tests' CPU cases then run the CUDA code, so it is tested on machines without a GPU (the
