@@ -390,15 +390,20 @@ def check_partial_channel_node(mixed, states, weights, strides, groups):
     return states, strides
 
 
-def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
-    """Validate pool_stats arguments."""
-    op = "pool_stats"
+def _check_4d_float(op: str, x) -> None:
+    """x must be a 4-D [N, C, H, W] floating-point tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: 'x' must be a tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{op}: 'x' must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: 'x' must be float16, bfloat16, float32 or float64, got {x.dtype}")
+
+
+def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
+    """Validate pool_stats arguments."""
+    op = "pool_stats"
+    _check_4d_float(op, x)
     if not isinstance(kind, str):
         raise TypeError(f"{op}: 'kind' must be a kind name (str), got {type(kind).__name__}")
     if kind not in pool_kinds:
@@ -408,12 +413,7 @@ def check_pool_stats(x, kind: str, pool_kinds: Sequence[str]) -> None:
 def check_tensor_batch_norm(x, bns) -> list:
     """Validate tensor_batch_norm arguments; return the BatchNorm modules as a list."""
     op = "tensor_batch_norm"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: 'x' must be a tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{op}: 'x' must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: 'x' must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    _check_4d_float(op, x)
     if _is_batch_norm(bns):
         bns = [bns]
     elif isinstance(bns, torch.nn.Module) or isinstance(bns, torch.Tensor):
