@@ -297,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               + (f" (x{row['speedup_vs_baseline']:.2f})" if "speedup_vs_baseline" in row else "")
               + f"  peak {row['peak_mem_mb']['median']:8.0f} MB"
               + (f"  600 epochs {row['epochs_600_hours']:.1f} h" if gpu else ""))
-    config = {k: v for k, v in vars(args).items() if k not in ("one", "largest_batch_one", "variant")}
+    config = {k: v for k, v in vars(args).items() if k not in ("one", "largest_batch_one", "variant", "out_dir")}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"train-step-{args.device.replace(':', '')}-{env['date'][:10]}-{env['commit']}"
