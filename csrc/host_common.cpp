@@ -58,23 +58,28 @@ bool share_batch_major_layout(at::TensorList tensors) {
   return first.dim() >= 1 && first.stride(0) * first.size(0) == first.numel() && share_dense_layout(tensors);
 }
 
+static bool channels_last_only(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::MemoryFormat batch_major_format(const at::Tensor& first) {
+  return channels_last_only(first) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 std::vector<at::Tensor> with_batch_major_layout(std::vector<at::Tensor> tensors) {
   if (share_batch_major_layout(tensors)) return tensors;
-  for (at::Tensor& t : tensors) t = t.contiguous();
+  const at::MemoryFormat format = batch_major_format(tensors[0]);
+  for (at::Tensor& t : tensors) t = t.contiguous(format);
   return tensors;
 }
 
 at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
-  if (!like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return result.contiguous(at::MemoryFormat::ChannelsLast);
-  }
+  if (channels_last_only(like)) return result.contiguous(at::MemoryFormat::ChannelsLast);
   return result;
 }
 
 at::Tensor empty_in_layout_of(const at::Tensor& like) {
-  const bool channels_last = !like.is_contiguous() && like.is_contiguous(at::MemoryFormat::ChannelsLast);
-  return at::empty(like.sizes(), like.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                                            : at::MemoryFormat::Contiguous));
+  return at::empty(like.sizes(), like.options().memory_format(batch_major_format(like)));
 }
 
 void restore_layouts(NeededGrads& needed, at::TensorList like) {

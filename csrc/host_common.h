@@ -68,8 +68,12 @@ std::vector<at::Tensor> with_shared_layout(std::vector<at::Tensor> tensors);
 // dimension (the batch) is outermost, so that each sample is one contiguous stretch of the
 // flat storage (contiguous and channels_last are; a transposed batch is not).
 bool share_batch_major_layout(at::TensorList tensors);
-// The tensors in such a layout: their own when they share one, else all contiguous (the
-// rule of gaea_ext/_layout.py empty_in_batch_major_layout).
+// The layout a batch-major kernel gives operands that share none: the first operand's when
+// it is channels_last (and not also contiguous), so operands already in it are not copied,
+// else contiguous (gaea_ext/_layout.py batch_major_format).
+at::MemoryFormat batch_major_format(const at::Tensor& first);
+// The tensors in a batch-major layout: their own when they share one, else all in
+// batch_major_format(tensors[0]) (the rule of gaea_ext/_layout.py empty_in_batch_major_layout).
 std::vector<at::Tensor> with_batch_major_layout(std::vector<at::Tensor> tensors);
 // `result` (contiguous) in the layout of `like`: channels_last when `like` is channels_last
 // and not also contiguous, else `result` itself.

@@ -37,21 +37,28 @@ def batch_outermost(t: torch.Tensor) -> bool:
     return t.dim() >= 1 and t.stride(0) * t.shape[0] == t.numel()
 
 
+def batch_major_format(first: torch.Tensor) -> torch.memory_format:
+    """Mirror of csrc/host_common.cpp batch_major_format: the layout the per-sample kernels give
+    operands that share none, the first operand's when it is channels_last (memory_format_of),
+    so operands already in it are not copied, else contiguous."""
+    return memory_format_of(first)
+
+
 def empty_in_batch_major_layout(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mirror of csrc/host_common.cpp with_batch_major_layout: an empty tensor laid out like
     the per-sample kernels' output (sample_weighted_sum): the operands' shared dense layout
-    when the batch is outermost in it, else contiguous."""
+    when the batch is outermost in it, else batch_major_format of the first operand."""
     first = tensors[0]
     if batch_outermost(first) and share_dense_layout(tensors):
         return torch.empty_like(first, memory_format=torch.preserve_format)
-    return torch.empty_like(first, memory_format=torch.contiguous_format)
+    return torch.empty_like(first, memory_format=batch_major_format(first))
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """Mirror of csrc/host_common.cpp in_layout_of: the layout a kernel gives the result that
     belongs to `x` (e.g. its gradient): channels_last when `x` is channels_last and not also
     contiguous, else contiguous."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import nvrtc
-from ._layout import batch_outermost, share_dense_layout
+from ._layout import batch_major_format, batch_outermost, memory_format_of, share_dense_layout
 
 _NVRTC_TYPES = {dtype: nvrtc.DTYPES[name] for dtype, name in (
     (torch.float16, "float16"), (torch.bfloat16, "bfloat16"), (torch.float32, "float32"), (torch.float64, "float64"))}
@@ -159,7 +159,7 @@ def _with_shared_layout(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
 
 
 def _in_layout_of(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+    if memory_format_of(like) == torch.channels_last:
         return result.contiguous(memory_format=torch.channels_last)
     return result
 
@@ -175,9 +175,7 @@ def _plane_strides(t: torch.Tensor):
 
 
 def _empty_in_layout_of(like: torch.Tensor) -> torch.Tensor:
-    channels_last = not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
 
 
 def _pointer_array(count: int):
@@ -233,17 +231,19 @@ def weighted_sum(inputs: List[torch.Tensor], weights: torch.Tensor) -> torch.Ten
     return out
 
 
-def _backward_operands(grad_out, inputs, inputs_need_grad, weights_need_grad: bool, shared_layout):
+def _backward_operands(grad_out, inputs, inputs_need_grad, weights_need_grad: bool, shared_layout,
+                       fallback=lambda first: torch.contiguous_format):
     """`inputs + [grad_out]` as a weighted sum's backward kernels read them: as they are when
-    `shared_layout` holds for them, else contiguous (only grad_out when the weight gradient,
-    the inputs' one reader, is not needed); and the requested input gradients, by index, in
-    grad_out's layout."""
+    `shared_layout` holds for them, else in the layout `fallback(inputs[0])` (only grad_out
+    when the weight gradient, the inputs' one reader, is not needed); and the requested input
+    gradients, by index, in grad_out's layout."""
     every = list(inputs) + [grad_out]
     if not shared_layout(every):
+        fmt = fallback(every[0])
         if weights_need_grad:
-            every = [t.contiguous() for t in every]
+            every = [t.contiguous(memory_format=fmt) for t in every]
         else:
-            every[-1] = grad_out.contiguous()
+            every[-1] = grad_out.contiguous(memory_format=fmt)
     grads = {k: torch.empty_like(every[-1], memory_format=torch.preserve_format)
              for k, need in enumerate(inputs_need_grad) if need}
     return every, grads
@@ -328,7 +328,9 @@ def sample_weighted_sum(inputs: List[torch.Tensor], weights: torch.Tensor) -> to
     """gaea_ext::sample_weighted_sum (mirror of sample_weighted_sum_cuda)."""
     c = header_constants(_SWS)
     max_inputs, threads = c["kSampleSumMaxInputs"], c["kSampleSumThreads"]
-    ys = list(inputs) if _share_batch_major_layout(list(inputs)) else [t.contiguous() for t in inputs]
+    ys = list(inputs)
+    if not _share_batch_major_layout(ys):
+        ys = [t.contiguous(memory_format=batch_major_format(ys[0])) for t in ys]
     out = torch.empty_like(ys[0], memory_format=torch.preserve_format)
     n = out.numel()
     if n == 0:
@@ -366,7 +368,7 @@ def sample_weighted_sum_backward(grad_out, inputs, weights, inputs_need_grad, we
     max_inputs, threads, chunk = c["kSampleSumMaxInputs"], c["kSampleSumThreads"], c["kSampleSumBwdChunk"]
     K = len(inputs)
     every, grads = _backward_operands(grad_out, inputs, inputs_need_grad, weights_need_grad,
-                                      _share_batch_major_layout)
+                                      _share_batch_major_layout, batch_major_format)
     g = every[-1]
     n = g.numel()
     grad_list = [grads[k] for k in sorted(grads)]

@@ -111,6 +111,38 @@ def test_batch_not_outermost_and_mixed_layouts(device):
     check_against_reference(inputs, torch.randn(4, 2, generator=gen).to(device).requires_grad_())
 
 
+@pytest.mark.parametrize("weights_grad", [True, False])
+def test_channels_last_inputs_and_a_channel_sliced_gradient(device, weights_grad):
+    """A DARTS cell under channels_last: the node's gradient is a channel slice of the cell's
+    concatenated output, not dense in that layout. The kernels then work in the first input's
+    layout (only the gradient is copied), so the input gradients come back channels_last,
+    equal to the reference; the fake kernel gives the same layout (opcheck)."""
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randn(3, 5, 6, 7, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+          .requires_grad_() for _ in range(2)]
+    w = torch.rand(2, 3, generator=gen).to(device).requires_grad_(weights_grad)
+    out = gaea_ext.sample_weighted_sum(xs, w)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    cat_grad = torch.randn(3, 15, 6, 7, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    grad = cat_grad[:, 5:10]  # the node's block of the cell output's gradient
+    assert not grad.is_contiguous() and not grad.is_contiguous(memory_format=torch.channels_last)
+    got = torch.autograd.grad(out, xs + ([w] if weights_grad else []), grad)
+    _, want = ground_truth(xs, w, grad, xs + ([w] if weights_grad else []))
+    for k in range(2):
+        assert got[k].is_contiguous(memory_format=torch.channels_last) or gaea_ext.backend(device) == "reference"
+        torch.testing.assert_close(got[k].double(), want[k], rtol=1e-5, atol=1e-6)
+    if weights_grad:
+        torch.testing.assert_close(got[2].double(), want[2], rtol=1e-5, atol=1e-5)
+    # Mixed layouts, the first channels_last: the output keeps it.
+    mixed = gaea_ext.sample_weighted_sum([xs[0], xs[1].contiguous()], w)
+    assert mixed.is_contiguous(memory_format=torch.channels_last) or gaea_ext.backend(device) == "reference"
+    if gaea_ext.backend(device) != "reference":
+        torch.library.opcheck(torch.ops.gaea_ext.sample_weighted_sum_backward.default,
+                              (grad, [x.detach() for x in xs], w.detach(), [True, True], weights_grad))
+        torch.library.opcheck(torch.ops.gaea_ext.sample_weighted_sum.default,
+                              ([xs[0].detach(), xs[1].detach().contiguous()], w.detach()))
+
+
 @pytest.mark.parametrize("wdtype", [torch.float16, torch.float64])
 def test_weights_of_another_dtype(device, wdtype):
     """Weights of any floating dtype; their gradient comes back in it."""

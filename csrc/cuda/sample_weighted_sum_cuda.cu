@@ -123,15 +123,17 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> sample_weighted_sum_backward_cud
   const c10::cuda::CUDAGuard guard(inputs[0].device());
 
   // The layout rule of the CPU kernel and the fake (gaea_ext/_layout.py): the inputs' and
-  // grad_out's shared layout when the batch is outermost in it, else contiguous. The inputs
-  // are only read for the weight gradient, so without it only grad_out is copied.
+  // grad_out's shared layout when the batch is outermost in it, else batch_major_format of the
+  // first input. The inputs are only read for the weight gradient, so without it only
+  // grad_out is copied.
   std::vector<at::Tensor> all(inputs.begin(), inputs.end());
   all.push_back(grad_out);
   if (!share_batch_major_layout(all)) {
+    const at::MemoryFormat format = batch_major_format(all[0]);
     if (weights_need_grad) {
-      for (at::Tensor& t : all) t = t.contiguous();
+      for (at::Tensor& t : all) t = t.contiguous(format);
     } else {
-      all.back() = grad_out.contiguous();
+      all.back() = grad_out.contiguous(format);
     }
   }
   const at::Tensor& g = all.back();
