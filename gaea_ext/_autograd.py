@@ -3,6 +3,8 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 
+from ._layout import memory_format_of
+
 
 def double_backward_enabled() -> bool:
     """Whether the running backward must itself be differentiable: grad mode is on inside a
@@ -78,6 +80,7 @@ def register_weighted_sum_autograd(op: str, reference: Callable, backward_op) ->
         # Only what the backward reads is kept alive: the inputs for grad_weights (none when
         # the weights need no gradient), the weights for grad_inputs.
         ctx.num_inputs = len(ys)
+        ctx.input_format = memory_format_of(ys[0])
         ctx.save_for_backward(weights, *(ys if weights.requires_grad else ()))
 
     def backward(ctx, grad_out):
@@ -89,6 +92,10 @@ def register_weighted_sum_autograd(op: str, reference: Callable, backward_op) ->
             return tuple(reference_grads(reference, (list(ys), weights),
                                          (list(inputs_need_grad), weights_need_grad), grad_out))
         if not ys:  # inputs were not saved; the kernel only reads their metadata
+            if ctx.input_format == torch.channels_last:
+                # Channels_last inputs get channels_last gradients, even from a gradient in
+                # another layout (a channel slice of a concatenation's gradient): one copy here.
+                grad_out = grad_out.contiguous(memory_format=torch.channels_last)
             ys = [grad_out] * ctx.num_inputs
         grad_list, grad_weights = backward_op(grad_out, list(ys), weights, list(inputs_need_grad),
                                               bool(weights_need_grad))
