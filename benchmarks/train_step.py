@@ -30,7 +30,7 @@ counts the allocator's caching). On CUDA the batches are 96 and the largest that
 variant (doubling from 96 until out of memory), with the projected time of a 600-epoch
 CIFAR-10 training (50,000 images per epoch, the step alone: no data loading, no evaluation).
 
-Output: a table on stdout and ``train-step-<device>-<date>-<commit>.{json,md}`` in
+Output: a table on stdout and ``train-step-<device>-<date>-<commit>-C<channels>L<layers>.{json,md}`` in
 ``--out-dir`` (device, commit and date included).
 """
 from __future__ import annotations
@@ -300,7 +300,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("one", "largest_batch_one", "variant", "out_dir")}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"train-step-{args.device.replace(':', '')}-{env['date'][:10]}-{env['commit']}"
+    # The network size is in the name, so runs of other sizes on one commit and day do not overwrite it.
+    stem = (f"train-step-{args.device.replace(':', '')}-{env['date'][:10]}-{env['commit']}"
+            f"-C{args.channels}L{args.layers}")
     (out_dir / f"{stem}.json").write_text(json.dumps({**env, "config": config, "rows": rows}, indent=2))
     (out_dir / f"{stem}.md").write_text(markdown(env, config, rows))
     print(f"wrote {out_dir / stem}.json and .md")
