@@ -9,7 +9,8 @@ dtype.
 
 Layouts: inputs that share a dense layout with the batch outermost (contiguous,
 channels_last) are walked as flat storage and the output keeps that layout; other inputs
-(non-contiguous views, a transposed batch) are made contiguous, and so is the output.
+(non-contiguous views, a transposed batch, mixed layouts) are copied to the first input's
+layout when it is channels_last, else made contiguous, and the output takes that layout.
 
 Errors (every backend): TypeError for an argument of the wrong type or dtype, ValueError for
 wrong shapes, lengths or devices, raised before any kernel runs.
