@@ -168,6 +168,22 @@ def test_batched_separable_stage_matches_the_ops(stride):
         for p, p_ref in zip(op.parameters(), op_ref.parameters()):
             torch.testing.assert_close(p.grad, p_ref.grad)
         torch.testing.assert_close(op.op[-1].running_mean, op_ref.op[-1].running_mean)
-    folded = batched_separable_stage(x, [(0, copy.deepcopy(plain[1]))], fold_bn=True)[0]
-    assert isinstance(folded, mixing.NormedTerm) and type(folded.norm) is nn.BatchNorm2d
-    torch.testing.assert_close(folded.materialise(), plain[1].op[-1](plain[1].op[:-1](x)))
+    for key in (1, 2):  # a DilConv and a SepConv, each ending in BatchNorm(affine=False)
+        folded = batched_separable_stage(x, [(0, copy.deepcopy(plain[key]))], fold_bn=True)[0]
+        assert isinstance(folded, mixing.NormedTerm) and folded.norm.shape == (2, 3)
+        torch.testing.assert_close(folded.materialise(), plain[key].op[-1](plain[key].op[:-1](x)))
+
+
+def test_batched_separable_stage_runs_each_stage_once_for_all_ops():
+    """Three SepConvs and two DilConvs on one input: per op type, one depthwise and one 1x1 conv
+    per stage (SepConv 2 + 2, DilConv 1 + 1), and one statistics pass per folded final BatchNorm."""
+    ops = [SepConv(3, 3, 3, 1, 1, affine=False) for _ in range(3)] + [DilConv(3, 3, 5, 1, 4, 2, affine=False)
+                                                                       for _ in range(2)]
+    x = torch.randn(2, 3, 9, 7)
+    with CountOps() as counter:
+        out = batched_separable_stage(x, list(enumerate(ops)), fold_bn=True)
+    assert counter.calls["convolution"] == 6
+    assert counter.calls["pool_stats"] == 2
+    with torch.no_grad():
+        for key, op in enumerate(ops):
+            torch.testing.assert_close(out[key].materialise(), op.op[-1](op.op[:-1](x)), rtol=1e-4, atol=1e-5)

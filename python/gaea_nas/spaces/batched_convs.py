@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import gaea_ext
 
+from .depthwise_conv import depthwise_conv2d
 from .mixing import NormedTerm, Term
 
 __all__ = ["batched_relu_conv_bn", "batched_separable_stage", "is_relu_conv_bn", "is_separable_stage"]
@@ -120,39 +121,76 @@ def is_separable_stage(op: nn.Module) -> bool:
 def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Module]],
                             fold_bn: bool = False) -> Dict[Hashable, Term]:
     """The outputs of the ``ops`` (each passing :func:`is_separable_stage`) on the same input
-    ``x``, with their first stage batched: one ReLU; per depthwise-conv shape one depthwise conv
-    over all the ops (each input channel feeding one output channel per op), one channel
-    reorder and one grouped 1x1 conv. The layers after the first stage run per op on its
-    channel slice. With ``fold_bn`` an op ending in ``BatchNorm2d(affine=False)`` gives
-    a :class:`~gaea_nas.spaces.mixing.NormedTerm` of its output before it and the BatchNorm."""
+    ``x``, batched per op type: one ReLU; per depthwise-conv shape one depthwise conv over all
+    the ops (on one copy of the input per op) and one grouped 1x1 conv. What follows the first
+    stage runs batched too when it is a BatchNorm (DilConv) or the SepConv second stage
+    (BatchNorm, ReLU, depthwise, 1x1, BatchNorm): one ``F.batch_norm``, ReLU, depthwise and
+    grouped 1x1 conv over all the ops' channels; other layers run per op on its channel slice.
+    The depthwise convs use :func:`~gaea_nas.spaces.depthwise_conv.depthwise_conv2d` (its
+    faster CPU backward). With ``fold_bn`` an op ending in ``BatchNorm2d(affine=False)`` gives
+    a :class:`~gaea_nas.spaces.mixing.NormedTerm` of its output before that BatchNorm and the
+    ``[2, C]`` norm of one ``gaea_ext.tensor_batch_norm`` pass for all the ops."""
     groups: Dict[tuple, List[Tuple[Hashable, nn.Sequential]]] = {}
     for key, op in ops:
         if not is_separable_stage(op):
             raise ValueError(f"batched_separable_stage: op {key!r} does not start with ReLU, depthwise and 1x1 convs")
         seq = op if isinstance(op, nn.Sequential) else op.op
-        groups.setdefault(_conv_key(seq[1]) + (seq[2].out_channels,), []).append((key, seq))
+        groups.setdefault(_conv_key(seq[1]) + (seq[2].out_channels, _tail_key(list(seq)[3:])), []).append((key, seq))
     if not groups:
         return {}
     relu_x = torch.relu(x)
     out: Dict[Hashable, Term] = {}
     for members in groups.values():
-        dw, pw = members[0][1][1], members[0][1][2]
-        E, C = len(members), dw.in_channels
-        if E == 1:
-            ys = [pw(dw(relu_x))]
+        dw = members[0][1][1]
+        E = len(members)
+        # one depthwise conv over E copies of the input (edge-major channels: e * C + c is edge
+        # e's channel c), which oneDNN runs faster than a depthwise conv with E outputs per channel
+        h = relu_x.repeat(1, E, 1, 1) if E > 1 else relu_x
+        h = depthwise_conv2d(h, _cat([seq[1].weight for _, seq in members]), dw.stride, dw.padding, dw.dilation)
+        y = F.conv2d(h, _cat([seq[2].weight for _, seq in members]), None, 1, 0, 1, E)
+        sizes = [seq[2].out_channels for _, seq in members]
+        tails = [list(seq)[3:] for _, seq in members]
+        if _tail_key(tails[0]) is None:  # other layers: per op on its slice
+            for (key, _), part, rest in zip(members, _channel_blocks(y, sizes), tails):
+                fold = fold_bn and type(rest[-1]) is nn.BatchNorm2d and not rest[-1].affine
+                for m in rest[:-1] if fold else rest:
+                    part = m(part)
+                out[key] = NormedTerm(part, rest[-1]) if fold else part
+            continue
+        if len(tails[0]) == 5:  # the SepConv second stage, batched
+            h = torch.relu(_batch_norm_blocks(y, [t[0] for t in tails]))
+            dw2 = tails[0][2]
+            h = depthwise_conv2d(h, _cat([t[2].weight for t in tails]), dw2.stride, dw2.padding, dw2.dilation)
+            y = F.conv2d(h, _cat([t[3].weight for t in tails]), None, 1, 0, 1, E)
+            sizes = [t[3].out_channels for t in tails]
+        bns = [t[-1] for t in tails]
+        if fold_bn and not bns[0].affine and len({bn.training for bn in bns}) == 1:
+            norms = gaea_ext.tensor_batch_norm(y, bns).split(sizes, dim=1)
+            parts = _channel_blocks(y, sizes)
+            out.update((key, NormedTerm(part, norm)) for (key, _), part, norm in zip(members, parts, norms))
         else:
-            # depthwise with E outputs per input channel: output channel c * E + e is edge e's
-            k = dw.weight.shape[-2:]
-            w_dw = torch.stack([seq[1].weight for _, seq in members], 1).reshape(C * E, 1, *k)
-            h = F.conv2d(relu_x, w_dw, None, dw.stride, dw.padding, dw.dilation, C)
-            n, _, hh, ww = h.shape
-            h = h.reshape(n, C, E, hh, ww).transpose(1, 2).reshape(n, E * C, hh, ww)  # edge-major
-            y = F.conv2d(h, torch.cat([seq[2].weight for _, seq in members]), None, 1, 0, 1, E)
-            ys = _channel_blocks(y, [seq[2].out_channels for _, seq in members])
-        for (key, seq), y in zip(members, ys):
-            rest = list(seq)[3:]
-            fold = fold_bn and type(rest[-1]) is nn.BatchNorm2d and not rest[-1].affine
-            for m in rest[:-1] if fold else rest:
-                y = m(y)
-            out[key] = NormedTerm(y, rest[-1]) if fold else y
+            out.update(zip([key for key, _ in members], _channel_blocks(_batch_norm_blocks(y, bns), sizes)))
     return out
+
+
+def _cat(weights: List[torch.Tensor]) -> torch.Tensor:
+    return weights[0] if len(weights) == 1 else torch.cat(weights)
+
+
+def _tail_key(rest: List[nn.Module]):
+    """What follows a separable stage, as a key of the layers that can run batched: a lone
+    ``BatchNorm2d`` (DilConv) or the SepConv second stage (BatchNorm2d, ReLU, stride-1 bias-free
+    depthwise conv, bias-free 1x1 conv, BatchNorm2d), keyed by the BatchNorms' affinity and the
+    depthwise conv's shape; None for anything else."""
+    if len(rest) == 1 and type(rest[0]) is nn.BatchNorm2d:
+        return ("bn", rest[0].affine)
+    if len(rest) != 5:
+        return None
+    bn1, relu, dw, pw, bn2 = rest
+    if not (type(bn1) is type(bn2) is nn.BatchNorm2d and bn1.affine == bn2.affine and type(relu) is nn.ReLU
+            and not relu.inplace and type(dw) is type(pw) is nn.Conv2d and dw.bias is None and pw.bias is None
+            and dw.groups == dw.in_channels == dw.out_channels == bn1.num_features and dw.stride == (1, 1)
+            and pw.groups == 1 and pw.kernel_size == (1, 1) and pw.stride == (1, 1) and pw.padding == (0, 0)
+            and dw.padding_mode == pw.padding_mode == "zeros"):
+        return None
+    return ("sep", bn1.affine) + _conv_key(dw)

@@ -16,10 +16,10 @@ Mixing goes through :func:`gaea_nas.spaces.mixing.mix_node`: one fused call per 
 its incoming edges and ops, each op fused as :data:`~gaea_nas.spaces.darts.ops.DARTS_OP_TABLE`
 declares (on stride-1 edges ``skip_connect`` and the BN pools are computed in the kernel;
 ``none`` never runs and makes no zero tensor). With :func:`~gaea_nas.spaces.mixing.batch_convs`
-on (the default), the first stage (ReLU, depthwise, 1x1) of the separable and dilated convs of
-all edges leaving a state runs batched per op type
-(:func:`~gaea_nas.spaces.batched_convs.batched_separable_stage`), and the ops' final BatchNorm
-folds into the mixing kernel when :func:`~gaea_nas.spaces.mixing.tensor_bn_available`.
+on (the default), the separable and dilated convs of all edges leaving a state run batched per
+op type, both stages (:func:`~gaea_nas.spaces.batched_convs.batched_separable_stage`), and the
+ops' final BatchNorm folds into the mixing kernel when
+:func:`~gaea_nas.spaces.mixing.tensor_bn_available`.
 
 **Partial channels (PC-DARTS).** Per edge ``j -> i`` PC-DARTS computes
 ``shuffle(cat(sum_k w_jk op_k(x_j[:C/K]), bypass_j(x_j[C/K:])))`` and node ``i`` sums these
@@ -122,9 +122,9 @@ class DartsSearchCell(nn.Module):
         if partial_channels is not None:
             self.bypass_pool = nn.MaxPool2d(2, 2)
 
-    def _outgoing_first_stages(self, j: int, x, sampled) -> Dict[tuple, object]:
+    def _outgoing_separable_convs(self, j: int, x, sampled) -> Dict[tuple, object]:
         """The separable / dilated convs of the edges leaving state ``j`` (input ``x``, the
-        channel slice under partial channels), first stage batched, keyed by ``(edge, op)``:
+        channel slice under partial channels), batched per op type, keyed by ``(edge, op)``:
         every such op of each edge, or the sampled one under GDAS."""
         ops = []
         for i in range(max(j - 1, 0), self.steps):
@@ -179,7 +179,7 @@ class DartsSearchCell(nn.Module):
             if batched is not None:  # the states that gained an outgoing edge: s0 and s1, then the newest node
                 for j in range(len(states) - (1 if len(states) > 2 else 2), len(states)):
                     x = states[j] if self.k is None else states[j][:, :self.C_op]
-                    batched.update(self._outgoing_first_stages(j, x, sampled))
+                    batched.update(self._outgoing_separable_convs(j, x, sampled))
             if self.k is None:
                 out = self._mix(states, lo, hi, op_weights, edge_weights, sampled, hw, batched)
             else:

@@ -1,0 +1,128 @@
+"""gaea_nas.spaces.depthwise_conv.depthwise_conv2d: the same function and gradients as
+F.conv2d with groups = channels (float64 gradcheck and gradgradcheck; odd sizes, strides,
+dilations, channels_last and non-contiguous inputs, bf16 autocast)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gaea_nas.spaces.depthwise_conv import depthwise_conv2d
+
+# (N, C, H, W, kh, kw, stride, padding, dilation): the DARTS sep/dil convs and odd cases
+CASES = [
+    (2, 3, 7, 7, 3, 3, 1, 1, 1),  # sep_conv_3x3
+    (2, 3, 8, 6, 5, 5, 1, 2, 1),  # sep_conv_5x5, non-square
+    (1, 2, 9, 9, 3, 3, 1, 2, 2),  # dil_conv_3x3
+    (2, 2, 11, 10, 5, 5, 1, 4, 2),  # dil_conv_5x5
+    (2, 3, 9, 7, 3, 3, 2, 1, 1),  # stride 2, odd size
+    (2, 6, 7, 7, 5, 5, 1, 2, 1),  # the weight gradient by convolution, stride 1
+    (1, 4, 10, 9, 5, 3, 2, 2, 2),  # stride 2, dilation 2, rectangular kernel
+    (3, 1, 5, 5, 3, 1, 1, (1, 0), 1),  # rectangular kernel, per-dimension padding
+    (2, 2, 9, 8, 3, 3, 1, 0, 3),  # no padding, dilation 3
+]
+
+
+def _inputs(N, C, H, W, kh, kw, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    w = torch.randn(C, 1, kh, kw, generator=g, dtype=dtype)
+    return x, w
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_same_function_and_gradients_as_conv2d(case):
+    N, C, H, W, kh, kw, s, p, d = case
+    x, w = _inputs(N, C, H, W, kh, kw)
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y1 = depthwise_conv2d(x1, w1, s, p, d)
+    y2 = F.conv2d(x2, w2, None, s, p, d, C)
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(y2)
+    y1.backward(gy)
+    y2.backward(gy)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES[:3] + CASES[5:7])
+def test_gradcheck_and_gradgradcheck(case):
+    N, C, H, W, kh, kw, s, p, d = case
+    x, w = _inputs(min(N, 2), C, min(H, 7), min(W, 7), kh, kw)
+    x.requires_grad_()
+    w.requires_grad_()
+    f = lambda a, b: depthwise_conv2d(a, b, s, p, d)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w))
+    assert torch.autograd.gradgradcheck(f, (x, w))
+
+
+def test_only_the_needed_gradient():
+    x, w = _inputs(2, 3, 6, 6, 3, 3)
+    w.requires_grad_()
+    depthwise_conv2d(x, w, 1, 1, 1).sum().backward()
+    torch.testing.assert_close(w.grad, torch.autograd.grad(F.conv2d(x, w, None, 1, 1, 1, 3).sum(), w)[0])
+    x.requires_grad_()
+    w2 = w.detach()
+    (gx,) = torch.autograd.grad(depthwise_conv2d(x, w2, 1, 1, 1).sum(), x)
+    torch.testing.assert_close(gx, torch.autograd.grad(F.conv2d(x, w2, None, 1, 1, 1, 3).sum(), x)[0])
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    x, w = _inputs(2, 4, 9, 9, 5, 5)
+    for inp in (x.contiguous(memory_format=torch.channels_last), torch.randn(2, 8, 9, 9, dtype=x.dtype)[:, ::2]):
+        a = inp.clone().requires_grad_()
+        b = inp.clone().requires_grad_()
+        wa, wb = w.clone().requires_grad_(), w.clone().requires_grad_()
+        ya = depthwise_conv2d(a, wa, 1, 2, 1)
+        yb = F.conv2d(b, wb, None, 1, 2, 1, 4)
+        torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+        gy = torch.randn_like(yb)
+        ya.backward(gy)
+        yb.backward(gy)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(wa.grad, wb.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_and_autocast(dtype):
+    x, w = _inputs(2, 3, 8, 8, 5, 5, dtype=torch.float32)
+    tol = dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    a, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ya = depthwise_conv2d(a, wa, 1, 2, 1)
+        yb = F.conv2d(b, wb, None, 1, 2, 1, 3)
+    assert ya.dtype == yb.dtype
+    torch.testing.assert_close(ya, yb, **tol)
+    gy = torch.randn_like(yb)
+    ya.backward(gy)
+    yb.backward(gy)
+    assert a.grad.dtype == b.grad.dtype == torch.float32 and wa.grad.dtype == torch.float32
+    torch.testing.assert_close(a.grad, b.grad, **tol)
+    torch.testing.assert_close(wa.grad, wb.grad, rtol=5e-2, atol=2e-1 if dtype == torch.bfloat16 else 1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 4), H=st.integers(5, 11), W=st.integers(5, 11),
+       k=st.sampled_from([1, 3, 5]), s=st.integers(1, 2), d=st.integers(1, 2), p=st.integers(0, 4))
+def test_property_matches_conv2d(N, C, H, W, k, s, d, p):
+    if H + 2 * p < d * (k - 1) + 1 or W + 2 * p < d * (k - 1) + 1:
+        return
+    x, w = _inputs(N, C, H, W, k, k)
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y1, y2 = depthwise_conv2d(x1, w1, s, p, d), F.conv2d(x2, w2, None, s, p, d, C)
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    gy = torch.randn_like(y2)
+    y1.backward(gy)
+    y2.backward(gy)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-11, atol=1e-11)
+
+
+def test_bad_shapes_name_the_arguments():
+    with pytest.raises(ValueError, match="weight"):
+        depthwise_conv2d(torch.randn(1, 3, 5, 5), torch.randn(6, 1, 3, 3))
+    with pytest.raises(ValueError, match="weight"):
+        depthwise_conv2d(torch.randn(1, 3, 5, 5), torch.randn(3, 2, 3, 3))
