@@ -175,14 +175,15 @@ def test_batched_separable_stage_matches_the_ops(stride):
 
 
 def test_batched_separable_stage_runs_each_stage_once_for_all_ops():
-    """Three SepConvs and two DilConvs on one input: per op type, one depthwise and one 1x1 conv
-    per stage (SepConv 2 + 2, DilConv 1 + 1), and one statistics pass per folded final BatchNorm."""
+    """Three SepConvs and two DilConvs on one input: per op type and stage one depthwise conv and
+    one batched matmul for the 1x1 convs (SepConv 2 + 2, DilConv 1 + 1), and one statistics pass
+    per op type for the folded final BatchNorms."""
     ops = [SepConv(3, 3, 3, 1, 1, affine=False) for _ in range(3)] + [DilConv(3, 3, 5, 1, 4, 2, affine=False)
                                                                        for _ in range(2)]
     x = torch.randn(2, 3, 9, 7)
     with CountOps() as counter:
         out = batched_separable_stage(x, list(enumerate(ops)), fold_bn=True)
-    assert counter.calls["convolution"] == 6
+    assert counter.calls["convolution"] == 3 and counter.calls["bmm"] == 3
     assert counter.calls["pool_stats"] == 2
     with torch.no_grad():
         for key, op in enumerate(ops):

@@ -147,7 +147,7 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
         # e's channel c), which oneDNN runs faster than a depthwise conv with E outputs per channel
         h = relu_x.repeat(1, E, 1, 1) if E > 1 else relu_x
         h = depthwise_conv2d(h, _cat([seq[1].weight for _, seq in members]), dw.stride, dw.padding, dw.dilation)
-        y = F.conv2d(h, _cat([seq[2].weight for _, seq in members]), None, 1, 0, 1, E)
+        y = _grouped_pointwise(h, [seq[2].weight for _, seq in members])
         sizes = [seq[2].out_channels for _, seq in members]
         tails = [list(seq)[3:] for _, seq in members]
         if _tail_key(tails[0]) is None:  # other layers: per op on its slice
@@ -161,7 +161,7 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
             h = torch.relu(_batch_norm_blocks(y, [t[0] for t in tails]))
             dw2 = tails[0][2]
             h = depthwise_conv2d(h, _cat([t[2].weight for t in tails]), dw2.stride, dw2.padding, dw2.dilation)
-            y = F.conv2d(h, _cat([t[3].weight for t in tails]), None, 1, 0, 1, E)
+            y = _grouped_pointwise(h, [t[3].weight for t in tails])
             sizes = [t[3].out_channels for t in tails]
         bns = [t[-1] for t in tails]
         if fold_bn and not bns[0].affine and len({bn.training for bn in bns}) == 1:
@@ -171,6 +171,17 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
         else:
             out.update(zip([key for key, _ in members], _channel_blocks(_batch_norm_blocks(y, bns), sizes)))
     return out
+
+
+def _grouped_pointwise(h: torch.Tensor, weights: List[torch.Tensor]) -> torch.Tensor:
+    """The 1x1 convs ``weights`` (``[C_out, C, 1, 1]`` each) of the consecutive C-channel blocks of
+    ``h``, as one batched matmul over the blocks: ``F.conv2d(h, cat(weights), groups=E)`` on the
+    CPU splits into one convolution and one input copy per group."""
+    if len(weights) == 1 or h.device.type != "cpu":
+        return F.conv2d(h, _cat(weights), None, 1, 0, 1, len(weights))
+    E, (n, _, hh, ww) = len(weights), h.shape
+    w = torch.stack(weights).flatten(2)  # [E, C_out, C]
+    return torch.matmul(w, h.reshape(n, E, -1, hh * ww)).reshape(n, -1, hh, ww)
 
 
 def _cat(weights: List[torch.Tensor]) -> torch.Tensor:
