@@ -33,7 +33,7 @@ Kernels: csrc/cpu/pool_stats_cpu.cpp, csrc/cuda/pool_stats_cuda.cu (ops `gaea_ex
 `gaea_ext::pool_stats_backward`). Reference: gaea_ext.reference.pool_stats.
 Tests: tests/test_pool_batch_norm.py.
 """
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -59,20 +59,28 @@ def pool_stats(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.ops.gaea_ext.pool_stats(x, _CODE[kind])
 
 
-def pool_batch_norm(x: torch.Tensor, kind: str, bn: torch.nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+def pool_batch_norm(x: torch.Tensor, kind: str, bn: torch.nn.modules.batchnorm._BatchNorm,
+                    stats: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The `[2, C]` norm (mean, 1/sqrt(var + eps)) with which `bn` (a BatchNorm2d without
     affine) normalises `pool(x)`: batch statistics in training mode (updating `bn`'s running
     mean, unbiased running variance and batch count as BatchNorm2d does), the running
     statistics in eval mode. Pass it to :func:`gaea_ext.mixed_terms` for the BN kind, or pass
-    `bn` itself there and the op calls this on the term's input."""
+    `bn` itself there and the op calls this on the term's input. `stats`: the
+    `pool_stats(x, kind)` already computed for another BatchNorm of the same pool (the DARTS
+    edges leaving one node), used in training mode instead of a second pass over `x`."""
     check_pool_stats(x, kind, POOL_KINDS)
+    if stats is not None:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if not isinstance(stats, torch.Tensor) or stats.shape != (2, x.shape[1]) or stats.dtype != acc:
+            raise ValueError(f"pool_batch_norm: 'stats' must be the [2, {x.shape[1]}] {acc} pool_stats(x, kind), got "
+                             f"{tuple(stats.shape) if isinstance(stats, torch.Tensor) else type(stats).__name__}")
     if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"pool_batch_norm: 'bn' must be a BatchNorm module, got {type(bn).__name__}")
     if bn.affine:
         raise ValueError("pool_batch_norm: 'bn' must have affine=False (the DARTS supernet's pool BatchNorm)")
     if x.shape[1] != bn.num_features:
         raise ValueError(f"pool_batch_norm: 'x' must be [N, {bn.num_features}, H, W] for this bn, got {tuple(x.shape)}")
-    return _batch_norm(x, kind, [bn])
+    return _batch_norm(x, kind, [bn], stats)
 
 
 def tensor_batch_norm(x: torch.Tensor, bns: Union[BatchNorm, Sequence[BatchNorm]]) -> torch.Tensor:
@@ -87,16 +95,18 @@ def tensor_batch_norm(x: torch.Tensor, bns: Union[BatchNorm, Sequence[BatchNorm]
     return _batch_norm(x, "tensor_bn", bns)
 
 
-def _batch_norm(x: torch.Tensor, kind: str, bns: List[BatchNorm]) -> torch.Tensor:
+def _batch_norm(x: torch.Tensor, kind: str, bns: List[BatchNorm], stats: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The norm of `kind`'s pool of x under the modules `bns` (checked: one mode, features
-    summing to x's channels), updating their running statistics in training mode."""
+    summing to x's channels), updating their running statistics in training mode; `stats` the
+    pool's statistics when already computed."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     eps = _eps(bns, acc, x.device)
     if not (bns[0].training or bns[0].running_mean is None):  # eval mode: the running statistics
         mean = torch.cat([bn.running_mean.to(acc) for bn in bns])
         var = torch.cat([bn.running_var.to(acc) for bn in bns])
         return torch.stack([mean, torch.rsqrt(var + eps)])
-    stats = pool_stats(x, kind)
+    if stats is None:
+        stats = pool_stats(x, kind)
     mean, var = stats[0], stats[1]
     count = x.numel() // x.shape[1]
     start = 0

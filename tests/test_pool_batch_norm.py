@@ -215,6 +215,30 @@ def test_pool_batch_norm_is_batchnorm_after_the_pool(device, kind, momentum):
 
 
 @requires_kernels
+@pytest.mark.parametrize("kind", POOLS)
+def test_pool_batch_norm_with_shared_stats_equals_two_passes(device, kind):
+    """Two BatchNorms of one pool (two DARTS edges leaving one node) from one statistics pass:
+    the same norms, running statistics and input gradient as one pass each."""
+    x = torch.randn(3, 4, 7, 5, dtype=torch.float64, device=device)
+    bns = [nn.BatchNorm2d(4, affine=False).to(device, torch.float64) for _ in range(4)]
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    stats = gaea_ext.pool_stats(a, kind)
+    shared = [gaea_ext.pool_batch_norm(a, kind, bn, stats=stats) for bn in bns[:2]]
+    separate = [gaea_ext.pool_batch_norm(b, kind, bn) for bn in bns[2:]]
+    for got, want in zip(shared, separate):
+        torch.testing.assert_close(got, want)
+    for bn, ref in zip(bns[:2], bns[2:]):
+        torch.testing.assert_close(bn.running_mean, ref.running_mean)
+        torch.testing.assert_close(bn.running_var, ref.running_var)
+    g = [torch.randn_like(shared[0]) for _ in shared]
+    torch.testing.assert_close(torch.autograd.grad(shared, a, g)[0], torch.autograd.grad(separate, b, g)[0])
+    with pytest.raises(ValueError, match="'stats'"):
+        gaea_ext.pool_batch_norm(a, kind, bns[0], stats=stats[:, :2])
+    with pytest.raises(ValueError, match="'stats'"):
+        gaea_ext.pool_batch_norm(a, kind, bns[0], stats=stats.float())
+
+
+@requires_kernels
 def test_saves_no_pooled_tensor():
     saved = []
 

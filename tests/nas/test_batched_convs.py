@@ -15,6 +15,7 @@ from gaea_nas import DartsSuperNet, NB201SuperNet
 from gaea_nas.spaces import mixing
 from gaea_nas.spaces.batched_convs import batched_relu_conv_bn, batched_separable_stage, is_relu_conv_bn
 from gaea_nas.spaces.darts.ops import DilConv, SepConv
+from gaea_nas.spaces.darts.supernet import DartsSearchCell
 from gaea_nas.spaces.nb201.supernet import NB201SearchCell
 
 
@@ -111,6 +112,27 @@ def test_nb201_cell_runs_one_conv_per_node_and_kernel_size(monkeypatch):
     monkeypatch.setattr(mixing, "BATCH_CONVS", True)
     monkeypatch.setattr(mixing, "USE_FUSED", False)
     assert _cell_convs(cell) == 12
+
+
+@pytest.mark.parametrize("partial_channels", [None, 2])
+def test_darts_cell_takes_one_pool_statistics_pass_per_state(monkeypatch, partial_channels):
+    """A normal DARTS cell (steps 4: 14 edges leaving 5 states) computes each BN pool's training
+    statistics once per state and pool kind (10), not once per edge (28); the separable and
+    dilated convs' folded BatchNorms take one pass per state and op type (20)."""
+    ops = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+           "dil_conv_5x5"]
+    cell = DartsSearchCell(4, 4, 4, 4, 4, False, False, ops, partial_channels)
+    s0, s1 = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    w = torch.full((14, len(ops)), 1.0 / len(ops))
+
+    def stats_passes():
+        with CountOps() as counter:
+            cell(s0, s1, w)
+        return counter.calls["pool_stats"]
+
+    assert stats_passes() == 10 + 20
+    monkeypatch.setattr(mixing, "BATCH_CONVS", False)
+    assert stats_passes() == 28 + 14 * 4
 
 
 def test_state_dict_keys_stay_per_edge():

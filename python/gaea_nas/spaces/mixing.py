@@ -158,7 +158,8 @@ def _run_sharing_relu(op: nn.Module, x: torch.Tensor, relu_x: List[torch.Tensor]
 
 
 def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None,
-                     precomputed: Optional[Mapping[Tuple[int, int], Term]] = None) -> Optional[torch.Tensor]:
+                     precomputed: Optional[Mapping[Tuple[int, int], Term]] = None,
+                     pool_stats_cache: Optional[Dict[Tuple[int, str], torch.Tensor]] = None) -> Optional[torch.Tensor]:
     """The node as one mixed_terms call over the terms ``pairs`` = [(edge, op), ...] with
     weights ``w_terms``, plus GDAS's 0-valued ``rest`` as a ``"ones"`` term; or None when it
     does not fit (outputs of different shapes, or nothing to fuse)."""
@@ -201,7 +202,7 @@ def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None,
         sources[t] = slot[e]
     for t, ((e, o), k) in enumerate(zip(pairs, term_kinds)):
         if k.endswith("_bn") and k != "tensor_bn":  # the BN pools: statistics of the pooled input
-            norm_of[t] = gaea_ext.pool_batch_norm(xs[e], k[:-3], edge_ops[e][o].bn)
+            norm_of[t] = _pool_norm(xs, e, k[:-3], edge_ops[e][o].bn, pool_stats_cache)
     norms = [norm_of[t] for t in sorted(norm_of)]
     if rest is not None:
         term_kinds.append("ones")
@@ -215,6 +216,18 @@ def _mix_fused_terms(xs, edge_ops, kinds, pairs, w_terms, rest=None,
     fused_xs = [x.to(dtype) for x in fused_xs]  # autocast: conv outputs in bf16 next to float32 inputs
     outputs = [y.to(dtype) for y in outputs]
     return gaea_ext.mixed_terms(fused_xs, outputs, w_terms, term_kinds, sources, norms or None)
+
+
+def _pool_norm(xs, e: int, kind: str, bn: nn.BatchNorm2d, cache) -> torch.Tensor:
+    """``bn``'s norm of ``kind``'s pool of input ``e``; in training mode the pool's statistics
+    come from ``cache`` (keyed by input and kind) when another edge of the same input computed
+    them, so the BN pools of all edges leaving one node take one statistics pass."""
+    if cache is None or not (bn.training or bn.running_mean is None):
+        return gaea_ext.pool_batch_norm(xs[e], kind, bn)
+    stats = cache.get((e, kind))
+    if stats is None:
+        stats = cache[(e, kind)] = gaea_ext.pool_stats(xs[e], kind)
+    return gaea_ext.pool_batch_norm(xs[e], kind, bn, stats=stats)
 
 
 def _op_output(edge_ops, xs, e: int, o: int, precomputed) -> torch.Tensor:
@@ -256,9 +269,12 @@ def mix_node(
     sampled: Optional[Sequence[int]] = None,
     use_fused: Optional[bool] = None,
     precomputed: Optional[Mapping[Tuple[int, int], Term]] = None,
+    pool_stats_cache: Optional[Dict[Tuple[int, str], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Output of one node: the weighted sum over all incoming edges and all (or the sampled)
-    ops, in one fused call. See the module docstring."""
+    ops, in one fused call. See the module docstring. ``pool_stats_cache``: a dict shared by
+    the nodes of one cell whose input ``e`` is the same tensor in every call (state ``e``), so
+    the training statistics of a BN pool of state ``e`` are computed once for all its edges."""
     if use_fused is None:
         use_fused = USE_FUSED
     num_edges = len(xs)
@@ -276,7 +292,8 @@ def mix_node(
     if sampled is None:
         pairs = [(e, o) for e in range(num_edges) for o in range(num_ops) if kinds[e][o] != "none"]
         if use_fused and FUSE_PARAMETER_FREE and pairs:
-            out = _mix_fused_terms(xs, edge_ops, kinds, pairs, _term_weights(w, pairs), precomputed=precomputed)
+            out = _mix_fused_terms(xs, edge_ops, kinds, pairs, _term_weights(w, pairs), precomputed=precomputed,
+                                   pool_stats_cache=pool_stats_cache)
             if out is not None:
                 return out
         if not pairs:  # only `none` ops: the node is zero
@@ -301,7 +318,7 @@ def mix_node(
         # One call: the sampled terms (pools and skips in-kernel) plus `rest` as a "ones" term,
         # whose backward is just sum(grad).
         sel_w = torch.stack([w[e, i] for e, i in picks])
-        out = _mix_fused_terms(xs, edge_ops, kinds, picks, sel_w, rest, precomputed)
+        out = _mix_fused_terms(xs, edge_ops, kinds, picks, sel_w, rest, precomputed, pool_stats_cache)
         if out is not None:
             return out
     ys = [_op_output(edge_ops, xs, e, i, precomputed) for e, i in picks]

@@ -134,8 +134,8 @@ class DartsSearchCell(nn.Module):
                     ops.append(((e, o), self.edges[e][o]))
         return batched_separable_stage(x, ops, fold_bn=tensor_bn_available())
 
-    def _mix(self, xs, lo, hi, w, ew, sampled, hw, batched=None):
-        kw = dict(kinds=self.kinds[lo:hi])
+    def _mix(self, xs, lo, hi, w, ew, sampled, hw, batched=None, pool_stats=None):
+        kw = dict(kinds=self.kinds[lo:hi], pool_stats_cache=pool_stats)
         if sampled is not None:
             kw["sampled"] = sampled[lo:hi]
         if batched is not None:
@@ -147,9 +147,9 @@ class DartsSearchCell(nn.Module):
             out = out[:, :, ::2, ::2]
         return out
 
-    def _node_partial(self, states, lo, hi, w, ew, sampled, hw, batched=None):
+    def _node_partial(self, states, lo, hi, w, ew, sampled, hw, batched=None, pool_stats=None):
         q = self.C_op
-        mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw, batched)
+        mixed = self._mix([s[:, :q] for s in states], lo, hi, w, ew, sampled, hw, batched, pool_stats)
         bw = torch.ones(hi - lo, dtype=w.dtype, device=w.device) if ew is None else ew[lo:hi]
         if use_fused_ops():  # bypass sum, 2x2 pools, cat and shuffle in one pass
             ins = [s if s.dtype == mixed.dtype else s.to(mixed.dtype) for s in states]
@@ -174,6 +174,7 @@ class DartsSearchCell(nn.Module):
         hw = torch.Size(((h + 1) // 2, (w + 1) // 2)) if self.reduction else s1.shape[-2:]
         lo = 0
         batched = {} if batch_convs() else None
+        pool_stats = {} if batch_convs() else None  # the BN pools' statistics, per (state, pool kind)
         for _ in range(self.steps):
             hi = lo + len(states)
             if batched is not None:  # the states that gained an outgoing edge: s0 and s1, then the newest node
@@ -181,9 +182,9 @@ class DartsSearchCell(nn.Module):
                     x = states[j] if self.k is None else states[j][:, :self.C_op]
                     batched.update(self._outgoing_separable_convs(j, x, sampled))
             if self.k is None:
-                out = self._mix(states, lo, hi, op_weights, edge_weights, sampled, hw, batched)
+                out = self._mix(states, lo, hi, op_weights, edge_weights, sampled, hw, batched, pool_stats)
             else:
-                out = self._node_partial(states, lo, hi, op_weights, edge_weights, sampled, hw, batched)
+                out = self._node_partial(states, lo, hi, op_weights, edge_weights, sampled, hw, batched, pool_stats)
             states.append(out)
             lo = hi
         return torch.cat(states[-self.multiplier:], dim=1)
