@@ -11,11 +11,11 @@ from gaea_nas.spaces.depthwise_conv import depthwise_conv2d
 
 # (N, C, H, W, kh, kw, stride, padding, dilation): the DARTS sep/dil convs and odd cases
 CASES = [
-    (2, 3, 7, 7, 3, 3, 1, 1, 1),  # sep_conv_3x3
+    (2, 3, 7, 7, 3, 3, 1, 1, 1),  # sep_conv_3x3 (F.conv2d itself)
     (2, 3, 8, 6, 5, 5, 1, 2, 1),  # sep_conv_5x5, non-square
     (1, 2, 9, 9, 3, 3, 1, 2, 2),  # dil_conv_3x3
     (2, 2, 11, 10, 5, 5, 1, 4, 2),  # dil_conv_5x5
-    (2, 3, 9, 7, 3, 3, 2, 1, 1),  # stride 2, odd size
+    (2, 3, 9, 7, 3, 5, 2, 1, 1),  # stride 2, odd size
     (2, 6, 7, 7, 5, 5, 1, 2, 1),  # the weight gradient by convolution, stride 1
     (1, 4, 10, 9, 5, 3, 2, 2, 2),  # stride 2, dilation 2, rectangular kernel
     (3, 1, 5, 5, 3, 1, 1, (1, 0), 1),  # rectangular kernel, per-dimension padding
@@ -58,14 +58,14 @@ def test_gradcheck_and_gradgradcheck(case):
 
 
 def test_only_the_needed_gradient():
-    x, w = _inputs(2, 3, 6, 6, 3, 3)
+    x, w = _inputs(2, 3, 6, 6, 5, 5)
     w.requires_grad_()
-    depthwise_conv2d(x, w, 1, 1, 1).sum().backward()
-    torch.testing.assert_close(w.grad, torch.autograd.grad(F.conv2d(x, w, None, 1, 1, 1, 3).sum(), w)[0])
+    depthwise_conv2d(x, w, 1, 2, 1).sum().backward()
+    torch.testing.assert_close(w.grad, torch.autograd.grad(F.conv2d(x, w, None, 1, 2, 1, 3).sum(), w)[0])
     x.requires_grad_()
     w2 = w.detach()
-    (gx,) = torch.autograd.grad(depthwise_conv2d(x, w2, 1, 1, 1).sum(), x)
-    torch.testing.assert_close(gx, torch.autograd.grad(F.conv2d(x, w2, None, 1, 1, 1, 3).sum(), x)[0])
+    (gx,) = torch.autograd.grad(depthwise_conv2d(x, w2, 1, 2, 1).sum(), x)
+    torch.testing.assert_close(gx, torch.autograd.grad(F.conv2d(x, w2, None, 1, 2, 1, 3).sum(), x)[0])
 
 
 def test_channels_last_and_non_contiguous_inputs():

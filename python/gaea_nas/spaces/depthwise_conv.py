@@ -9,10 +9,11 @@ the supernet's sizes, e.g. ``[4, 16, 16, 16]``, 5x5: 0.53 ms for the weight grad
 
 - the weight gradient as a depthwise convolution of the padded input by the output gradient,
   with the batch folded into the channels (``groups = N * C``; the original stride becomes the
-  dilation and the original dilation the stride), summed over the batch. For 3x3 undilated
-  kernels oneDNN's own weight gradient is faster and is used;
+  dilation and the original dilation the stride), summed over the batch;
 - the input gradient, at stride 1, as a depthwise convolution of the output gradient by the
   flipped kernel (``torch.nn.grad.conv2d_input`` otherwise).
+
+3x3 undilated kernels, whose oneDNN backward is fast, are left to ``F.conv2d``.
 
 Both are exact reformulations (only the summation order differs) and are themselves
 differentiable, so double backward works. On other devices, where cuDNN's depthwise kernels
@@ -33,12 +34,11 @@ def _pair(v) -> Tuple[int, int]:
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """``F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`` for ``x`` ``[N, C, H, W]``
     and ``weight`` ``[C, 1, kh, kw]`` (zero padding, no bias), with the faster backward on the CPU."""
-    groups = x.shape[1]
-    if x.device.type != "cpu":
-        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    if x.dim() != 4 or weight.dim() != 4 or weight.shape[:2] != (groups, 1):
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[:2] != (x.shape[1], 1):
         raise ValueError(f"depthwise_conv2d: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not make a "
                          "depthwise convolution (weight [C, 1, kh, kw] for x [N, C, H, W])")
+    if x.device.type != "cpu" or (weight.shape[-2:] == (3, 3) and _pair(dilation) == (1, 1)):
+        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
         with torch.autocast("cpu", enabled=False):
@@ -77,11 +77,9 @@ def _input_grad(x, weight, grad_out, stride, padding, dilation):
 
 def _weight_grad(x, weight, grad_out, stride, padding, dilation):
     """dL/dweight: the padded input convolved by the output gradient, one group per
-    (sample, channel), summed over the batch; oneDNN's own for 3x3 undilated kernels."""
+    (sample, channel), summed over the batch."""
     N, C, H, W = x.shape
     kh, kw = weight.shape[-2:]
-    if (kh, kw) == (3, 3) and dilation == (1, 1):
-        return torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride, padding, dilation, C)
     padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0])).reshape(1, N * C, H + 2 * padding[0],
                                                                              W + 2 * padding[1])
     kernels = grad_out.reshape(N * C, 1, *grad_out.shape[-2:])
