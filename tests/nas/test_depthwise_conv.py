@@ -30,20 +30,24 @@ def _inputs(N, C, H, W, kh, kw, dtype=torch.float64, seed=0):
     return x, w
 
 
+def _assert_matches_conv2d(x, w, s, p, d, tol=1e-12):
+    """depthwise_conv2d and F.conv2d agree on x, w: output and both gradients."""
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y1, y2 = depthwise_conv2d(x1, w1, s, p, d), F.conv2d(x2, w2, None, s, p, d, x.shape[1])
+    torch.testing.assert_close(y1, y2, rtol=tol, atol=tol)
+    gy = torch.randn_like(y2)
+    y1.backward(gy)
+    y2.backward(gy)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_same_function_and_gradients_as_conv2d(case):
     N, C, H, W, kh, kw, s, p, d = case
     x, w = _inputs(N, C, H, W, kh, kw)
-    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
-    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y1 = depthwise_conv2d(x1, w1, s, p, d)
-    y2 = F.conv2d(x2, w2, None, s, p, d, C)
-    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
-    gy = torch.randn_like(y2)
-    y1.backward(gy)
-    y2.backward(gy)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-12, atol=1e-12)
+    _assert_matches_conv2d(x, w, s, p, d)
 
 
 @pytest.mark.parametrize("case", CASES[:3] + CASES[5:7])
@@ -70,18 +74,8 @@ def test_only_the_needed_gradient():
 
 def test_channels_last_and_non_contiguous_inputs():
     x, w = _inputs(2, 4, 9, 9, 5, 5)
-    for inp in (x.contiguous(memory_format=torch.channels_last), torch.randn(2, 8, 9, 9, dtype=x.dtype)[:, ::2]):
-        a = inp.clone().requires_grad_()
-        b = inp.clone().requires_grad_()
-        wa, wb = w.clone().requires_grad_(), w.clone().requires_grad_()
-        ya = depthwise_conv2d(a, wa, 1, 2, 1)
-        yb = F.conv2d(b, wb, None, 1, 2, 1, 4)
-        torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
-        gy = torch.randn_like(yb)
-        ya.backward(gy)
-        yb.backward(gy)
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(wa.grad, wb.grad, rtol=1e-12, atol=1e-12)
+    _assert_matches_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 2, 1)
+    _assert_matches_conv2d(torch.randn(2, 8, 9, 9, dtype=x.dtype)[:, ::2], w, 1, 2, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -110,15 +104,7 @@ def test_property_matches_conv2d(N, C, H, W, k, s, d, p):
     if H + 2 * p < d * (k - 1) + 1 or W + 2 * p < d * (k - 1) + 1:
         return
     x, w = _inputs(N, C, H, W, k, k)
-    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
-    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y1, y2 = depthwise_conv2d(x1, w1, s, p, d), F.conv2d(x2, w2, None, s, p, d, C)
-    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
-    gy = torch.randn_like(y2)
-    y1.backward(gy)
-    y2.backward(gy)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-11, atol=1e-11)
-    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-11, atol=1e-11)
+    _assert_matches_conv2d(x, w, s, p, d, tol=1e-11)
 
 
 def test_bad_shapes_name_the_arguments():
