@@ -122,10 +122,11 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
                             fold_bn: bool = False) -> Dict[Hashable, Term]:
     """The outputs of the ``ops`` (each passing :func:`is_separable_stage`) on the same input
     ``x``, batched per op type: one ReLU; per depthwise-conv shape one depthwise conv over all
-    the ops (on one copy of the input per op) and one grouped 1x1 conv. What follows the first
-    stage runs batched too when it is a BatchNorm (DilConv) or the SepConv second stage
-    (BatchNorm, ReLU, depthwise, 1x1, BatchNorm): one ``F.batch_norm``, ReLU, depthwise and
-    grouped 1x1 conv over all the ops' channels; other layers run per op on its channel slice.
+    the ops (one input copy per op, not saved) and one grouped 1x1 conv (a batched matmul on the
+    CPU). What follows the first stage runs batched too when it is a BatchNorm (DilConv) or the
+    SepConv second stage (BatchNorm, ReLU, depthwise, 1x1, BatchNorm): one ``F.batch_norm``,
+    ReLU, depthwise and grouped 1x1 conv over all the ops' channels; other layers run per op on
+    its channel slice.
     The depthwise convs use :func:`~gaea_nas.spaces.depthwise_conv.depthwise_conv2d` (its
     faster CPU backward). With ``fold_bn`` an op ending in ``BatchNorm2d(affine=False)`` gives
     a :class:`~gaea_nas.spaces.mixing.NormedTerm` of its output before that BatchNorm and the
@@ -143,10 +144,9 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
     for members in groups.values():
         dw = members[0][1][1]
         E = len(members)
-        # one depthwise conv over E copies of the input (edge-major channels: e * C + c is edge
-        # e's channel c), which oneDNN runs faster than a depthwise conv with E outputs per channel
-        h = relu_x.repeat(1, E, 1, 1) if E > 1 else relu_x
-        h = depthwise_conv2d(h, _cat([seq[1].weight for _, seq in members]), dw.stride, dw.padding, dw.dilation)
+        # one depthwise conv over E copies of the input: channel e * C + c is edge e's channel c
+        h = depthwise_conv2d(relu_x, _cat([seq[1].weight for _, seq in members]), dw.stride, dw.padding,
+                             dw.dilation, copies=E)
         y = _grouped_pointwise(h, [seq[2].weight for _, seq in members])
         sizes = [seq[2].out_channels for _, seq in members]
         tails = [list(seq)[3:] for _, seq in members]
