@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -19,6 +20,9 @@ import torch.nn as nn
 from .devices import resolve_device
 
 __all__ = ["Distributed", "init_distributed", "place_rank", "run_distributed", "wrap_ddp"]
+
+#: How long a finished gloo rank waits for the others before it fails naming the missing rank.
+FINISH_TIMEOUT_S = 600
 
 
 @dataclass
@@ -90,6 +94,17 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def finish(self) -> None:
+        """Wait for every rank at the end of a run, so that no rank leaves the process group
+        while another still works (a gloo rank whose peers tear down early can abort in its
+        worker threads). gloo waits at most ``FINISH_TIMEOUT_S`` and names a missing rank."""
+        if not self.enabled:
+            return
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=FINISH_TIMEOUT_S))
+        else:
+            dist.barrier()
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -121,17 +136,20 @@ def place_rank(device: torch.device, ctx: Distributed, threads: Optional[int]) -
 
 def run_distributed(device_spec: str, start: Callable[[torch.device, Distributed], Any]) -> Any:
     """Resolve ``device_spec``, join the process group, build a run with ``start(device, ctx)``
-    and return ``run.run()``. On any failure ``run.discard_if_unsaved()`` is called before the
-    error propagates; the process group is always left."""
+    and return ``run.run()`` once every rank has finished it. On any failure
+    ``run.discard_if_unsaved()`` is called before the error propagates; the process group is
+    always left."""
     device = resolve_device(device_spec)
     ctx = init_distributed(device.type)
     try:
         run = start(device, ctx)
         try:
-            return run.run()
+            result = run.run()
         except BaseException:
             run.discard_if_unsaved()
             raise
+        ctx.finish()
+        return result
     finally:
         ctx.close()
 
