@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.modules.utils import _pair
 
 from gaea_nas.spaces import depthwise_conv
 from gaea_nas.spaces.depthwise_conv import depthwise_conv2d
@@ -63,10 +64,8 @@ def test_channel_multiplier_form_off_the_cpu(case):
     reordered), checked here on CPU tensors."""
     N, C, H, W, kh, kw, s, p, d, copies = case
     x, w = _inputs(N, C, H, W, kh, kw, copies)
-    pair = depthwise_conv._pair
-
     def conv(a, b, s, p, d, copies):
-        return depthwise_conv._channel_multiplier_conv(a, b, pair(s), pair(p), pair(d), copies)
+        return depthwise_conv._channel_multiplier_conv(a, b, _pair(s), _pair(p), _pair(d), copies)
 
     _assert_matches_conv2d(x, w, s, p, d, copies, conv=conv)
 

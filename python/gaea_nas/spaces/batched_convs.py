@@ -126,8 +126,7 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
     CPU). What follows the first stage runs batched too when it is a BatchNorm (DilConv) or the
     SepConv second stage (BatchNorm, ReLU, depthwise, 1x1, BatchNorm): one ``F.batch_norm``,
     ReLU, depthwise and grouped 1x1 conv over all the ops' channels; other layers run per op on
-    its channel slice.
-    The depthwise convs use :func:`~gaea_nas.spaces.depthwise_conv.depthwise_conv2d` (its
+    its channel slice. The depthwise convs use :func:`~gaea_nas.spaces.depthwise_conv.depthwise_conv2d` (its
     faster CPU backward). With ``fold_bn`` an op ending in ``BatchNorm2d(affine=False)`` gives
     a :class:`~gaea_nas.spaces.mixing.NormedTerm` of its output before that BatchNorm and the
     ``[2, C]`` norm of one ``gaea_ext.tensor_batch_norm`` pass for all the ops."""
@@ -141,7 +140,8 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
         return {}
     relu_x = torch.relu(x)
     out: Dict[Hashable, Term] = {}
-    for members in groups.values():
+    for group_key, members in groups.items():
+        tail_key = group_key[-1]
         dw = members[0][1][1]
         E = len(members)
         # one depthwise conv over E copies of the input: channel e * C + c is edge e's channel c
@@ -150,14 +150,14 @@ def batched_separable_stage(x: torch.Tensor, ops: Sequence[Tuple[Hashable, nn.Mo
         y = _grouped_pointwise(h, [seq[2].weight for _, seq in members])
         sizes = [seq[2].out_channels for _, seq in members]
         tails = [list(seq)[3:] for _, seq in members]
-        if _tail_key(tails[0]) is None:  # other layers: per op on its slice
+        if tail_key is None:  # other layers: per op on its slice
             for (key, _), part, rest in zip(members, _channel_blocks(y, sizes), tails):
                 fold = fold_bn and type(rest[-1]) is nn.BatchNorm2d and not rest[-1].affine
                 for m in rest[:-1] if fold else rest:
                     part = m(part)
                 out[key] = NormedTerm(part, rest[-1]) if fold else part
             continue
-        if len(tails[0]) == 5:  # the SepConv second stage, batched
+        if tail_key[0] == "sep":  # the SepConv second stage, batched
             h = torch.relu(_batch_norm_blocks(y, [t[0] for t in tails]))
             dw2 = tails[0][2]
             h = depthwise_conv2d(h, _cat([t[2].weight for t in tails]), dw2.stride, dw2.padding, dw2.dilation)

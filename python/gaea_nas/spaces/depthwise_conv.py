@@ -23,16 +23,11 @@ backward works. On other devices, where cuDNN's depthwise kernels are fast, it i
 ``F.conv2d`` with ``copies`` output channels per input channel. Under autocast the inputs are
 cast as ``F.conv2d`` would cast them.
 """
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 
 __all__ = ["depthwise_conv2d"]
-
-
-def _pair(v) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1,
